@@ -1,0 +1,37 @@
+"""cryoforge: amortized ab initio cryo-EM reconstruction as a plugin framework.
+
+The public face for users and plugin authors::
+
+    from cryoforge import hookimpl, Options, Volume, load_registry, run
+"""
+
+from importlib.metadata import PackageNotFoundError, version
+
+from cryoforge.config import ComponentConfig, Options, RunConfig, TrainConfig
+from cryoforge.errors import CryoforgeError
+from cryoforge.hookspecs import hookimpl
+from cryoforge.plugins import load_registry
+from cryoforge.roles import Encoder, Imaging, Loss, Source, Volume
+from cryoforge.types import BuildContext, CTFParams, ParticleBatch, Pose
+
+try:
+    __version__ = version("cryoforge")
+except PackageNotFoundError:  # pragma: no cover - running from a source tree without install
+    __version__ = "0.0.0"
+
+
+def run(config: RunConfig, plugins_dirs: list[str] | None = None):  # noqa: ANN201
+    """Run a configured job (training or pose inference); the CLI and scripts both call this.
+
+    Returns the :class:`cryoforge.train.RunResult` with the output paths and final metrics.
+    """
+    from cryoforge.train import run as _run
+
+    return _run(config, plugins_dirs=plugins_dirs)
+
+
+__all__ = [
+    "BuildContext", "CTFParams", "ComponentConfig", "CryoforgeError", "Encoder", "Imaging", "Loss",
+    "Options", "ParticleBatch", "Pose", "RunConfig", "Source", "TrainConfig", "Volume", "__version__",
+    "hookimpl", "load_registry", "run",
+]

@@ -1,0 +1,322 @@
+"""The ``cryoforge`` command line (click). Plugins may add commands through a hook."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from cryoforge.config import ROLES, RunConfig, apply_override, load_config_file, parse_value, resolve
+from cryoforge.errors import CryoforgeError, InputFileError
+
+DEMO_DIR_NAME = "demo_data"
+
+
+class CryoforgeGroup(click.Group):
+    """A click group that turns :class:`CryoforgeError` into one line and exit code 2."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except CryoforgeError as exc:
+            click.echo(f"Error: {exc}", err=True)
+            sys.exit(2)
+
+
+class LazyPluginGroup(CryoforgeGroup):
+    """Adds plugin-provided commands on first listing or lookup."""
+
+    _loaded = False
+
+    def _load_plugin_commands(self) -> None:
+        if self._loaded:
+            return
+        self._loaded = True
+        try:
+            from cryoforge.plugins import get_plugin_manager
+
+            get_plugin_manager().hook.cryoforge_register_commands(cli=self)
+        except CryoforgeError as exc:
+            click.echo(f"Warning: plugin commands not loaded: {exc}", err=True)
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        self._load_plugin_commands()
+        return super().list_commands(ctx)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        cmd = super().get_command(ctx, name)
+        if cmd is None:
+            self._load_plugin_commands()
+            cmd = super().get_command(ctx, name)
+        return cmd
+
+
+def _version() -> str:
+    from cryoforge import __version__
+
+    return __version__
+
+
+@click.group(cls=LazyPluginGroup)
+@click.version_option(_version(), prog_name="cryoforge")
+def cli() -> None:
+    """cryoforge: amortized ab initio cryo-EM reconstruction (cryoAI and beyond)."""
+
+
+def main() -> None:
+    cli(prog_name="cryoforge")
+
+
+plugins_dir_option = click.option("--plugins-dir", "plugins_dirs", multiple=True,
+                                  type=click.Path(file_okay=False), help="folder of local plugin .py files")
+
+
+# ----------------------------------------------------------------------------- plugins
+
+
+@cli.group(cls=CryoforgeGroup)
+def plugins() -> None:
+    """List and inspect the installed components."""
+
+
+@plugins.command("list")
+@click.option("--kind", type=click.Choice(list(ROLES)), help="only this role")
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+@plugins_dir_option
+def plugins_list(kind: str | None, as_json: bool, plugins_dirs: tuple[str, ...]) -> None:
+    """Components by role, with the plugin (and version) that provides each."""
+    from cryoforge.plugins import build_registry, get_plugin_manager, plugin_versions
+
+    pm = get_plugin_manager(list(plugins_dirs))
+    reg = build_registry(pm)
+    versions = plugin_versions(pm)
+    rows = [{"kind": k, "name": n, "plugin": e.provider, "version": versions.get(e.provider, ""),
+             "summary": (e.cls.__doc__ or "").strip().splitlines()[0]}
+            for k, n, e in reg if kind is None or k == kind]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("kind", "name", "plugin", "version", "summary")
+    for r in rows:
+        table.add_row(r["kind"], r["name"], r["plugin"], r["version"], r["summary"])
+    Console(width=160).print(table)
+
+
+@plugins.command("show")
+@click.argument("kind", type=click.Choice(list(ROLES)))
+@click.argument("name")
+@plugins_dir_option
+def plugins_show(kind: str, name: str, plugins_dirs: tuple[str, ...]) -> None:
+    """A component's docstring and its options (JSON schema with defaults)."""
+    from cryoforge.plugins import load_registry
+
+    cls = load_registry(list(plugins_dirs)).get(kind, name)
+    click.echo(f"{kind} {name!r} ({cls.__module__}.{cls.__qualname__})\n")
+    click.echo((cls.__doc__ or "").strip() + "\n")
+    click.echo("Options:")
+    click.echo(json.dumps(cls.Options.model_json_schema(), indent=2))
+
+
+# ----------------------------------------------------------------------------- config / run
+
+
+def component_options(f):  # noqa: ANN001, ANN201
+    f = click.option("--config", "config_file", type=click.Path(), help="TOML or JSON run config")(f)
+    for role in reversed(ROLES):
+        f = click.option(f"--{role}", f"{role}_name", help=f"{role} component name")(f)
+    f = click.option("-o", "--option", "overrides", type=(str, str), multiple=True,
+                     metavar="KEY VALUE", help="set e.g. volume.hidden_dim 256 or train.epochs 5")(f)
+    f = click.option("--particles", type=click.Path(), help=".star, .cs or .mrcs particle file")(f)
+    f = click.option("--output-dir", "-d", type=click.Path(), help="run directory")(f)
+    f = click.option("--demo", is_flag=True, help="run on the built-in demo dataset (adenylate kinase)")(f)
+    f = plugins_dir_option(f)
+    return f
+
+
+def build_config(config_file: str | None, names: dict[str, str | None], overrides: tuple[tuple[str, str], ...],
+                 particles: str | None, output_dir: str | None, demo: bool) -> RunConfig:
+    """Compose a RunConfig: defaults ← demo preset ← config file ← CLI names and ``-o`` overrides."""
+    from cryoforge.sources import SUFFIX_TO_SOURCE
+
+    config = RunConfig()
+    if demo:
+        from cryoforge.demo import demo_config
+
+        config = demo_config(Path(output_dir or "demo_run"))
+    if config_file:
+        config = load_config_file(config_file)
+    if particles:
+        p = Path(particles)
+        if not p.exists():
+            raise InputFileError(p, "particle file not found", "--particles")
+        if not names.get("source"):
+            suffix = p.suffix.lower()
+            if suffix not in SUFFIX_TO_SOURCE:
+                raise InputFileError(p, f"unknown particle file type {suffix!r} (use --source)", "--particles")
+            config = apply_override(config, "source.name", SUFFIX_TO_SOURCE[suffix])
+        config = apply_override(config, "source.path", str(p))
+    for role, name in names.items():
+        if name:
+            config = apply_override(config, f"{role}.name", name)
+    if output_dir:
+        config = apply_override(config, "output_dir", output_dir)
+    for key, value in overrides:
+        config = apply_override(config, key, parse_value(value))
+    return config
+
+
+@cli.group(cls=CryoforgeGroup)
+def config() -> None:
+    """Show the resolved configuration."""
+
+
+@config.command("show")
+@component_options
+def config_show(config_file, overrides, particles, output_dir, demo, plugins_dirs, **names) -> None:  # noqa: ANN001
+    """Print the resolved run configuration (every default filled in) as JSON."""
+    from cryoforge.plugins import load_registry
+
+    cfg = build_config(config_file, _names(names), overrides, particles, output_dir, demo)
+    click.echo(resolve(cfg, load_registry(list(plugins_dirs))).model_dump_json(indent=2, exclude={"plugins"}))
+
+
+def _names(kw: dict[str, Any]) -> dict[str, str | None]:
+    return {r: kw.get(f"{r}_name") for r in ROLES}
+
+
+@cli.command()
+@component_options
+@click.option("--dry-run", is_flag=True, help="print the resolved config and exit")
+@click.option("--resume", "resume_dir", type=click.Path(), help="continue the run in this directory")
+def run(config_file, overrides, particles, output_dir, demo, plugins_dirs, dry_run, resume_dir, **names) -> None:  # noqa: ANN001
+    """Reconstruct a map and every particle's pose (default: the cryoAI pipeline).
+
+    \b
+    Examples:
+      cryoforge run --demo
+      cryoforge run --particles particles.star -o source.downsample_to 128 -d runs/job1
+      cryoforge run --resume runs/job1
+    """
+    from cryoforge.plugins import load_registry
+
+    if resume_dir:
+        cfg_path = Path(resume_dir) / "config.json"
+        if not cfg_path.is_file():
+            raise InputFileError(cfg_path, "no config.json: not a cryoforge run directory", "--resume")
+        config_file, output_dir = str(cfg_path), resume_dir
+    cfg = build_config(config_file, _names(names), overrides, particles, output_dir, demo)
+    if dry_run:
+        click.echo(resolve(cfg, load_registry(list(plugins_dirs))).model_dump_json(indent=2, exclude={"plugins"}))
+        return
+    if demo and not resume_dir:
+        from cryoforge.demo import ensure_demo_data
+
+        ensure_demo_data(Path(cfg.source.options["path"]).parent)
+    from cryoforge.train import run as run_training
+
+    result = run_training(cfg, list(plugins_dirs), resume=bool(resume_dir))
+    _print_result(result)
+
+
+def _print_result(result) -> None:  # noqa: ANN001
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("output", "value", title=f"cryoforge run: {result.run_dir}")
+    for label, p in (("map", result.map_path), ("poses", result.star_path), ("FSC plot", result.fsc_plot)):
+        if p:
+            table.add_row(label, str(p))
+    for k, v in result.metrics.items():
+        if not k.startswith("_"):
+            table.add_row(k, f"{v:.4g}" if isinstance(v, float) else str(v))
+    Console(width=120).print(table)
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path())
+@click.option("--particles", type=click.Path(), help="particles to predict (default: the run's)")
+@click.option("--out", "out_star", type=click.Path(), help="output .star (default RUN_DIR/inferred_poses.star)")
+@click.option("--batch-size", default=512, show_default=True)
+def infer(run_dir: str, particles: str | None, out_star: str | None, batch_size: int) -> None:
+    """Predict poses for a whole dataset with a trained encoder (no gradients, dataset order)."""
+    from cryoforge.infer import infer_run
+
+    path = infer_run(Path(run_dir), particles, out_star, batch_size)
+    click.echo(f"wrote {path}")
+
+
+# ----------------------------------------------------------------------------- simulate / evaluate
+
+
+@cli.command()
+@click.argument("input_path", required=False, type=click.Path())
+@click.option("--out", "out_dir", required=True, type=click.Path(), help="output folder")
+@click.option("--demo", is_flag=True, help="use the built-in demo structure (adenylate kinase, 4AKE)")
+@click.option("-n", "--n-particles", default=1000, show_default=True, type=click.IntRange(1))
+@click.option("--box-size", default=32, show_default=True, type=click.IntRange(8), help="L (atomic models)")
+@click.option("--pixel-size", default=3.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="Å/px (atomic models)")
+@click.option("--snr", default=1.0, show_default=True, type=float, help="var(signal)/var(noise); <=0: no noise")
+@click.option("--shift-std", default=0.0, show_default=True, type=float, help="Gaussian shift σ in Å")
+@click.option("--defocus", default=20000.0, show_default=True, type=float, help="median defocus in Å")
+@click.option("--no-ctf", is_flag=True, help="do not apply a CTF")
+@click.option("--seed", default=0, show_default=True, type=int)
+def simulate(input_path, out_dir, demo, n_particles, box_size, pixel_size, snr, shift_std, defocus, no_ctf, seed) -> None:  # noqa: ANN001
+    """Simulate particles from an .mrc map or a .pdb/.cif model (ground-truth poses in the .star)."""
+    from cryoforge.simulate import SimulationSettings
+    from cryoforge.simulate import simulate as do_simulate
+
+    if not input_path and not demo:
+        raise click.UsageError("give an INPUT_PATH (.mrc/.pdb/.cif) or --demo")
+    if input_path and not Path(input_path).exists():
+        raise InputFileError(input_path, "input file not found", "INPUT_PATH")
+    s = SimulationSettings(n_particles=n_particles, box_size=box_size, pixel_size_angstrom=pixel_size,
+                           snr=snr if snr > 0 else None, shift_std_angstrom=shift_std,
+                           defocus_median_angstrom=defocus, apply_ctf=not no_ctf, seed=seed)
+    r = do_simulate(None if demo else input_path, out_dir, s)
+    click.echo(f"wrote {r.star} and {r.stack} ({n_particles} particles, L={s.box_size}, "
+               f"{s.pixel_size_angstrom:.3g} Å/px, realised SNR {r.realised_snr if r.realised_snr else 'inf'})")
+
+
+@cli.command()
+@click.argument("map_path", type=click.Path())
+@click.option("--ref", "ref_path", type=click.Path(), help="ground-truth map (aligned: hands, rotation, shift)")
+@click.option("--half2", "half2_path", type=click.Path(), help="second half map (FSC at 0.143, no alignment)")
+@click.option("--poses", "poses_path", type=click.Path(), help="predicted poses (.star)")
+@click.option("--gt-poses", "gt_poses_path", type=click.Path(), help="ground-truth poses (.star)")
+@click.option("--out", "out_dir", default="evaluation", show_default=True, type=click.Path())
+def evaluate(map_path, ref_path, half2_path, poses_path, gt_poses_path, out_dir) -> None:  # noqa: ANN001
+    """FSC and resolution (0.5 / 0.143), pose errors; prints a table, writes fsc.png and metrics.json."""
+    from cryoforge.evaluate_cli import evaluate_files
+
+    metrics = evaluate_files(map_path, ref_path, half2_path, poses_path, gt_poses_path, Path(out_dir))
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("metric", "value", title="cryoforge evaluate")
+    for k, v in metrics.items():
+        table.add_row(k, f"{v:.4g}" if isinstance(v, float) else str(v))
+    Console(width=120).print(table)
+
+
+@cli.command()
+@click.argument("particles", type=click.Path())
+@click.option("--out", "out_map", required=True, type=click.Path(), help="output .mrc")
+@click.option("--poses", "poses_pkl", type=click.Path(), help="cryoDRGN pose .pkl (else poses in the file)")
+@click.option("--no-ctf", is_flag=True, help="ignore the CTF")
+def reconstruct(particles: str, out_map: str, poses_pkl: str | None, no_ctf: bool) -> None:
+    """Known-pose reconstruction by Fourier backprojection (a reference, not a learned map)."""
+    from cryoforge.reconstruct import reconstruct_file
+
+    path = reconstruct_file(Path(particles), Path(out_map), poses_pkl, not no_ctf)
+    click.echo(f"wrote {path}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,178 @@
+"""Typed configuration: component options, training settings and the whole run.
+
+Every component declares a nested ``Options`` model (a subclass of :class:`Options`, which forbids
+unknown keys). A :class:`RunConfig` names one component per role and holds their options as plain
+dicts until :func:`resolve` validates each against its component's model and fills in defaults.
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from cryoforge.errors import ConfigError
+
+if TYPE_CHECKING:
+    from cryoforge.registry import Registry
+
+ROLES = ("source", "encoder", "volume", "imaging", "loss")
+
+
+class Options(BaseModel):
+    """Base class for a component's options: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ComponentConfig(BaseModel):
+    """One role's choice: the component name and its options."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class TrainConfig(BaseModel):
+    """Training settings (the cryoAI defaults, sized for a CPU demo where noted)."""
+
+    model_config = ConfigDict(extra="forbid")
+    epochs: int = Field(20, ge=0, description="passes over the data (0 = only the time budget)")
+    max_time_s: float | None = Field(None, gt=0, description="stop after this wall-clock time")
+    batch_size: int = Field(32, ge=1)
+    lr_encoder: float = Field(1e-3, gt=0, description="Adam learning rate of the encoder")
+    lr_volume: float = Field(1e-3, gt=0, description="Adam learning rate of the volume")
+    grad_clip: float | None = Field(1.0, gt=0, description="max gradient norm (None: off)")
+    seed: int = 0
+    device: str = Field("auto", description="'auto', 'cpu', 'cuda' or 'cuda:N'")
+    amp: bool = Field(False, description="bfloat16 autocast (CUDA only)")
+    compile: bool = Field(False, description="torch.compile the encoder and volume")
+    max_steps: int | None = Field(None, ge=1, description="stop after this many optimizer steps")
+    checkpoint_every_steps: int | None = Field(None, ge=1, description="also checkpoint every N steps")
+    checkpoint_every_s: float = Field(120.0, gt=0, description="seconds between checkpoints")
+    export_every_s: float = Field(300.0, gt=0, description="seconds between map/pose exports")
+    log_every: int = Field(10, ge=1, description="steps between log lines / scalars")
+    half_sets: bool = Field(False, description="two independent runs on the two halves")
+    gt_poses: bool = Field(False, description="use the source's known poses (no encoder)")
+    tensorboard: bool = Field(True, description="write TensorBoard scalars when installed")
+    progress: bool = Field(True, description="show a progress bar")
+
+
+class RunConfig(BaseModel):
+    """A whole run: one component per role, training settings, outputs."""
+
+    model_config = ConfigDict(extra="forbid")
+    source: ComponentConfig = Field(default_factory=lambda: ComponentConfig(name="star"))
+    encoder: ComponentConfig = Field(default_factory=lambda: ComponentConfig(name="vgg"))
+    volume: ComponentConfig = Field(default_factory=lambda: ComponentConfig(name="fouriernet"))
+    imaging: ComponentConfig = Field(default_factory=lambda: ComponentConfig(name="cryoai"))
+    loss: ComponentConfig = Field(default_factory=lambda: ComponentConfig(name="symmetrized"))
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    output_dir: str = "runs/cryoforge"
+    ground_truth_map: str | None = Field(None, description=".mrc used for FSC plots")
+    plugins: dict[str, str] = Field(default_factory=dict, description="filled in by run()")
+    mode: Literal["train", "infer"] = "train"
+
+
+def format_validation_error(err: ValidationError, prefix: str = "") -> str:
+    """Render a pydantic error as one line naming the field, e.g. ``volume.options.omega_0``."""
+    parts = []
+    for e in err.errors():
+        loc = ".".join(str(x) for x in e["loc"])
+        field = f"{prefix}.{loc}" if prefix and loc else (prefix or loc)
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown option"
+        parts.append(f"{field}: {msg}" + (f" (got {e['input']!r})" if "input" in e
+                                          and e["type"] != "extra_forbidden"
+                                          and not isinstance(e["input"], dict) else ""))
+    return "; ".join(parts)
+
+
+def load_config_file(path: str | Path) -> RunConfig:
+    """Read a TOML or JSON run configuration.
+
+    Raises
+    ------
+    ConfigError
+        When the file is missing, unparsable or has unknown/invalid fields.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        text = path.read_text()
+        data = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot parse ({exc})") from None
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"{path}: {format_validation_error(exc)}") from None
+
+
+def parse_value(text: str) -> Any:
+    """Parse a ``-o key value`` value: JSON when it parses (numbers, booleans, lists), else a string."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def apply_override(config: RunConfig, key: str, value: Any) -> RunConfig:
+    """Return a copy of ``config`` with ``key`` (``volume.hidden_dim``, ``train.batch_size``) set.
+
+    For a role, ``role.x`` and ``role.options.x`` both set option ``x``.
+    """
+    data = config.model_dump()
+    parts = key.split(".")
+    if parts[0] in ROLES and len(parts) >= 2:
+        if parts[1] == "name" and len(parts) == 2:
+            data[parts[0]]["name"] = value
+        else:
+            opt = parts[2:] if parts[1] == "options" else parts[1:]
+            if not opt:
+                raise ConfigError(f"{key}: expected {parts[0]}.<option>")
+            _set_nested(data[parts[0]]["options"], opt, value)
+    elif parts[0] == "train" and len(parts) == 2:
+        data["train"][parts[1]] = value
+    elif len(parts) == 1 and parts[0] in RunConfig.model_fields:
+        data[parts[0]] = value
+    else:
+        roles = ", ".join(f"{r}.<option>" for r in ROLES)
+        raise ConfigError(f"-o {key}: unknown key (use {roles}, train.<field> or a top-level field)")
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc)) from None
+
+
+def _set_nested(d: dict[str, Any], keys: list[str], value: Any) -> None:
+    for k in keys[:-1]:
+        d = d.setdefault(k, {})
+    d[keys[-1]] = value
+
+
+def resolve(config: RunConfig, registry: Registry) -> RunConfig:
+    """Validate every component's options with its own model and fill in all defaults.
+
+    Raises
+    ------
+    ConfigError
+        Naming the field, e.g. ``volume.options.omega_0: Input should be a valid number``.
+    PluginError
+        When a component name is unknown (the message lists what is available).
+    """
+    data = config.model_dump()
+    for role in ROLES:
+        comp = getattr(config, role)
+        cls = registry.get(role, comp.name)
+        try:
+            opts = cls.Options.model_validate(comp.options)
+        except ValidationError as exc:
+            raise ConfigError(format_validation_error(exc, f"{role}.options")) from None
+        data[role] = {"name": comp.name, "options": opts.model_dump(mode="json")}
+    return RunConfig.model_validate(data)

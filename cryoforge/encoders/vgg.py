@@ -1,0 +1,106 @@
+"""The cryoAI encoder: Gaussian filter bank → VGG-like CNN → rotation (6D) and shift heads."""
+
+from __future__ import annotations
+
+
+import torch
+from pydantic import Field
+from torch import nn
+
+from cryoforge.config import Options
+from cryoforge.ops.rotations import sixd_to_matrix
+from cryoforge.roles import Encoder
+from cryoforge.types import BuildContext, Pose
+
+
+def gaussian_bank(sigmas_px: list[float], size: int) -> torch.Tensor:
+    """``(len(sigmas), 1, size, size)`` normalised Gaussian kernels (σ in pixels)."""
+    r = torch.arange(size, dtype=torch.float64) - size // 2
+    d2 = r[None, :] ** 2 + r[:, None] ** 2
+    kernels = [torch.exp(-d2 / (2 * s * s)) for s in sigmas_px]
+    return torch.stack([k / k.sum() for k in kernels])[:, None].float()
+
+
+class DoubleConv(nn.Sequential):
+    """Two 3×3 convolutions (with optional batch norm) and ReLU, then 2×2 max pooling."""
+
+    def __init__(self, cin: int, cout: int, batch_norm: bool) -> None:
+        layers: list[nn.Module] = []
+        for c in (cin, cout):
+            layers.append(nn.Conv2d(c, cout, 3, padding=1))
+            if batch_norm:
+                layers.append(nn.BatchNorm2d(cout))
+            layers.append(nn.ReLU(inplace=True))
+        layers.append(nn.MaxPool2d(2))
+        super().__init__(*layers)
+
+
+def mlp_head(cin: int, cout: int, hidden: tuple[int, ...]) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for h in hidden:
+        layers += [nn.Linear(cin, h), nn.ReLU(inplace=True)]
+        cin = h
+    layers.append(nn.Linear(cin, cout))
+    return nn.Sequential(*layers)
+
+
+class VGGEncoder(Encoder):
+    """cryoAI's encoder: fixed Gaussian low-pass bank, VGG16-like DoubleConv blocks, two FC heads.
+
+    The image is filtered by ``n_filters`` Gaussians (11×11, σ geometric from 0.1 to 10 px) stacked
+    as channels; one ``DoubleConv`` block per entry of ``channels`` halves the resolution; the
+    flattened features feed two heads (hidden 512 and 256, ReLU): one to the 6D rotation
+    representation (Gram-Schmidt, rows), one to the in-plane shift, returned in Å.
+    The defaults follow the paper at L=128; use e.g. ``channels=[16, 32, 64, 64]`` on a CPU.
+    """
+
+    name = "vgg"
+
+    class Options(Options):
+        channels: list[int] = Field(default_factory=lambda: [64, 128, 256, 512, 512])
+        n_filters: int = Field(5, ge=1)
+        filter_size: int = Field(11, ge=1)
+        sigma_min_px: float = Field(0.1, gt=0)
+        sigma_max_px: float = Field(10.0, gt=0)
+        head_hidden: list[int] = Field(default_factory=lambda: [512, 256])
+        batch_norm: bool = True
+        predict_shift: bool = Field(True, description="train the shift head (else shifts are 0)")
+
+    def __init__(self, options: Options, ctx: BuildContext) -> None:
+        super().__init__(options, ctx)
+        o = options
+        n = o.n_filters
+        sig = [o.sigma_min_px * (o.sigma_max_px / o.sigma_min_px) ** (i / max(n - 1, 1)) for i in range(n)]
+        self.register_buffer("filters", gaussian_bank(sig, o.filter_size), persistent=False)
+        blocks, cin = [], n
+        for c in o.channels:
+            blocks.append(DoubleConv(cin, c, o.batch_norm))
+            cin = c
+        self.features = nn.Sequential(*blocks)
+        side = ctx.image_size // 2 ** len(o.channels)
+        if side < 1:
+            raise ValueError(f"encoder.options.channels: {len(o.channels)} blocks need images of at least "
+                             f"{2 ** len(o.channels)} px, got {ctx.image_size}")
+        feat = cin * side * side
+        hidden = tuple(o.head_hidden)
+        self.rotation_head = mlp_head(feat, 6, hidden)
+        self.shift_head = mlp_head(feat, 2, hidden)
+        with torch.no_grad():  # start near zero shift
+            self.shift_head[-1].weight.mul_(0.01)
+            self.shift_head[-1].bias.zero_()
+        self.pixel_size_angstrom = ctx.pixel_size_angstrom
+
+    def forward(self, images: torch.Tensor) -> Pose:
+        x = nn.functional.conv2d(images[:, None], self.filters, padding=self.options.filter_size // 2)
+        x = self.features(x).flatten(1)
+        rot = sixd_to_matrix(self.rotation_head(x))
+        shift_px = self.shift_head(x)
+        if not self.options.predict_shift:
+            shift_px = shift_px * 0
+        return Pose(rot, shift_px * self.pixel_size_angstrom)
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+

@@ -1,0 +1,59 @@
+"""File-level evaluation behind ``cryoforge evaluate``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from cryoforge.errors import InputFileError
+from cryoforge.evaluate import align_map, fsc_report, plot_fsc, pose_errors, write_json
+from cryoforge.io.mrc import read_map
+from cryoforge.io.star import read_star
+
+
+def evaluate_files(map_path: str, ref_path: str | None, half2_path: str | None, poses_path: str | None,
+                   gt_poses_path: str | None, out_dir: Path) -> dict[str, Any]:
+    """Compute FSC/resolution and pose errors from files; write ``fsc.png`` and ``metrics.json``."""
+    vol, px = read_map(map_path)
+    m = torch.from_numpy(vol)
+    metrics: dict[str, Any] = {"pixel_size_angstrom": px}
+    A = mirrored = None
+    if poses_path or gt_poses_path:
+        if not (poses_path and gt_poses_path):
+            raise InputFileError(poses_path or gt_poses_path, "give both --poses and --gt-poses", "--poses")
+        pred, true = read_star(poses_path), read_star(gt_poses_path)
+        for t in (pred, true):
+            if t.rotations is None:
+                raise InputFileError(t.path, "no poses in this file", "rlnAngleRot")
+        if len(pred) != len(true):
+            raise InputFileError(poses_path, f"{len(pred)} poses vs {len(true)} in {gt_poses_path}", "rows")
+        pe = pose_errors(torch.from_numpy(pred.rotations), torch.from_numpy(true.rotations),
+                         torch.from_numpy(pred.shifts_angstrom), torch.from_numpy(true.shifts_angstrom), px)
+        A, mirrored = pe.pop("_A"), pe["mirrored"]
+        metrics.update(pe)
+    curves = {}
+    for label, other, align in (("map vs reference", ref_path, True), ("half 1 vs half 2", half2_path, False)):
+        if not other:
+            continue
+        ref, _ = read_map(other)
+        r = torch.from_numpy(ref)
+        if r.shape != m.shape:
+            raise InputFileError(other, f"shape {tuple(r.shape)} differs from {map_path} {tuple(m.shape)}", "nx/ny/nz")
+        if align:
+            al = align_map(m, r, A, mirrored) if A is not None else align_map(m, r)
+            moved = al.aligned
+            metrics["map_mirrored"] = al.mirrored
+        else:
+            moved = m
+        rep = fsc_report(moved, r, px)
+        prefix = "" if align else "halfmap_"
+        metrics.update({prefix + k: v for k, v in rep.summary((0.5, 0.143)).items()})
+        curves[label] = rep
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if curves:
+        plot_fsc(curves, out_dir / "fsc.png")
+        metrics["fsc_plot"] = str(out_dir / "fsc.png")
+    write_json(out_dir / "metrics.json", metrics)
+    return metrics

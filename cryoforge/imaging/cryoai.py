@@ -1,0 +1,55 @@
+"""cryoAI image formation: central slice → CTF → translation phase shift → real space."""
+
+from __future__ import annotations
+
+import torch
+from pydantic import Field
+
+from cryoforge.config import Options
+from cryoforge.ops.ctf import ctf_2d
+from cryoforge.ops.fft import irfft2_images
+from cryoforge.ops.grids import half_plane_query
+from cryoforge.ops.shift import phase_shift
+from cryoforge.ops.slicing import central_slice_coords
+from cryoforge.roles import Imaging, Volume
+from cryoforge.types import BuildContext, CTFParams, Pose
+
+
+class CryoAIImaging(Imaging):
+    """Central slice of the volume at the pose, times the CTF, times the phase shift, to real space.
+
+    Only the rfft2 half-plane inside the Nyquist circle is queried (≈0.39·L² coordinates per
+    image); the image comes back with ``irfft2``, so it is real by construction.
+    """
+
+    name = "cryoai"
+
+    class Options(Options):
+        apply_ctf: bool = Field(True, description="multiply by the CTF when the data have one")
+
+    def __init__(self, options: Options, ctx: BuildContext) -> None:
+        super().__init__(options, ctx)
+        L = ctx.image_size
+        flat_index, freqs = half_plane_query(L)
+        self.register_buffer("flat_index", flat_index, persistent=False)
+        self.register_buffer("freqs", freqs, persistent=False)
+
+    def ctf_values(self, ctf: CTFParams) -> torch.Tensor:
+        """``(B, M)`` CTF at the queried frequencies."""
+        px = self.ctx.pixel_size_angstrom
+        return ctf_2d(self.freqs / px, ctf.defocus_u_angstrom, ctf.defocus_v_angstrom,
+                      ctf.astigmatism_angle_deg, ctf.voltage_kv, ctf.cs_mm, ctf.amplitude_contrast,
+                      ctf.phase_shift_deg, ctf.bfactor_angstrom2)
+
+    def forward(self, volume: Volume, pose: Pose, ctf: CTFParams | None) -> torch.Tensor:
+        L = self.ctx.image_size
+        B = pose.rotation.shape[0]
+        coords = central_slice_coords(pose.rotation.float(), self.freqs)
+        values = volume(coords).to(torch.complex64)
+        if ctf is not None and self.options.apply_ctf:
+            values = values * self.ctf_values(ctf)
+        shift_px = pose.shift_angstrom.float() / self.ctx.pixel_size_angstrom
+        values = values * phase_shift(self.freqs, shift_px)
+        half = torch.zeros(B, L * (L // 2 + 1), dtype=values.dtype, device=values.device)
+        half = half.index_copy(1, self.flat_index, values)
+        return irfft2_images(half.reshape(B, L, L // 2 + 1), L)

@@ -1,0 +1,169 @@
+"""RELION STAR tables (3.0, 3.1 with optics groups, 5) → :class:`ParticleTable`, and back."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import starfile
+
+from cryoforge.errors import InputFileError
+from cryoforge.io.atomic import atomic_path
+from cryoforge.io.table import ParticleTable
+from cryoforge.ops.rotations import euler_relion_to_matrix, matrix_to_euler_relion
+
+OPTICS_FIELDS = ("rlnVoltage", "rlnSphericalAberration", "rlnAmplitudeContrast")
+
+
+def _read_blocks(path: Path) -> dict[str, pd.DataFrame]:
+    if not path.is_file():
+        raise InputFileError(path, "STAR file not found")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            blocks = starfile.read(path, always_dict=True)
+    except Exception as exc:  # starfile raises a variety of parser errors
+        raise InputFileError(path, f"cannot parse STAR file ({exc})") from None
+    return {k: v for k, v in blocks.items() if isinstance(v, pd.DataFrame)}
+
+
+def read_star(path: str | Path, box_size: int | None = None) -> ParticleTable:
+    """Read particles, CTF, poses and image references from a RELION STAR file.
+
+    Parameters
+    ----------
+    path
+        RELION 3.0 (one table), 3.1 or 5 (``data_optics`` + ``data_particles``) STAR file.
+    box_size
+        Image side in pixels when the file does not say (RELION 3.0); otherwise from
+        ``rlnImageSize`` or later from the stack header.
+
+    Raises
+    ------
+    InputFileError
+        Naming the file and the missing or malformed column.
+    """
+    path = Path(path)
+    blocks = _read_blocks(path)
+    if "particles" in blocks:
+        parts = blocks["particles"].copy()
+    else:
+        tables = [b for b in blocks.values() if "rlnImageName" in b.columns or "rlnDefocusU" in b.columns]
+        if not tables:
+            raise InputFileError(path, "no particle table found", "rlnImageName")
+        parts = tables[0].copy()
+    if "optics" in blocks:
+        optics = blocks["optics"]
+        if "rlnOpticsGroup" not in parts.columns:
+            raise InputFileError(path, "particles table lacks the column", "rlnOpticsGroup")
+        keep = [c for c in optics.columns if c not in parts.columns or c == "rlnOpticsGroup"]
+        merged = parts.merge(optics[keep], on="rlnOpticsGroup", how="left", sort=False)
+        if merged[keep[1]].isna().any() if len(keep) > 1 else False:
+            raise InputFileError(path, "a particle refers to an optics group that is not defined", "rlnOpticsGroup")
+        parts = merged
+    n = len(parts)
+
+    def col(name: str, default: float | None = None) -> np.ndarray:
+        if name in parts.columns:
+            values = pd.to_numeric(parts[name], errors="coerce").to_numpy(np.float64)
+            if np.isnan(values).any():
+                raise InputFileError(path, "non-numeric or missing values", name)
+            return values
+        if default is None:
+            raise InputFileError(path, "required column missing", name)
+        return np.full(n, default, dtype=np.float64)
+
+    if "rlnImagePixelSize" in parts.columns:
+        pixel = col("rlnImagePixelSize")
+    elif "rlnDetectorPixelSize" in parts.columns and "rlnMagnification" in parts.columns:
+        pixel = col("rlnDetectorPixelSize") * 1e4 / col("rlnMagnification")
+    elif "rlnPixelSize" in parts.columns:
+        pixel = col("rlnPixelSize")
+    else:
+        pixel = np.full(n, np.nan)
+    pixel_size = float(np.median(pixel)) if n and np.isfinite(pixel).all() else None
+    if "rlnImageSize" in parts.columns:
+        box_size = int(col("rlnImageSize")[0])
+
+    ctf = {
+        "defocus_u_angstrom": col("rlnDefocusU"),
+        "defocus_v_angstrom": col("rlnDefocusV", None) if "rlnDefocusV" in parts.columns else col("rlnDefocusU"),
+        "astigmatism_angle_deg": col("rlnDefocusAngle", 0.0),
+        "voltage_kv": col("rlnVoltage"),
+        "cs_mm": col("rlnSphericalAberration"),
+        "amplitude_contrast": col("rlnAmplitudeContrast", 0.1),  # RELION's default
+        "phase_shift_deg": col("rlnPhaseShift", 0.0),
+        "bfactor_angstrom2": col("rlnCtfBfactor", 0.0),
+    }
+    rotations = shifts = None
+    if {"rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"} <= set(parts.columns):
+        import torch
+
+        rotations = euler_relion_to_matrix(
+            torch.tensor(col("rlnAngleRot")), torch.tensor(col("rlnAngleTilt")),
+            torch.tensor(col("rlnAnglePsi"))).numpy()
+        if "rlnOriginXAngst" in parts.columns:
+            shifts = np.stack([col("rlnOriginXAngst"), col("rlnOriginYAngst")], 1)
+        elif "rlnOriginX" in parts.columns:
+            if pixel_size is None:
+                raise InputFileError(path, "rlnOriginX needs a pixel size", "rlnDetectorPixelSize")
+            shifts = np.stack([col("rlnOriginX"), col("rlnOriginY")], 1) * pixel[:, None]
+        else:
+            shifts = np.zeros((n, 2))
+    names = parts["rlnImageName"].astype(str).to_numpy() if "rlnImageName" in parts.columns else None
+    return ParticleTable(
+        path=path, image_names=names, ctf=ctf, rotations=rotations, shifts_angstrom=shifts,
+        pixel_size_angstrom=pixel_size, box_size=box_size,
+        pixel_sizes_angstrom=pixel if pixel_size is not None else None,
+        extra={"rlnOpticsGroup": parts["rlnOpticsGroup"].to_numpy()} if "rlnOpticsGroup" in parts else {},
+    )
+
+
+def write_star(path: str | Path, table: ParticleTable) -> None:
+    """Write a RELION 3.1 STAR file (``data_optics`` + ``data_particles``) atomically.
+
+    Poses are written as RELION Euler angles (degrees) and ``rlnOriginX/YAngst`` (Å), CTF as
+    ``rlnDefocusU/V/Angle``, ``rlnPhaseShift``, ``rlnCtfBfactor``; one optics group per distinct
+    (voltage, Cs, amplitude contrast).
+    """
+    n = len(table)
+    if table.pixel_size_angstrom is None or table.box_size is None:
+        raise ValueError("write_star needs the pixel size and box size")
+    key = np.stack([table.ctf[k] for k in ("voltage_kv", "cs_mm", "amplitude_contrast")], 1)
+    uniq, group = np.unique(key, axis=0, return_inverse=True)
+    optics = pd.DataFrame({
+        "rlnOpticsGroup": np.arange(1, len(uniq) + 1),
+        "rlnOpticsGroupName": [f"opticsGroup{i + 1}" for i in range(len(uniq))],
+        "rlnVoltage": uniq[:, 0],
+        "rlnSphericalAberration": uniq[:, 1],
+        "rlnAmplitudeContrast": uniq[:, 2],
+        "rlnImagePixelSize": table.pixel_size_angstrom,
+        "rlnImageSize": int(table.box_size),
+        "rlnImageDimensionality": 2,
+    })
+    cols: dict[str, object] = {}
+    if table.image_names is not None:
+        cols["rlnImageName"] = table.image_names
+    cols.update({
+        "rlnDefocusU": table.ctf["defocus_u_angstrom"],
+        "rlnDefocusV": table.ctf["defocus_v_angstrom"],
+        "rlnDefocusAngle": table.ctf["astigmatism_angle_deg"],
+        "rlnPhaseShift": table.ctf["phase_shift_deg"],
+        "rlnCtfBfactor": table.ctf["bfactor_angstrom2"],
+        "rlnOpticsGroup": group.reshape(-1) + 1,
+    })
+    if table.rotations is not None:
+        import torch
+
+        rot, tilt, psi = matrix_to_euler_relion(torch.as_tensor(table.rotations))
+        cols.update({"rlnAngleRot": rot.numpy(), "rlnAngleTilt": tilt.numpy(), "rlnAnglePsi": psi.numpy()})
+        sh = table.shifts_angstrom if table.shifts_angstrom is not None else np.zeros((n, 2))
+        cols.update({"rlnOriginXAngst": sh[:, 0], "rlnOriginYAngst": sh[:, 1]})
+    for k, v in table.extra.items():
+        if k.startswith("rln") and k not in cols:
+            cols[k] = v
+    particles = pd.DataFrame(cols)
+    with atomic_path(path) as tmp:
+        starfile.write({"optics": optics, "particles": particles}, tmp, float_format="%.6f")

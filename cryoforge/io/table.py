@@ -1,0 +1,78 @@
+"""The in-memory particle table: metadata for every particle (no images)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cryoforge.types import CTFParams, Pose
+
+CTF_FIELDS = ("defocus_u_angstrom", "defocus_v_angstrom", "astigmatism_angle_deg", "voltage_kv",
+              "cs_mm", "amplitude_contrast", "phase_shift_deg", "bfactor_angstrom2")
+
+
+@dataclass
+class ParticleTable:
+    """Per-particle metadata read from a STAR/CS/pickle file.
+
+    Attributes
+    ----------
+    image_names
+        ``(N,)`` RELION-style ``index@file`` references (1-based index), or ``None``.
+    ctf
+        Field name → ``(N,)`` float64 (keys :data:`CTF_FIELDS`).
+    rotations
+        ``(N, 3, 3)`` RELION matrices, or ``None``.
+    shifts_angstrom
+        ``(N, 2)`` shifts ``(x, y)`` in Å (same sign as ``rlnOriginXAngst``), or ``None``.
+    pixel_size_angstrom
+        Dataset pixel size in Å (the median when optics groups differ).
+    """
+
+    path: Path
+    image_names: np.ndarray | None
+    ctf: dict[str, np.ndarray]
+    rotations: np.ndarray | None = None
+    shifts_angstrom: np.ndarray | None = None
+    pixel_size_angstrom: float | None = None
+    box_size: int | None = None
+    pixel_sizes_angstrom: np.ndarray | None = None
+    extra: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.ctf["defocus_u_angstrom"])
+
+    def ctf_params(self) -> CTFParams:
+        return CTFParams(**{k: torch.tensor(self.ctf[k], dtype=torch.float32) for k in CTF_FIELDS})
+
+    def pose(self) -> Pose | None:
+        if self.rotations is None:
+            return None
+        sh = self.shifts_angstrom if self.shifts_angstrom is not None else np.zeros((len(self), 2))
+        return Pose(torch.tensor(self.rotations, dtype=torch.float32),
+                    torch.tensor(sh, dtype=torch.float32))
+
+    def per_particle_pixel_size(self) -> np.ndarray:
+        """``(N,)`` pixel sizes in Å (optics groups may differ slightly)."""
+        if self.pixel_sizes_angstrom is not None:
+            return self.pixel_sizes_angstrom
+        return np.full(len(self), float(self.pixel_size_angstrom or np.nan))
+
+    def cryodrgn_ctf(self) -> np.ndarray:
+        """``(N, 9)`` array in cryoDRGN's CTF pickle layout."""
+        n = len(self)
+        return np.stack([np.full(n, float(self.box_size or 0)), self.per_particle_pixel_size(),
+                         self.ctf["defocus_u_angstrom"], self.ctf["defocus_v_angstrom"],
+                         self.ctf["astigmatism_angle_deg"], self.ctf["voltage_kv"], self.ctf["cs_mm"],
+                         self.ctf["amplitude_contrast"], self.ctf["phase_shift_deg"]], 1)
+
+
+def parse_image_name(name: str) -> tuple[int, str]:
+    """``'000012@path/stack.mrcs'`` → ``(11, 'path/stack.mrcs')`` (0-based index)."""
+    if "@" in name:
+        idx, file = name.split("@", 1)
+        return int(idx) - 1, file
+    return 0, name

@@ -1,0 +1,64 @@
+"""Contrast transfer function, RELION / CTFFIND convention (``CTF(0) = -w``)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def electron_wavelength_angstrom(voltage_kv: torch.Tensor | float) -> torch.Tensor:
+    """Relativistic electron wavelength λ in Å for an acceleration voltage in kV."""
+    v = torch.as_tensor(voltage_kv, dtype=torch.float64) * 1e3
+    return 12.2643247 / torch.sqrt(v * (1 + 0.978466e-6 * v))
+
+
+def ctf_2d(
+    freqs_per_angstrom: torch.Tensor,
+    defocus_u_angstrom: torch.Tensor,
+    defocus_v_angstrom: torch.Tensor,
+    astigmatism_angle_deg: torch.Tensor,
+    voltage_kv: torch.Tensor,
+    cs_mm: torch.Tensor,
+    amplitude_contrast: torch.Tensor,
+    phase_shift_deg: torch.Tensor,
+    bfactor_angstrom2: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Evaluate the CTF at spatial frequencies, for a batch of parameter sets.
+
+    ``Δf(θ) = (dU + dV)/2 + (dU − dV)/2 · cos(2(θ − θ_ast))``,
+    ``χ = π λ Δf s² − (π/2) Cs λ³ s⁴ + φ``,
+    ``CTF = −sqrt(1 − w²) sin χ − w cos χ``, times ``exp(−B s² / 4)`` when a B-factor is given.
+
+    Parameters
+    ----------
+    freqs_per_angstrom
+        ``(N, 2)`` frequencies ``(kx, ky)`` in Å⁻¹.
+    defocus_u_angstrom, defocus_v_angstrom, astigmatism_angle_deg, voltage_kv, cs_mm,
+    amplitude_contrast, phase_shift_deg, bfactor_angstrom2
+        ``(B,)`` per-particle parameters (units in the names).
+
+    Returns
+    -------
+    ``(B, N)`` real CTF values, dtype of ``freqs_per_angstrom``.
+    """
+    dtype = freqs_per_angstrom.dtype
+    kx, ky = freqs_per_angstrom[..., 0], freqs_per_angstrom[..., 1]
+    s2 = kx * kx + ky * ky
+    theta = torch.atan2(ky, kx)
+
+    def col(p: torch.Tensor) -> torch.Tensor:
+        return torch.as_tensor(p, device=kx.device).to(dtype).reshape(-1, 1)
+
+    lam = col(electron_wavelength_angstrom(voltage_kv).to(kx.device))
+    du, dv = col(defocus_u_angstrom), col(defocus_v_angstrom)
+    ang = col(astigmatism_angle_deg) * (math.pi / 180)
+    defocus = 0.5 * (du + dv) + 0.5 * (du - dv) * torch.cos(2 * (theta - ang))
+    cs = col(cs_mm) * 1e7
+    w = col(amplitude_contrast)
+    phi = col(phase_shift_deg) * (math.pi / 180)
+    chi = math.pi * lam * defocus * s2 - 0.5 * math.pi * cs * lam**3 * s2 * s2 + phi
+    ctf = -torch.sqrt(1 - w * w) * torch.sin(chi) - w * torch.cos(chi)
+    if bfactor_angstrom2 is not None:
+        ctf = ctf * torch.exp(-col(bfactor_angstrom2) * s2 / 4)
+    return ctf

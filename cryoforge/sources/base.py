@@ -1,0 +1,126 @@
+"""Shared layer for sources backed by a :class:`ParticleTable` and memory-mapped MRC stacks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from pydantic import Field
+
+from cryoforge.config import Options
+from cryoforge.errors import InputFileError
+from cryoforge.io.mrc import open_stack
+from cryoforge.io.table import ParticleTable, parse_image_name
+from cryoforge.ops.fft import fourier_crop
+from cryoforge.roles import Source
+from cryoforge.types import BuildContext
+
+
+class StackOptions(Options):
+    """Options common to every stack-backed source."""
+
+    path: str = Field("", description="the particle file (.star, .cs or .mrcs)")
+    datadir: str | None = Field(None, description="folder that image paths are relative to")
+    downsample_to: int | None = Field(None, ge=8, description="Fourier-crop images to this box (px)")
+    normalize: bool = Field(True, description="scale images to zero mean, unit std (from a sample)")
+    invert_contrast: bool = Field(False, description="multiply images by -1")
+
+
+class StackSource(Source):
+    """A source reading ``index@file`` references from memory-mapped stacks, batch by batch.
+
+    Nothing per-image is loaded at construction: stacks are opened with ``mrcfile.mmap`` and each
+    batch reads only its own images, grouped by file. Subclasses provide :meth:`read_table`.
+    """
+
+    Options = StackOptions
+
+    def __init__(self, options: StackOptions, ctx: BuildContext) -> None:
+        super().__init__(options, ctx)
+        if not options.path:
+            raise InputFileError("<none>", "no particle file given (use --particles)", "source.path")
+        self.path = Path(options.path)
+        self.table = self.read_table(self.path)
+        self._open_stacks()
+        self.original_size = self._stacks[0].shape[-1]
+        if self.table.box_size is not None and self.table.box_size != self.original_size:
+            raise InputFileError(self.path, f"box size {self.table.box_size} but stack images are "
+                                 f"{self.original_size} px", "rlnImageSize")
+        self.table.box_size = self.original_size
+        self.image_size = options.downsample_to or self.original_size
+        if self.image_size > self.original_size:
+            raise InputFileError(self.path, f"cannot downsample {self.original_size} px images to "
+                                 f"{self.image_size}", "source.downsample_to")
+        base_px = self.table.pixel_size_angstrom or 1.0
+        self.original_pixel_size_angstrom = base_px
+        self.pixel_size_angstrom = base_px * self.original_size / self.image_size
+        self.ctf = self.table.ctf_params()
+        self.poses = self.table.pose()
+        self._scale, self._offset = 1.0, 0.0
+        if options.normalize:
+            rng = np.random.default_rng(0)
+            sample = np.sort(rng.choice(len(self), size=min(len(self), 1000), replace=False))
+            imgs = self.read_images(sample)
+            self._offset, self._scale = float(imgs.mean()), float(imgs.std()) or 1.0
+
+    def read_table(self, path: Path) -> ParticleTable:  # pragma: no cover - abstract in practice
+        raise NotImplementedError
+
+    def _resolve(self, file: str) -> Path:
+        candidates = []
+        if self.options.datadir:
+            candidates += [Path(self.options.datadir) / file, Path(self.options.datadir) / Path(file).name]
+        candidates += [self.path.parent / file, Path(file), self.path.parent / Path(file).name]
+        for c in candidates:
+            if c.is_file():
+                return c
+        raise InputFileError(self.path, f"stack file {file!r} not found (looked in "
+                             f"{', '.join(str(c.parent) for c in candidates[:3])}; set source.datadir)",
+                             "rlnImageName")
+
+    def _open_stacks(self) -> None:
+        names = self.table.image_names
+        if names is None:
+            raise InputFileError(self.path, "no image references", "rlnImageName")
+        files: dict[str, int] = {}
+        file_id = np.empty(len(names), np.int64)
+        index = np.empty(len(names), np.int64)
+        for i, name in enumerate(names):
+            idx, f = parse_image_name(str(name))
+            file_id[i] = files.setdefault(f, len(files))
+            index[i] = idx
+        self._stacks = [open_stack(self._resolve(f)) for f in files]
+        self._stack_paths = [self._resolve(f) for f in files]
+        sizes = {s.shape[-1] for s in self._stacks}
+        if len(sizes) > 1:
+            raise InputFileError(self.path, f"stacks have different image sizes {sorted(sizes)}", "rlnImageName")
+        for fid, stack in enumerate(self._stacks):
+            sel = index[file_id == fid]
+            if sel.size and (sel.max() >= stack.shape[0] or sel.min() < 0):
+                raise InputFileError(self._stack_paths[fid], f"{self.path.name} refers to image "
+                                     f"{int(sel.max()) + 1} but the stack holds {stack.shape[0]}",
+                                     "rlnImageName")
+        self._file_id, self._index = file_id, index
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    def read_images(self, index: np.ndarray) -> np.ndarray:
+        index = np.asarray(index, dtype=np.int64)
+        out = np.empty((len(index), self.original_size, self.original_size), np.float32)
+        fids = self._file_id[index]
+        for fid in np.unique(fids):
+            where = np.nonzero(fids == fid)[0]
+            rows = self._index[index[where]]
+            order = np.argsort(rows)  # sequential reads from the memory map
+            out[where[order]] = self._stacks[fid][rows[order]]
+        if not np.isfinite(out).all():
+            bad = index[~np.isfinite(out).reshape(len(index), -1).all(1)][0]
+            fid = self._file_id[bad]
+            raise InputFileError(self._stack_paths[fid], f"image {self._index[bad] + 1} contains NaN or Inf",
+                                 "data")
+        if self.image_size != self.original_size:
+            out = fourier_crop(torch.from_numpy(out), self.image_size).numpy()
+        out = (out - self._offset) / self._scale
+        return -out if self.options.invert_contrast else out

@@ -1,0 +1,111 @@
+"""Frozen value types passed between roles.
+
+Shapes use ``B`` for the batch and ``L`` for the image side in pixels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+
+import torch
+
+
+@dataclass(frozen=True)
+class Pose:
+    """Particle poses.
+
+    Attributes
+    ----------
+    rotation
+        ``(B, 3, 3)`` RELION ZYZ rotation matrices: the slice of image frequency ``k`` is the volume
+        at ``Rᵀ k``.
+    shift_angstrom
+        ``(B, 2)`` in-plane shift ``(x, y)`` in Å; the rendered image is translated by it.
+    """
+
+    rotation: torch.Tensor
+    shift_angstrom: torch.Tensor
+
+    def to(self, device: torch.device | str) -> Pose:
+        return Pose(self.rotation.to(device), self.shift_angstrom.to(device))
+
+    def index(self, idx: torch.Tensor) -> Pose:
+        return Pose(self.rotation[idx], self.shift_angstrom[idx])
+
+
+@dataclass(frozen=True)
+class CTFParams:
+    """Per-particle contrast transfer function parameters (RELION / CTFFIND convention).
+
+    Every attribute is a ``(B,)`` tensor.
+    """
+
+    defocus_u_angstrom: torch.Tensor
+    defocus_v_angstrom: torch.Tensor
+    astigmatism_angle_deg: torch.Tensor
+    voltage_kv: torch.Tensor
+    cs_mm: torch.Tensor
+    amplitude_contrast: torch.Tensor
+    phase_shift_deg: torch.Tensor
+    bfactor_angstrom2: torch.Tensor
+
+    def to(self, device: torch.device | str) -> CTFParams:
+        return replace(self, **{f.name: getattr(self, f.name).to(device) for f in fields(self)})
+
+    def index(self, idx: torch.Tensor) -> CTFParams:
+        return replace(self, **{f.name: getattr(self, f.name)[idx] for f in fields(self)})
+
+    def __len__(self) -> int:
+        return int(self.defocus_u_angstrom.shape[0])
+
+    @staticmethod
+    def cat(parts: list[CTFParams]) -> CTFParams:
+        return CTFParams(
+            **{f.name: torch.cat([getattr(p, f.name) for p in parts]) for f in fields(CTFParams)}
+        )
+
+
+@dataclass(frozen=True)
+class ParticleBatch:
+    """A batch read from a source.
+
+    Attributes
+    ----------
+    images
+        ``(B, L, L)`` float32, row = y, column = x, centre at ``(L//2, L//2)``.
+    ctf
+        CTF parameters of the batch, or ``None`` when the data carry no CTF.
+    index
+        ``(B,)`` int64 positions of the particles in the dataset.
+    pose
+        Known poses (ground truth or a previous refinement), or ``None``.
+    """
+
+    images: torch.Tensor
+    ctf: CTFParams | None
+    index: torch.Tensor
+    pose: Pose | None = None
+
+    def to(self, device: torch.device | str) -> ParticleBatch:
+        return ParticleBatch(
+            self.images.to(device),
+            None if self.ctf is None else self.ctf.to(device),
+            self.index.to(device),
+            None if self.pose is None else self.pose.to(device),
+        )
+
+
+@dataclass(frozen=True)
+class BuildContext:
+    """What a component may need to know about the data when it is built.
+
+    Attributes
+    ----------
+    image_size
+        ``L``, the side of the (possibly downsampled) images in pixels.
+    pixel_size_angstrom
+        Pixel size of those images in Å.
+    """
+
+    image_size: int = 32
+    pixel_size_angstrom: float = 1.0
