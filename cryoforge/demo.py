@@ -16,8 +16,8 @@ def demo_config(run_dir: Path) -> RunConfig:
     data = run_dir / "data"
     return RunConfig(
         source=ComponentConfig(name="star", options={"path": str(data / "particles.star")}),
-        encoder=ComponentConfig(name="vgg", options={"channels": [32, 64, 128, 128], "head_hidden": [512, 256]}),
-        volume=ComponentConfig(name="fouriernet", options={"hidden_dim": 128}),
+        encoder=ComponentConfig(name="vgg", options={"channels": [16, 32, 64, 64], "head_hidden": [256, 128]}),
+        volume=ComponentConfig(name="fouriernet", options={"hidden_dim": 64}),
         imaging=ComponentConfig(name="cryoai"),
         loss=ComponentConfig(name="symmetrized"),
         train=TrainConfig(epochs=0, max_time_s=540, batch_size=32, lr_encoder=1e-3, lr_volume=1e-3),

@@ -276,10 +276,11 @@ def train_one(config: RunConfig, registry: Registry, source: Source, index: np.n
                     out = model(batch, batch.pose if tc.gt_poses else None)
                 loss = out.loss
                 if not torch.isfinite(loss):
+                    kept = (f"the last good checkpoint is kept in {ckpt_path}" if ckpt_path.is_file()
+                            else "no checkpoint had been written yet")
                     raise TrainingDiverged(
                         f"loss became {loss.item()} at step {state['step']} (epoch {state['epoch']}); "
-                        f"the last good checkpoint is kept in {ckpt_path}; lower train.lr_* or enable "
-                        "train.grad_clip")
+                        f"{kept}; lower train.lr_* or check the input data")
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if tc.grad_clip:

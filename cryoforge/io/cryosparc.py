@@ -56,3 +56,40 @@ def read_cs(path: str | Path) -> ParticleTable:
     image_names = np.array([f"{i + 1:06d}@{p.lstrip('>')}" for i, p in zip(blob_idx, blob_paths, strict=True)])
     return ParticleTable(path=path, image_names=image_names, ctf=ctf, rotations=rotations,
                          shifts_angstrom=shifts, pixel_size_angstrom=pixel, box_size=box)
+
+
+def write_cs(path: str | Path, table: ParticleTable, stack_path: str) -> None:
+    """Write a minimal cryoSPARC ``.cs`` table (blob, CTF, 3D alignments) for ``table``.
+
+    Images are ``stack_path`` in order; poses are stored as cryoSPARC axis-angle vectors (the
+    transpose of RELION's matrix) and shifts in pixels.
+    """
+    from cryoforge.io.atomic import atomic_path
+    from cryoforge.ops.rotations import matrix_to_rotvec
+
+    n = len(table)
+    px = float(table.pixel_size_angstrom or 1.0)
+    dtype = [("uid", "<u8"), ("blob/path", "S256"), ("blob/idx", "<u4"), ("blob/shape", "<u4", (2,)),
+             ("blob/psize_A", "<f4"), ("ctf/accel_kv", "<f4"), ("ctf/cs_mm", "<f4"),
+             ("ctf/amp_contrast", "<f4"), ("ctf/df1_A", "<f4"), ("ctf/df2_A", "<f4"),
+             ("ctf/df_angle_rad", "<f4"), ("ctf/phase_shift_rad", "<f4"), ("ctf/bfactor", "<f4"),
+             ("alignments3D/shift", "<f4", (2,)), ("alignments3D/pose", "<f4", (3,))]
+    arr = np.zeros(n, dtype=dtype)
+    arr["uid"] = np.arange(n)
+    arr["blob/path"] = stack_path.encode()
+    arr["blob/idx"] = np.arange(n)
+    arr["blob/shape"] = table.box_size or 0
+    arr["blob/psize_A"] = px
+    c = table.ctf
+    arr["ctf/accel_kv"], arr["ctf/cs_mm"], arr["ctf/amp_contrast"] = c["voltage_kv"], c["cs_mm"], c["amplitude_contrast"]
+    arr["ctf/df1_A"], arr["ctf/df2_A"] = c["defocus_u_angstrom"], c["defocus_v_angstrom"]
+    arr["ctf/df_angle_rad"] = np.deg2rad(c["astigmatism_angle_deg"])
+    arr["ctf/phase_shift_rad"] = np.deg2rad(c["phase_shift_deg"])
+    arr["ctf/bfactor"] = c["bfactor_angstrom2"]
+    if table.rotations is not None:
+        rt = torch.as_tensor(table.rotations).transpose(-1, -2)
+        arr["alignments3D/pose"] = matrix_to_rotvec(rt).numpy()
+        arr["alignments3D/shift"] = (table.shifts_angstrom if table.shifts_angstrom is not None else 0) / px
+    with atomic_path(path, suffix=".npy") as tmp:
+        with open(tmp, "wb") as fh:
+            np.save(fh, arr)

@@ -42,7 +42,7 @@ def open_stack(path: str | Path) -> np.memmap:
     if nx != ny:
         raise InputFileError(path, f"images are not square ({nx}×{ny})", "nx/ny")
     expected = nx * ny * nz * np.dtype(_MODES[mode]).itemsize
-    actual = path.stat().st_size - 1024 - int(h.next)
+    actual = path.stat().st_size - 1024 - int(h.nsymbt)
     if actual < expected:
         raise InputFileError(path, f"data truncated: header says {nz} images of {nx}×{ny}, file holds fewer", "nz")
     if data.ndim == 2:

@@ -31,7 +31,7 @@ def translate_images(images: torch.Tensor, shift_px: torch.Tensor) -> torch.Tens
     from cryoforge.ops.grids import rfft_grid_2d
 
     L = images.shape[-1]
-    grid = rfft_grid_2d(L, images.device).reshape(-1, 2)
+    grid = rfft_grid_2d(L, images.device).reshape(-1, 2).to(images.dtype)
     spec = rfft2_images(images).reshape(images.shape[0], -1)
     out = spec * phase_shift(grid, shift_px)
     return irfft2_images(out.reshape(images.shape[0], L, L // 2 + 1), L)

@@ -25,6 +25,7 @@ class StackOptions(Options):
     downsample_to: int | None = Field(None, ge=8, description="Fourier-crop images to this box (px)")
     normalize: bool = Field(True, description="scale images to zero mean, unit std (from a sample)")
     invert_contrast: bool = Field(False, description="multiply images by -1")
+    ignore_ctf: bool = Field(False, description="treat the images as CTF-free")
 
 
 class StackSource(Source):
@@ -55,7 +56,13 @@ class StackSource(Source):
         base_px = self.table.pixel_size_angstrom or 1.0
         self.original_pixel_size_angstrom = base_px
         self.pixel_size_angstrom = base_px * self.original_size / self.image_size
-        self.ctf = self.table.ctf_params()
+        volts = self.table.ctf["voltage_kv"]
+        if np.all(volts == 0) or options.ignore_ctf:
+            self.ctf = None  # CTF-free data (e.g. simulated with --no-ctf)
+        elif np.any(volts <= 0):
+            raise InputFileError(self.path, "voltage must be > 0 for every particle", "rlnVoltage")
+        else:
+            self.ctf = self.table.ctf_params()
         self.poses = self.table.pose()
         self._scale, self._offset = 1.0, 0.0
         if options.normalize:
