@@ -125,7 +125,7 @@ def build_registry(pm: pluggy.PluginManager) -> Registry:
     reg = Registry()
     for hook_name, kind in HOOK_KIND.items():
         hook = getattr(pm.hook, hook_name)
-        for impl in reversed(hook.get_hookimpls()):  # registration order
+        for impl in hook.get_hookimpls():  # registration order: built-ins first
             for cls in impl.function() or []:
                 reg.add(kind, cls, impl.plugin_name)
     return reg

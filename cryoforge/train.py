@@ -386,13 +386,18 @@ def run(config: RunConfig, plugins_dirs: list[str] | None = None, resume: bool =
     if rank == 0:
         write_run_files(config, run_dir)
     index = np.arange(len(source))
-    if not config.train.half_sets:
-        return train_one(config, registry, source, index, run_dir, resume)
-    perm = np.random.default_rng(config.train.seed).permutation(index)
-    halves = [np.sort(perm[: len(perm) // 2]), np.sort(perm[len(perm) // 2 :])]
-    results = [train_one(config, registry, source, h, run_dir / f"half{i + 1}", resume)
-               for i, h in enumerate(halves)]
-    return combine_halves(results, source, halves, config, run_dir)
+    try:
+        if not config.train.half_sets:
+            return train_one(config, registry, source, index, run_dir, resume)
+        perm = np.random.default_rng(config.train.seed).permutation(index)
+        halves = [np.sort(perm[: len(perm) // 2]), np.sort(perm[len(perm) // 2 :])]
+        results = [train_one(config, registry, source, h, run_dir / f"half{i + 1}", resume)
+                   for i, h in enumerate(halves)]
+        return combine_halves(results, source, halves, config, run_dir) if rank == 0 else results[0]
+    finally:
+        if dist.is_initialized():
+            dist.barrier()
+            dist.destroy_process_group()
 
 
 def combine_halves(results: list[RunResult], source: Source, halves: list[np.ndarray], config: RunConfig,

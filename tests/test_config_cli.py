@@ -124,6 +124,7 @@ def test_cli_count_mismatch_and_nan(tmp_path, tiny):
     assert r.exit_code == 2 and "refers to image" in r.output and "holds 5" in r.output
     bad = stack.copy()
     bad[3, 2, 2] = np.nan
-    write_mrc(tmp_path / "particles.mrcs", bad, 4.0, stack=True)
+    with pytest.warns(RuntimeWarning, match="NaN"):
+        write_mrc(tmp_path / "particles.mrcs", bad, 4.0, stack=True)
     r = CliRunner().invoke(cli, ["run", "--particles", str(tmp_path / "p.star")])
     assert r.exit_code == 2 and "image 4 contains NaN" in r.output and "[data]" in r.output
