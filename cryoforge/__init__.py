@@ -20,7 +20,7 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree wi
     __version__ = "0.0.0"
 
 
-def run(config: RunConfig, plugins_dirs: list[str] | None = None):  # noqa: ANN201
+def run(config: RunConfig, plugins_dirs: list[str] | None = None):
     """Run a configured job (training or pose inference); the CLI and scripts both call this.
 
     Returns the :class:`cryoforge.train.RunResult` with the output paths and final metrics.

@@ -9,7 +9,14 @@ from typing import Any
 
 import click
 
-from cryoforge.config import ROLES, RunConfig, apply_override, load_config_file, parse_value, resolve
+from cryoforge.config import (
+    ROLES,
+    RunConfig,
+    apply_override,
+    load_config_file,
+    parse_value,
+    resolve,
+)
 from cryoforge.errors import CryoforgeError, InputFileError
 
 DEMO_DIR_NAME = "demo_data"
@@ -126,7 +133,7 @@ def plugins_show(kind: str, name: str, plugins_dirs: tuple[str, ...]) -> None:
 # ----------------------------------------------------------------------------- config / run
 
 
-def component_options(f):  # noqa: ANN001, ANN201
+def component_options(f):
     f = click.option("--config", "config_file", type=click.Path(), help="TOML or JSON run config")(f)
     for role in reversed(ROLES):
         f = click.option(f"--{role}", f"{role}_name", help=f"{role} component name")(f)
@@ -178,7 +185,7 @@ def config() -> None:
 
 @config.command("show")
 @component_options
-def config_show(config_file, overrides, particles, output_dir, demo, plugins_dirs, **names) -> None:  # noqa: ANN001
+def config_show(config_file, overrides, particles, output_dir, demo, plugins_dirs, **names) -> None:
     """Print the resolved run configuration (every default filled in) as JSON."""
     from cryoforge.plugins import load_registry
 
@@ -194,7 +201,7 @@ def _names(kw: dict[str, Any]) -> dict[str, str | None]:
 @component_options
 @click.option("--dry-run", is_flag=True, help="print the resolved config and exit")
 @click.option("--resume", "resume_dir", type=click.Path(), help="continue the run in this directory")
-def run(config_file, overrides, particles, output_dir, demo, plugins_dirs, dry_run, resume_dir, **names) -> None:  # noqa: ANN001
+def run(config_file, overrides, particles, output_dir, demo, plugins_dirs, dry_run, resume_dir, **names) -> None:
     """Reconstruct a map and every particle's pose (default: the cryoAI pipeline).
 
     \b
@@ -224,7 +231,7 @@ def run(config_file, overrides, particles, output_dir, demo, plugins_dirs, dry_r
     _print_result(result)
 
 
-def _print_result(result) -> None:  # noqa: ANN001
+def _print_result(result) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -267,7 +274,7 @@ def infer(run_dir: str, particles: str | None, out_star: str | None, batch_size:
 @click.option("--defocus", default=20000.0, show_default=True, type=float, help="median defocus in Å")
 @click.option("--no-ctf", is_flag=True, help="do not apply a CTF")
 @click.option("--seed", default=0, show_default=True, type=int)
-def simulate(input_path, out_dir, demo, n_particles, box_size, pixel_size, snr, shift_std, defocus, no_ctf, seed) -> None:  # noqa: ANN001
+def simulate(input_path, out_dir, demo, n_particles, box_size, pixel_size, snr, shift_std, defocus, no_ctf, seed) -> None:
     """Simulate particles from an .mrc map or a .pdb/.cif model (ground-truth poses in the .star)."""
     from cryoforge.simulate import SimulationSettings
     from cryoforge.simulate import simulate as do_simulate
@@ -291,7 +298,7 @@ def simulate(input_path, out_dir, demo, n_particles, box_size, pixel_size, snr, 
 @click.option("--poses", "poses_path", type=click.Path(), help="predicted poses (.star)")
 @click.option("--gt-poses", "gt_poses_path", type=click.Path(), help="ground-truth poses (.star)")
 @click.option("--out", "out_dir", default="evaluation", show_default=True, type=click.Path())
-def evaluate(map_path, ref_path, half2_path, poses_path, gt_poses_path, out_dir) -> None:  # noqa: ANN001
+def evaluate(map_path, ref_path, half2_path, poses_path, gt_poses_path, out_dir) -> None:
     """FSC and resolution (0.5 / 0.143), pose errors; prints a table, writes fsc.png and metrics.json."""
     from cryoforge.evaluate_cli import evaluate_files
 

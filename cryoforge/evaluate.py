@@ -110,15 +110,37 @@ def align_map(moving: torch.Tensor, ref: torch.Tensor, rotation: torch.Tensor | 
         m = mirror_z(moving) if mirrored else moving
         aligned, cc = translate_align(rotate_map(m, rotation), ref)
         return MapAlignment(aligned, bool(mirrored), rotation, cc)
-    cands = torch.cat([torch.eye(3)[None], random_rotations(n_search, torch.Generator().manual_seed(seed))])
+    gen = torch.Generator().manual_seed(seed)
+    cands = torch.cat([torch.eye(3)[None], random_rotations(n_search, gen)])
     best: MapAlignment | None = None
     for mir in (False, True):
         m = mirror_z(moving) if mir else moving
+        hand_best: MapAlignment | None = None
         for A in cands:
             aligned, cc = translate_align(rotate_map(m, A), ref)
-            if best is None or cc > best.correlation:
-                best = MapAlignment(aligned, mir, A, cc)
+            if hand_best is None or cc > hand_best.correlation:
+                hand_best = MapAlignment(aligned, mir, A, cc)
+        assert hand_best is not None
+        hand_best = _refine_rotation(m, ref, hand_best, gen)
+        if best is None or hand_best.correlation > best.correlation:
+            best = hand_best
     assert best is not None
+    return best
+
+
+def _refine_rotation(moving: torch.Tensor, ref: torch.Tensor, start: MapAlignment,
+                     gen: torch.Generator, steps_deg: tuple[float, ...] = (8, 4, 2, 1, 0.5)) -> MapAlignment:
+    """Local search around a coarse rotation: random small perturbations, shrinking step."""
+    from cryoforge.ops.rotations import rotvec_to_matrix
+
+    best = start
+    for step in steps_deg:
+        axes = torch.nn.functional.normalize(torch.randn(24, 3, generator=gen, dtype=torch.float64), dim=1)
+        for D in rotvec_to_matrix(axes * math.radians(step)).float():
+            A = D @ best.rotation.float()
+            aligned, cc = translate_align(rotate_map(moving, A), ref)
+            if cc > best.correlation:
+                best = MapAlignment(aligned, best.mirrored, A, cc)
     return best
 
 

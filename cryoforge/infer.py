@@ -10,7 +10,14 @@ from cryoforge.config import load_config_file
 from cryoforge.errors import InputFileError
 from cryoforge.io.star import write_star
 from cryoforge.io.table import ParticleTable
-from cryoforge.train import CHECKPOINT, build_pipeline, infer_poses, load_checkpoint, pick_device, prepare
+from cryoforge.train import (
+    CHECKPOINT,
+    build_pipeline,
+    infer_poses,
+    load_checkpoint,
+    pick_device,
+    prepare,
+)
 from cryoforge.types import BuildContext
 
 

@@ -17,7 +17,7 @@ def demo_structure_path() -> Path:
     return Path(str(files("cryoforge") / "data" / "adk_open.pdb.gz"))
 
 
-def read_structure(path: str | Path):  # noqa: ANN201 - gemmi.Structure
+def read_structure(path: str | Path):
     import gemmi
 
     path = Path(path)

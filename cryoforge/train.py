@@ -125,7 +125,7 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
 
 
 def export(pipeline: Pipeline, source: Source, index: np.ndarray, config: RunConfig, run_dir: Path,
-           device: torch.device, result: RunResult, final: bool) -> None:
+           device: torch.device, result: RunResult, final: bool, progress: dict[str, float]) -> None:
     """Write the map, the poses (RELION .star) and, when a reference exists, metrics and FSC plot."""
     L, px = source.image_size, source.pixel_size_angstrom
     vmap = volume_to_map(pipeline.volume, L)
@@ -172,6 +172,9 @@ def export(pipeline: Pipeline, source: Source, index: np.ndarray, config: RunCon
     result.metrics.update(metrics)
     if metrics:
         write_json(run_dir / "metrics.json", metrics)
+        entry = {k: v for k, v in metrics.items() if isinstance(v, int | float)}
+        with open(run_dir / "history.jsonl", "a") as fh:  # metrics over time, one line per export
+            fh.write(json.dumps({**entry, **progress}) + "\n")
 
 
 def _resample_map(vol: torch.Tensor, L: int) -> torch.Tensor:
@@ -309,7 +312,8 @@ def train_one(config: RunConfig, registry: Registry, source: Source, index: np.n
                     save()
                     last_ckpt = now
                 if rank == 0 and now - last_export > tc.export_every_s:
-                    export(pipeline, source, index, config, run_dir, device, result, final=False)
+                    export(pipeline, source, index, config, run_dir, device, result, final=False,
+                           progress={"elapsed_s": elapsed, "steps": state["step"]})
                     last_export = time.perf_counter()
                 if (total_steps is not None and state["step"] >= total_steps) or (
                         tc.max_time_s is not None and elapsed >= tc.max_time_s):
@@ -320,7 +324,8 @@ def train_one(config: RunConfig, registry: Registry, source: Source, index: np.n
                 state["batch"] = 0
     save()
     if rank == 0:
-        export(pipeline, source, index, config, run_dir, device, result, final=True)
+        export(pipeline, source, index, config, run_dir, device, result, final=True,
+               progress={"elapsed_s": state["elapsed_s"], "steps": state["step"]})
         if writer:
             writer.add_image("central_slice", _central_slice_image(result.map_path), state["step"])
             writer.close()
@@ -340,7 +345,7 @@ def _central_slice_image(map_path: Path | None) -> np.ndarray:
     return sl[None]
 
 
-def _tensorboard(run_dir: Path):  # noqa: ANN202
+def _tensorboard(run_dir: Path):
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
@@ -348,7 +353,7 @@ def _tensorboard(run_dir: Path):  # noqa: ANN202
     return SummaryWriter(str(run_dir / "tensorboard"))
 
 
-def _progress(enabled: bool, total: int | None, done: int):  # noqa: ANN202
+def _progress(enabled: bool, total: int | None, done: int):
     if not enabled:
         return nullcontext(None)
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn

@@ -10,7 +10,13 @@ from pathlib import Path
 import pytest
 
 from cryoforge.errors import PluginError
-from cryoforge.plugins import BLOCK_ENV, NO_AUTOLOAD_ENV, build_registry, get_plugin_manager, load_registry
+from cryoforge.plugins import (
+    BLOCK_ENV,
+    NO_AUTOLOAD_ENV,
+    build_registry,
+    get_plugin_manager,
+    load_registry,
+)
 from cryoforge.registry import KINDS, Registry
 
 ROOT = Path(__file__).resolve().parents[1]

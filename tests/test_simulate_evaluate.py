@@ -40,8 +40,9 @@ def test_align_map_recovers_rotation_hand_and_shift():
     r = torch.arange(L) - L // 2
     z, y, x = torch.meshgrid(r, r, r, indexing="ij")
     ref = torch.zeros(L, L, L)
-    for c, s in (((2, 0, 0), 2.0), ((-3, 3, 1), 1.5), ((0, -2, 4), 1.8)):  # chiral blobs
-        ref += torch.exp(-((x - c[0]) ** 2 + (y - c[1]) ** 2 + (z - c[2]) ** 2) / (2 * s * s))
+    # four non-coplanar blobs of different sizes and weights: a chiral object
+    for c, s, a in (((4, 0, 0), 2.0, 1.0), ((-3, 3, 0), 1.5, 0.7), ((0, -3, 0), 1.8, 0.5), ((0, 0, 4), 1.2, 1.3)):
+        ref += a * torch.exp(-((x - c[0]) ** 2 + (y - c[1]) ** 2 + (z - c[2]) ** 2) / (2 * s * s))
     A = random_rotations(1, torch.Generator().manual_seed(4))[0]
     moved = torch.roll(mirror_z(rotate_map(ref, A.T)), (1, -2, 0), (0, 1, 2))
     al = align_map(moved, ref, n_search=400)
@@ -77,7 +78,7 @@ def test_atomic_model_potential_is_centred(shared_data):
 
 def test_known_pose_reconstruction_of_simulated_data_same_hand(tmp_path):
     """Simulate in real space with CTF and shifts; backproject in Fourier space with the same poses."""
-    res = simulate(None, tmp_path, SimulationSettings(n_particles=1500, snr=None, seed=2, shift_std_angstrom=3.0))
+    res = simulate(None, tmp_path, SimulationSettings(n_particles=800, snr=None, seed=2, shift_std_angstrom=3.0))
     r = CliRunner().invoke(cli, ["reconstruct", str(res.star), "--out", str(tmp_path / "rec.mrc")],
                            catch_exceptions=False)
     assert r.exit_code == 0, r.output

@@ -1,7 +1,8 @@
 """The example plugin runs cryoforge's own contract checks on its component."""
 
-from cryoforge.testing import check_component
 from cryoforge_example import GaussianVolume
+
+from cryoforge.testing import check_component
 
 
 def test_gaussian_volume_contract(tmp_path):
