@@ -44,7 +44,8 @@ class TrainConfig(BaseModel):
     max_time_s: float | None = Field(None, gt=0, description="stop after this wall-clock time")
     batch_size: int = Field(32, ge=1)
     lr_encoder: float = Field(1e-3, gt=0, description="Adam learning rate of the encoder")
-    lr_volume: float = Field(1e-3, gt=0, description="Adam learning rate of the volume")
+    lr_volume: float | None = Field(
+        None, gt=0, description="Adam learning rate of the volume (None: the volume's recommended_lr)")
     grad_clip: float | None = Field(1.0, gt=0, description="max gradient norm (None: off)")
     seed: int = 0
     device: str = Field("auto", description="'auto', 'cpu', 'cuda' or 'cuda:N'")

@@ -20,7 +20,7 @@ def demo_config(run_dir: Path) -> RunConfig:
         volume=ComponentConfig(name="fouriernet", options={"hidden_dim": 64}),
         imaging=ComponentConfig(name="cryoai"),
         loss=ComponentConfig(name="symmetrized"),
-        train=TrainConfig(epochs=0, max_time_s=540, batch_size=32, lr_encoder=1e-3, lr_volume=1e-3,
+        train=TrainConfig(epochs=0, max_time_s=540, batch_size=32, lr_encoder=1e-3,
                           export_every_s=60),
         output_dir=str(run_dir),
         ground_truth_map=str(data / "map.mrc"),

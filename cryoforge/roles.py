@@ -72,6 +72,9 @@ class Volume(Component, nn.Module, ABC):
     must be Hermitian: ``V(-k) = conj(V(k))``.
     """
 
+    recommended_lr: ClassVar[float] = 1e-3
+    """Adam learning rate used when ``train.lr_volume`` is not set."""
+
     def __init__(self, options: Options, ctx: BuildContext) -> None:
         nn.Module.__init__(self)
         self._init_component(options, ctx)

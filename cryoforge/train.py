@@ -216,12 +216,13 @@ def train_one(config: RunConfig, registry: Registry, source: Source, index: np.n
     pipeline = build_pipeline(config, registry, ctx).to(device)
     if tc.gt_poses and source.poses is None:
         raise ConfigError("train.gt_poses: the source has no poses")
-    groups = [{"params": list(pipeline.volume.parameters()), "lr": tc.lr_volume}]
+    lr_volume = tc.lr_volume or type(pipeline.volume).recommended_lr
+    groups = [{"params": list(pipeline.volume.parameters()), "lr": lr_volume}]
     if pipeline.encoder is not None:
         groups.append({"params": list(pipeline.encoder.parameters()), "lr": tc.lr_encoder})
     extra = [p for m in (pipeline.imaging, pipeline.loss) for p in m.parameters()]
     if extra:
-        groups.append({"params": extra, "lr": tc.lr_volume})
+        groups.append({"params": extra, "lr": lr_volume})
     optimizer = torch.optim.Adam(groups, amsgrad=True)
     state = {"epoch": 0, "batch": 0, "step": 0, "elapsed_s": 0.0}
     ckpt_path = run_dir / CHECKPOINT

@@ -176,3 +176,16 @@ def test_torchrun_two_cpu_processes(tiny, tmp_path):
     ck = load_checkpoint(tmp_path / "ddp" / "checkpoint.pt")
     assert ck["state"]["step"] == 3
     assert len(read_star(tmp_path / "ddp" / "poses.star")) == 24
+
+
+@pytest.mark.parametrize("volume,max_px", [("fouriernet", 2.6), ("siren", 2.6), ("relu-pe", 4.0), ("voxel", 2.6),
+                                           ("hashgrid", 2.6)])
+def test_each_representation_fits_known_volume_with_gt_poses(demo_noisy, tmp_path, volume, max_px):
+    """Known poses, default sizes and recommended learning rates, 20 s each on the demo data."""
+    c = config_for(demo_noisy / "particles.star", tmp_path / volume, **{
+        "volume.name": volume, "train.gt_poses": True, "train.epochs": 0, "train.max_time_s": 20,
+        "train.batch_size": 32, "ground_truth_map": str(demo_noisy / "map.mrc")})
+    c = c.model_copy(update={"volume": c.volume.model_copy(update={"options": {}})})
+    res = run(c)
+    assert res.metrics["resolution_0.5_px"] < max_px  # Nyquist is 2 px
+    assert not res.metrics["map_mirrored"]
