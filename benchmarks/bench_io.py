@@ -33,11 +33,25 @@ def make_dataset(folder: Path, n: int, L: int) -> Path:
                 m.data[s : s + 5000] = rng.standard_normal((min(5000, n - s), L, L), dtype=np.float32)
             m.set_image_stack()
             m.voxel_size = 2.0
-        optics = pd.DataFrame({"rlnOpticsGroup": [1], "rlnVoltage": [300.0], "rlnSphericalAberration": [2.7],
-                               "rlnAmplitudeContrast": [0.1], "rlnImagePixelSize": [2.0], "rlnImageSize": [L]})
-        parts = pd.DataFrame({"rlnImageName": [f"{i + 1}@{stack.name}" for i in range(n)],
-                              "rlnDefocusU": 15000.0, "rlnDefocusV": 14000.0, "rlnDefocusAngle": 0.0,
-                              "rlnOpticsGroup": 1})
+        optics = pd.DataFrame(
+            {
+                "rlnOpticsGroup": [1],
+                "rlnVoltage": [300.0],
+                "rlnSphericalAberration": [2.7],
+                "rlnAmplitudeContrast": [0.1],
+                "rlnImagePixelSize": [2.0],
+                "rlnImageSize": [L],
+            }
+        )
+        parts = pd.DataFrame(
+            {
+                "rlnImageName": [f"{i + 1}@{stack.name}" for i in range(n)],
+                "rlnDefocusU": 15000.0,
+                "rlnDefocusV": 14000.0,
+                "rlnDefocusAngle": 0.0,
+                "rlnOpticsGroup": 1,
+            }
+        )
         starfile.write({"optics": optics, "particles": parts}, star)
     return star
 
@@ -54,8 +68,12 @@ def measure(star: str, batches: int, batch_size: int) -> dict:
     for _ in range(batches):
         src.read_images(rng.choice(len(src), batch_size, replace=False))
     dt = time.perf_counter() - t0
-    return {"n": len(src), "open_s": open_s, "images_per_s": batches * batch_size / dt,
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    return {
+        "n": len(src),
+        "open_s": open_s,
+        "images_per_s": batches * batch_size / dt,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
 
 
 def main() -> None:
@@ -73,15 +91,31 @@ def main() -> None:
     rows = []
     for n in a.sizes:
         star = make_dataset(Path(a.dir), n, a.L)
-        out = subprocess.run([sys.executable, __file__, "--child", str(star), "--batches", str(a.batches),
-                              "--batch-size", str(a.batch_size)], capture_output=True, text=True, check=True)
+        out = subprocess.run(
+            [
+                sys.executable,
+                __file__,
+                "--child",
+                str(star),
+                "--batches",
+                str(a.batches),
+                "--batch-size",
+                str(a.batch_size),
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
     print(f"\nmemory-mapped reads, L={a.L}, random batches of {a.batch_size}\n")
     print("| particles | stack size (GB) | open (s) | images/s | peak RSS (MB) |")
     print("|---:|---:|---:|---:|---:|")
     for r in rows:
         gb = r["n"] * a.L * a.L * 4 / 1e9
-        print(f"| {r['n']:,} | {gb:.2f} | {r['open_s']:.2f} | {r['images_per_s']:,.0f} | {r['peak_rss_mb']:.0f} |")
+        print(
+            f"| {r['n']:,} | {gb:.2f} | {r['open_s']:.2f} | {r['images_per_s']:,.0f} "
+            f"| {r['peak_rss_mb']:.0f} |"
+        )
 
 
 if __name__ == "__main__":

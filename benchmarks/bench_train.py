@@ -18,7 +18,10 @@ import time
 
 PRESETS = {
     "paper": {},
-    "cpu": {"encoder": {"channels": [16, 32, 64, 64], "head_hidden": [256, 128]}, "volume": {"hidden_dim": 64}},
+    "cpu": {
+        "encoder": {"channels": [16, 32, 64, 64], "head_hidden": [256, 128]},
+        "volume": {"hidden_dim": 64},
+    },
 }
 
 
@@ -33,11 +36,14 @@ def measure(preset: str, L: int, device: str, batch: int, seconds: float) -> dic
     reg = load_registry()
     ctx = BuildContext(L, 128 / L)
     o = PRESETS[preset]
-    pipe = Pipeline(reg.build("encoder", "vgg", o.get("encoder", {}), ctx),
-                    reg.build("volume", "fouriernet", o.get("volume", {}), ctx),
-                    reg.build("imaging", "cryoai", {}, ctx), reg.build("loss", "symmetrized", {}, ctx)).to(device)
+    pipe = Pipeline(
+        reg.build("encoder", "vgg", o.get("encoder", {}), ctx),
+        reg.build("volume", "fouriernet", o.get("volume", {}), ctx),
+        reg.build("imaging", "cryoai", {}, ctx),
+        reg.build("loss", "symmetrized", {}, ctx),
+    ).to(device)
     opt = torch.optim.Adam(pipe.parameters(), lr=1e-4, amsgrad=True)
-    f = lambda v, n: torch.full((n,), float(v), device=device)  # noqa: E731
+    f = lambda v, n: torch.full((n,), float(v), device=device)
 
     def make(n: int) -> ParticleBatch:
         ctf = CTFParams(f(15000, n), f(14000, n), f(10, n), f(300, n), f(2.7, n), f(0.1, n), f(0, n), f(0, n))
@@ -71,11 +77,21 @@ def measure(preset: str, L: int, device: str, batch: int, seconds: float) -> dic
             m += 1
         sync()
     infer_ips = m * 256 / (time.perf_counter() - t0)
-    peak = (torch.cuda.max_memory_allocated() / 2**20 if device.startswith("cuda")
-            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    peak = (
+        torch.cuda.max_memory_allocated() / 2**20
+        if device.startswith("cuda")
+        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    )
     params = sum(p.numel() for p in pipe.parameters())
-    return {"preset": preset, "L": L, "train_ips": train_ips, "infer_ips": infer_ips, "peak_mb": peak,
-            "params": params, "device": device}
+    return {
+        "preset": preset,
+        "L": L,
+        "train_ips": train_ips,
+        "infer_ips": infer_ips,
+        "peak_mb": peak,
+        "params": params,
+        "device": device,
+    }
 
 
 def time_to_thresholds(history: str) -> None:
@@ -105,16 +121,34 @@ def main() -> None:
     rows = []
     for preset in a.preset:
         for L in a.sizes:
-            out = subprocess.run([sys.executable, __file__, "--child", preset, str(L), "--device", a.device,
-                                  "--batch", str(a.batch), "--seconds", str(a.seconds)],
-                                 capture_output=True, text=True, check=True)
+            out = subprocess.run(
+                [
+                    sys.executable,
+                    __file__,
+                    "--child",
+                    preset,
+                    str(L),
+                    "--device",
+                    a.device,
+                    "--batch",
+                    str(a.batch),
+                    "--seconds",
+                    str(a.seconds),
+                ],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
             rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
     mem = "peak GPU MB" if a.device.startswith("cuda") else "peak RSS MB"
     print(f"\ncryoAI pipeline (vgg + fouriernet + cryoai + symmetrized), batch {a.batch}, {a.device}\n")
     print(f"| preset | L | parameters | train images/s | pose inference images/s | {mem} |")
     print("|---|---:|---:|---:|---:|---:|")
     for r in rows:
-        print(f"| {r['preset']} | {r['L']} | {r['params']:,} | {r['train_ips']:,.1f} | {r['infer_ips']:,.1f} | {r['peak_mb']:,.0f} |")
+        print(
+            f"| {r['preset']} | {r['L']} | {r['params']:,} | {r['train_ips']:,.1f} "
+            f"| {r['infer_ips']:,.1f} | {r['peak_mb']:,.0f} |"
+        )
 
 
 if __name__ == "__main__":

@@ -31,7 +31,22 @@ def run(config: RunConfig, plugins_dirs: list[str] | None = None):
 
 
 __all__ = [
-    "BuildContext", "CTFParams", "ComponentConfig", "CryoforgeError", "Encoder", "Imaging", "Loss",
-    "Options", "ParticleBatch", "Pose", "RunConfig", "Source", "TrainConfig", "Volume", "__version__",
-    "hookimpl", "load_registry", "run",
+    "BuildContext",
+    "CTFParams",
+    "ComponentConfig",
+    "CryoforgeError",
+    "Encoder",
+    "Imaging",
+    "Loss",
+    "Options",
+    "ParticleBatch",
+    "Pose",
+    "RunConfig",
+    "Source",
+    "TrainConfig",
+    "Volume",
+    "__version__",
+    "hookimpl",
+    "load_registry",
+    "run",
 ]

@@ -77,8 +77,13 @@ def main() -> None:
     cli(prog_name="cryoforge")
 
 
-plugins_dir_option = click.option("--plugins-dir", "plugins_dirs", multiple=True,
-                                  type=click.Path(file_okay=False), help="folder of local plugin .py files")
+plugins_dir_option = click.option(
+    "--plugins-dir",
+    "plugins_dirs",
+    multiple=True,
+    type=click.Path(file_okay=False),
+    help="folder of local plugin .py files",
+)
 
 
 # ----------------------------------------------------------------------------- plugins
@@ -100,9 +105,17 @@ def plugins_list(kind: str | None, as_json: bool, plugins_dirs: tuple[str, ...])
     pm = get_plugin_manager(list(plugins_dirs))
     reg = build_registry(pm)
     versions = plugin_versions(pm)
-    rows = [{"kind": k, "name": n, "plugin": e.provider, "version": versions.get(e.provider, ""),
-             "summary": (e.cls.__doc__ or "").strip().splitlines()[0]}
-            for k, n, e in reg if kind is None or k == kind]
+    rows = [
+        {
+            "kind": k,
+            "name": n,
+            "plugin": e.provider,
+            "version": versions.get(e.provider, ""),
+            "summary": (e.cls.__doc__ or "").strip().splitlines()[0],
+        }
+        for k, n, e in reg
+        if kind is None or k == kind
+    ]
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
@@ -137,8 +150,15 @@ def component_options(f):
     f = click.option("--config", "config_file", type=click.Path(), help="TOML or JSON run config")(f)
     for role in reversed(ROLES):
         f = click.option(f"--{role}", f"{role}_name", help=f"{role} component name")(f)
-    f = click.option("-o", "--option", "overrides", type=(str, str), multiple=True,
-                     metavar="KEY VALUE", help="set e.g. volume.hidden_dim 256 or train.epochs 5")(f)
+    f = click.option(
+        "-o",
+        "--option",
+        "overrides",
+        type=(str, str),
+        multiple=True,
+        metavar="KEY VALUE",
+        help="set e.g. volume.hidden_dim 256 or train.epochs 5",
+    )(f)
     f = click.option("--particles", type=click.Path(), help=".star, .cs or .mrcs particle file")(f)
     f = click.option("--output-dir", "-d", type=click.Path(), help="run directory")(f)
     f = click.option("--demo", is_flag=True, help="run on the built-in demo dataset (adenylate kinase)")(f)
@@ -146,8 +166,14 @@ def component_options(f):
     return f
 
 
-def build_config(config_file: str | None, names: dict[str, str | None], overrides: tuple[tuple[str, str], ...],
-                 particles: str | None, output_dir: str | None, demo: bool) -> RunConfig:
+def build_config(
+    config_file: str | None,
+    names: dict[str, str | None],
+    overrides: tuple[tuple[str, str], ...],
+    particles: str | None,
+    output_dir: str | None,
+    demo: bool,
+) -> RunConfig:
     """Compose a RunConfig: defaults ← demo preset ← config file ← CLI names and ``-o`` overrides."""
     from cryoforge.sources import SUFFIX_TO_SOURCE
 
@@ -165,7 +191,9 @@ def build_config(config_file: str | None, names: dict[str, str | None], override
         if not names.get("source"):
             suffix = p.suffix.lower()
             if suffix not in SUFFIX_TO_SOURCE:
-                raise InputFileError(p, f"unknown particle file type {suffix!r} (use --source)", "--particles")
+                raise InputFileError(
+                    p, f"unknown particle file type {suffix!r} (use --source)", "--particles"
+                )
             config = apply_override(config, "source.name", SUFFIX_TO_SOURCE[suffix])
         config = apply_override(config, "source.path", str(p))
     for role, name in names.items():
@@ -201,7 +229,9 @@ def _names(kw: dict[str, Any]) -> dict[str, str | None]:
 @component_options
 @click.option("--dry-run", is_flag=True, help="print the resolved config and exit")
 @click.option("--resume", "resume_dir", type=click.Path(), help="continue the run in this directory")
-def run(config_file, overrides, particles, output_dir, demo, plugins_dirs, dry_run, resume_dir, **names) -> None:
+def run(
+    config_file, overrides, particles, output_dir, demo, plugins_dirs, dry_run, resume_dir, **names
+) -> None:
     """Reconstruct a map and every particle's pose (default: the cryoAI pipeline).
 
     \b
@@ -219,7 +249,9 @@ def run(config_file, overrides, particles, output_dir, demo, plugins_dirs, dry_r
         config_file, output_dir = str(cfg_path), resume_dir
     cfg = build_config(config_file, _names(names), overrides, particles, output_dir, demo)
     if dry_run:
-        click.echo(resolve(cfg, load_registry(list(plugins_dirs))).model_dump_json(indent=2, exclude={"plugins"}))
+        click.echo(
+            resolve(cfg, load_registry(list(plugins_dirs))).model_dump_json(indent=2, exclude={"plugins"})
+        )
         return
     if demo and not resume_dir:
         from cryoforge.demo import ensure_demo_data
@@ -248,7 +280,9 @@ def _print_result(result) -> None:
 @cli.command()
 @click.argument("run_dir", type=click.Path())
 @click.option("--particles", type=click.Path(), help="particles to predict (default: the run's)")
-@click.option("--out", "out_star", type=click.Path(), help="output .star (default RUN_DIR/inferred_poses.star)")
+@click.option(
+    "--out", "out_star", type=click.Path(), help="output .star (default RUN_DIR/inferred_poses.star)"
+)
 @click.option("--batch-size", default=512, show_default=True)
 def infer(run_dir: str, particles: str | None, out_star: str | None, batch_size: int) -> None:
     """Predict poses for a whole dataset with a trained encoder (no gradients, dataset order)."""
@@ -267,14 +301,23 @@ def infer(run_dir: str, particles: str | None, out_star: str | None, batch_size:
 @click.option("--demo", is_flag=True, help="use the built-in demo structure (adenylate kinase, 4AKE)")
 @click.option("-n", "--n-particles", default=1000, show_default=True, type=click.IntRange(1))
 @click.option("--box-size", default=32, show_default=True, type=click.IntRange(8), help="L (atomic models)")
-@click.option("--pixel-size", default=3.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
-              help="Å/px (atomic models)")
-@click.option("--snr", default=1.0, show_default=True, type=float, help="var(signal)/var(noise); <=0: no noise")
+@click.option(
+    "--pixel-size",
+    default=3.0,
+    show_default=True,
+    type=click.FloatRange(min=0, min_open=True),
+    help="Å/px (atomic models)",
+)
+@click.option(
+    "--snr", default=1.0, show_default=True, type=float, help="var(signal)/var(noise); <=0: no noise"
+)
 @click.option("--shift-std", default=0.0, show_default=True, type=float, help="Gaussian shift σ in Å")
 @click.option("--defocus", default=20000.0, show_default=True, type=float, help="median defocus in Å")
 @click.option("--no-ctf", is_flag=True, help="do not apply a CTF")
 @click.option("--seed", default=0, show_default=True, type=int)
-def simulate(input_path, out_dir, demo, n_particles, box_size, pixel_size, snr, shift_std, defocus, no_ctf, seed) -> None:
+def simulate(
+    input_path, out_dir, demo, n_particles, box_size, pixel_size, snr, shift_std, defocus, no_ctf, seed
+) -> None:
     """Simulate particles from an .mrc map or a .pdb/.cif model (ground-truth poses in the .star)."""
     from cryoforge.simulate import SimulationSettings
     from cryoforge.simulate import simulate as do_simulate
@@ -283,17 +326,28 @@ def simulate(input_path, out_dir, demo, n_particles, box_size, pixel_size, snr, 
         raise click.UsageError("give an INPUT_PATH (.mrc/.pdb/.cif) or --demo")
     if input_path and not Path(input_path).exists():
         raise InputFileError(input_path, "input file not found", "INPUT_PATH")
-    s = SimulationSettings(n_particles=n_particles, box_size=box_size, pixel_size_angstrom=pixel_size,
-                           snr=snr if snr > 0 else None, shift_std_angstrom=shift_std,
-                           defocus_median_angstrom=defocus, apply_ctf=not no_ctf, seed=seed)
+    s = SimulationSettings(
+        n_particles=n_particles,
+        box_size=box_size,
+        pixel_size_angstrom=pixel_size,
+        snr=snr if snr > 0 else None,
+        shift_std_angstrom=shift_std,
+        defocus_median_angstrom=defocus,
+        apply_ctf=not no_ctf,
+        seed=seed,
+    )
     r = do_simulate(None if demo else input_path, out_dir, s)
-    click.echo(f"wrote {r.star} and {r.stack} ({n_particles} particles, L={s.box_size}, "
-               f"{s.pixel_size_angstrom:.3g} Å/px, realised SNR {r.realised_snr if r.realised_snr else 'inf'})")
+    click.echo(
+        f"wrote {r.star} and {r.stack} ({n_particles} particles, L={s.box_size}, "
+        f"{s.pixel_size_angstrom:.3g} Å/px, realised SNR {r.realised_snr if r.realised_snr else 'inf'})"
+    )
 
 
 @cli.command()
 @click.argument("map_path", type=click.Path())
-@click.option("--ref", "ref_path", type=click.Path(), help="ground-truth map (aligned: hands, rotation, shift)")
+@click.option(
+    "--ref", "ref_path", type=click.Path(), help="ground-truth map (aligned: hands, rotation, shift)"
+)
 @click.option("--half2", "half2_path", type=click.Path(), help="second half map (FSC at 0.143, no alignment)")
 @click.option("--poses", "poses_path", type=click.Path(), help="predicted poses (.star)")
 @click.option("--gt-poses", "gt_poses_path", type=click.Path(), help="ground-truth poses (.star)")

@@ -45,7 +45,8 @@ class TrainConfig(BaseModel):
     batch_size: int = Field(32, ge=1)
     lr_encoder: float = Field(1e-3, gt=0, description="Adam learning rate of the encoder")
     lr_volume: float | None = Field(
-        None, gt=0, description="Adam learning rate of the volume (None: the volume's recommended_lr)")
+        None, gt=0, description="Adam learning rate of the volume (None: the volume's recommended_lr)"
+    )
     grad_clip: float | None = Field(1.0, gt=0, description="max gradient norm (None: off)")
     seed: int = 0
     device: str = Field("auto", description="'auto', 'cpu', 'cuda' or 'cuda:N'")
@@ -87,9 +88,14 @@ def format_validation_error(err: ValidationError, prefix: str = "") -> str:
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
             msg = "unknown option"
-        parts.append(f"{field}: {msg}" + (f" (got {e['input']!r})" if "input" in e
-                                          and e["type"] != "extra_forbidden"
-                                          and not isinstance(e["input"], dict) else ""))
+        parts.append(
+            f"{field}: {msg}"
+            + (
+                f" (got {e['input']!r})"
+                if "input" in e and e["type"] != "extra_forbidden" and not isinstance(e["input"], dict)
+                else ""
+            )
+        )
     return "; ".join(parts)
 
 

@@ -7,8 +7,15 @@ from pathlib import Path
 from cryoforge.config import ComponentConfig, RunConfig, TrainConfig
 from cryoforge.simulate import SimulationSettings, simulate
 
-DEMO_SETTINGS = dict(n_particles=5000, box_size=32, pixel_size_angstrom=3.0, snr=1.0,
-                     shift_std_angstrom=0.0, defocus_median_angstrom=15000.0, seed=0)
+DEMO_SETTINGS = dict(
+    n_particles=5000,
+    box_size=32,
+    pixel_size_angstrom=3.0,
+    snr=1.0,
+    shift_std_angstrom=0.0,
+    defocus_median_angstrom=15000.0,
+    seed=0,
+)
 
 
 def demo_config(run_dir: Path) -> RunConfig:
@@ -16,12 +23,13 @@ def demo_config(run_dir: Path) -> RunConfig:
     data = run_dir / "data"
     return RunConfig(
         source=ComponentConfig(name="star", options={"path": str(data / "particles.star")}),
-        encoder=ComponentConfig(name="vgg", options={"channels": [16, 32, 64, 64], "head_hidden": [256, 128]}),
+        encoder=ComponentConfig(
+            name="vgg", options={"channels": [16, 32, 64, 64], "head_hidden": [256, 128]}
+        ),
         volume=ComponentConfig(name="fouriernet", options={"hidden_dim": 64}),
         imaging=ComponentConfig(name="cryoai"),
         loss=ComponentConfig(name="symmetrized"),
-        train=TrainConfig(epochs=0, max_time_s=540, batch_size=32, lr_encoder=1e-3,
-                          export_every_s=60),
+        train=TrainConfig(epochs=0, max_time_s=540, batch_size=32, lr_encoder=1e-3, export_every_s=60),
         output_dir=str(run_dir),
         ground_truth_map=str(data / "map.mrc"),
     )

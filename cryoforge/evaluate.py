@@ -97,8 +97,14 @@ class MapAlignment:
     correlation: float
 
 
-def align_map(moving: torch.Tensor, ref: torch.Tensor, rotation: torch.Tensor | None = None,
-              mirrored: bool | None = None, n_search: int = 300, seed: int = 0) -> MapAlignment:
+def align_map(
+    moving: torch.Tensor,
+    ref: torch.Tensor,
+    rotation: torch.Tensor | None = None,
+    mirrored: bool | None = None,
+    n_search: int = 300,
+    seed: int = 0,
+) -> MapAlignment:
     """Align ``moving`` onto ``ref``: both hands, a global rotation, then a translation.
 
     With ``rotation``/``mirrored`` (from :func:`cryoforge.ops.rotations.align_rotations` on the
@@ -128,8 +134,13 @@ def align_map(moving: torch.Tensor, ref: torch.Tensor, rotation: torch.Tensor | 
     return best
 
 
-def _refine_rotation(moving: torch.Tensor, ref: torch.Tensor, start: MapAlignment,
-                     gen: torch.Generator, steps_deg: tuple[float, ...] = (8, 4, 2, 1, 0.5)) -> MapAlignment:
+def _refine_rotation(
+    moving: torch.Tensor,
+    ref: torch.Tensor,
+    start: MapAlignment,
+    gen: torch.Generator,
+    steps_deg: tuple[float, ...] = (8, 4, 2, 1, 0.5),
+) -> MapAlignment:
     """Local search around a coarse rotation: random small perturbations, shrinking step."""
     from cryoforge.ops.rotations import rotvec_to_matrix
 
@@ -144,8 +155,13 @@ def _refine_rotation(moving: torch.Tensor, ref: torch.Tensor, start: MapAlignmen
     return best
 
 
-def pose_errors(pred_rot: torch.Tensor, true_rot: torch.Tensor, pred_shift_a: torch.Tensor | None = None,
-                true_shift_a: torch.Tensor | None = None, pixel_size_angstrom: float = 1.0) -> dict[str, float]:
+def pose_errors(
+    pred_rot: torch.Tensor,
+    true_rot: torch.Tensor,
+    pred_shift_a: torch.Tensor | None = None,
+    true_shift_a: torch.Tensor | None = None,
+    pixel_size_angstrom: float = 1.0,
+) -> dict[str, float]:
     """cryoAI's pose metrics after the best global alignment over both hands.
 
     Returns the median squared Frobenius norm ``‖R_pred A − R_true‖²``, the median and mean
@@ -155,8 +171,12 @@ def pose_errors(pred_rot: torch.Tensor, true_rot: torch.Tensor, pred_shift_a: to
     A, mirrored, aligned = align_rotations(pred_rot.double(), true_rot.double())
     frob = (aligned - true_rot.double()).pow(2).sum((-1, -2))
     ang = geodesic_distance_deg(aligned, true_rot)
-    out = {"rot_median_frobenius2": float(frob.median()), "rot_median_deg": float(ang.median()),
-           "rot_mean_deg": float(ang.mean()), "mirrored": bool(mirrored)}
+    out = {
+        "rot_median_frobenius2": float(frob.median()),
+        "rot_median_deg": float(ang.median()),
+        "rot_mean_deg": float(ang.mean()),
+        "mirrored": bool(mirrored),
+    }
     if pred_shift_a is not None and true_shift_a is not None:
         d2 = (pred_shift_a.double() - true_shift_a.double()).pow(2).sum(-1).mean()
         out["trans_mse_angstrom2"] = float(d2)
@@ -190,7 +210,9 @@ def fsc_report(map1: torch.Tensor, map2: torch.Tensor, pixel_size_angstrom: floa
     return FSCReport(freqs, values, pixel_size_angstrom)
 
 
-def plot_fsc(curves: dict[str, FSCReport], path: str | Path, thresholds: tuple[float, ...] = (0.5, 0.143)) -> None:
+def plot_fsc(
+    curves: dict[str, FSCReport], path: str | Path, thresholds: tuple[float, ...] = (0.5, 0.143)
+) -> None:
     """Write an FSC plot (PNG) with resolution in Å⁻¹ on the x axis and threshold lines."""
     import matplotlib
 

@@ -13,8 +13,14 @@ from cryoforge.io.mrc import read_map
 from cryoforge.io.star import read_star
 
 
-def evaluate_files(map_path: str, ref_path: str | None, half2_path: str | None, poses_path: str | None,
-                   gt_poses_path: str | None, out_dir: Path) -> dict[str, Any]:
+def evaluate_files(
+    map_path: str,
+    ref_path: str | None,
+    half2_path: str | None,
+    poses_path: str | None,
+    gt_poses_path: str | None,
+    out_dir: Path,
+) -> dict[str, Any]:
     """Compute FSC/resolution and pose errors from files; write ``fsc.png`` and ``metrics.json``."""
     vol, px = read_map(map_path)
     m = torch.from_numpy(vol)
@@ -29,18 +35,28 @@ def evaluate_files(map_path: str, ref_path: str | None, half2_path: str | None, 
                 raise InputFileError(t.path, "no poses in this file", "rlnAngleRot")
         if len(pred) != len(true):
             raise InputFileError(poses_path, f"{len(pred)} poses vs {len(true)} in {gt_poses_path}", "rows")
-        pe = pose_errors(torch.from_numpy(pred.rotations), torch.from_numpy(true.rotations),
-                         torch.from_numpy(pred.shifts_angstrom), torch.from_numpy(true.shifts_angstrom), px)
+        pe = pose_errors(
+            torch.from_numpy(pred.rotations),
+            torch.from_numpy(true.rotations),
+            torch.from_numpy(pred.shifts_angstrom),
+            torch.from_numpy(true.shifts_angstrom),
+            px,
+        )
         A, mirrored = pe.pop("_A"), pe["mirrored"]
         metrics.update(pe)
     curves = {}
-    for label, other, align in (("map vs reference", ref_path, True), ("half 1 vs half 2", half2_path, False)):
+    for label, other, align in (
+        ("map vs reference", ref_path, True),
+        ("half 1 vs half 2", half2_path, False),
+    ):
         if not other:
             continue
         ref, _ = read_map(other)
         r = torch.from_numpy(ref)
         if r.shape != m.shape:
-            raise InputFileError(other, f"shape {tuple(r.shape)} differs from {map_path} {tuple(m.shape)}", "nx/ny/nz")
+            raise InputFileError(
+                other, f"shape {tuple(r.shape)} differs from {map_path} {tuple(m.shape)}", "nx/ny/nz"
+            )
         if align:
             al = align_map(m, r, A, mirrored) if A is not None else align_map(m, r)
             moved = al.aligned

@@ -44,9 +44,14 @@ def infer_run(run_dir: Path, particles: str | None, out_star: str | None, batch_
     pose = infer_poses(pipeline, source, index, batch_size, device)
     out = Path(out_star) if out_star else run_dir / "inferred_poses.star"
     t = source.table
-    table = ParticleTable(path=out, image_names=t.image_names, ctf=t.ctf,
-                          rotations=pose.rotation.double().numpy(),
-                          shifts_angstrom=pose.shift_angstrom.double().numpy(),
-                          pixel_size_angstrom=source.original_pixel_size_angstrom, box_size=source.original_size)
+    table = ParticleTable(
+        path=out,
+        image_names=t.image_names,
+        ctf=t.ctf,
+        rotations=pose.rotation.double().numpy(),
+        shifts_angstrom=pose.shift_angstrom.double().numpy(),
+        pixel_size_angstrom=source.original_pixel_size_angstrom,
+        box_size=source.original_size,
+    )
     write_star(out, table)
     return out

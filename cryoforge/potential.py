@@ -63,8 +63,11 @@ def atomic_model_to_map(path: str | Path, box_size: int, pixel_size_angstrom: fl
     extent = float(np.ptp(xyz, axis=0).max())
     side = box_size * pixel_size_angstrom
     if extent > side:
-        raise InputFileError(path, f"model spans {extent:.0f} Å but the box is only {side:.0f} Å "
-                             "(raise --box-size or --pixel-size)", "box")
+        raise InputFileError(
+            path,
+            f"model spans {extent:.0f} Å but the box is only {side:.0f} Å (raise --box-size or --pixel-size)",
+            "box",
+        )
     shift = gemmi.Position(*(np.full(3, (box_size // 2) * pixel_size_angstrom) - xyz.mean(0)))
     for ch in model:
         for res in ch:

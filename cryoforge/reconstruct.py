@@ -34,9 +34,12 @@ def reconstruct_file(particles: Path, out_map: Path, poses_pkl: str | None, use_
         from cryoforge.imaging.cryoai import CryoAIImaging
         from cryoforge.types import BuildContext
 
-        im = CryoAIImaging(CryoAIImaging.Options(), BuildContext(source.image_size, source.pixel_size_angstrom))
+        im = CryoAIImaging(
+            CryoAIImaging.Options(), BuildContext(source.image_size, source.pixel_size_angstrom)
+        )
         ctf = im.ctf_values(source.ctf).double()
-    vol = backproject(images, source.poses.rotation, ctf,
-                      shift_px=source.poses.shift_angstrom / source.pixel_size_angstrom)
+    vol = backproject(
+        images, source.poses.rotation, ctf, shift_px=source.poses.shift_angstrom / source.pixel_size_angstrom
+    )
     write_mrc(out_map, vol.numpy(), source.pixel_size_angstrom)
     return out_map

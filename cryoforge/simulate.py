@@ -62,15 +62,22 @@ def load_input_map(path: str | Path | None, settings: SimulationSettings) -> tup
         vol, voxel = read_map(path)
         return vol, voxel or settings.pixel_size_angstrom
     if any(s in suffixes for s in (".pdb", ".cif", ".ent")):
-        return atomic_model_to_map(path, settings.box_size, settings.pixel_size_angstrom), settings.pixel_size_angstrom
+        return atomic_model_to_map(
+            path, settings.box_size, settings.pixel_size_angstrom
+        ), settings.pixel_size_angstrom
     from cryoforge.errors import InputFileError
 
     raise InputFileError(path, "expected an .mrc map or a .pdb/.cif atomic model", "suffix")
 
 
-def simulate_images(volume: torch.Tensor, rotations: torch.Tensor, shifts_px: torch.Tensor,
-                    ctf: dict[str, np.ndarray] | None, pixel_size_angstrom: float,
-                    batch: int = 128) -> torch.Tensor:
+def simulate_images(
+    volume: torch.Tensor,
+    rotations: torch.Tensor,
+    shifts_px: torch.Tensor,
+    ctf: dict[str, np.ndarray] | None,
+    pixel_size_angstrom: float,
+    batch: int = 128,
+) -> torch.Tensor:
     """Noise-free particle images: real-space projection, then CTF and shift in Fourier space."""
     L = volume.shape[-1]
     freqs = rfft_grid_2d(L).reshape(-1, 2).double()
@@ -86,8 +93,9 @@ def simulate_images(volume: torch.Tensor, rotations: torch.Tensor, shifts_px: to
     return torch.cat(out)
 
 
-def simulate(input_path: str | Path | None, out_dir: str | Path, settings: SimulationSettings,
-             progress: bool = False) -> SimulationResult:
+def simulate(
+    input_path: str | Path | None, out_dir: str | Path, settings: SimulationSettings, progress: bool = False
+) -> SimulationResult:
     """Write ``particles.mrcs``, ``particles.star`` (ground-truth poses, CTF), ``map.mrc`` and
     ``simulation.json`` (settings and realised SNR) into ``out_dir``.
 
@@ -128,16 +136,22 @@ def simulate(input_path: str | Path | None, out_dir: str | Path, settings: Simul
     write_mrc(stack, images.numpy(), voxel, stack=True)
     write_mrc(out_dir / "map.mrc", vol_np, voxel)
     if not settings.apply_ctf:
-        ctf = {k: (np.zeros(n) if k != "phase_shift_deg" else np.zeros(n)) for k in ctf}
+        ctf = {k: np.zeros(n) for k in ctf}  # voltage 0 marks CTF-free data
     table = ParticleTable(
         path=out_dir / "particles.star",
         image_names=np.array([f"{i + 1:06d}@particles.mrcs" for i in range(n)]),
-        ctf=ctf, rotations=rot.double().numpy(), shifts_angstrom=shifts_a.numpy(),
-        pixel_size_angstrom=voxel, box_size=L,
+        ctf=ctf,
+        rotations=rot.double().numpy(),
+        shifts_angstrom=shifts_a.numpy(),
+        pixel_size_angstrom=voxel,
+        box_size=L,
     )
     write_star(table.path, table)
-    meta = {"settings": asdict(settings), "realised_snr": realised,
-            "input": str(input_path) if input_path else "builtin:adk_open (PDB 4AKE)"}
+    meta = {
+        "settings": asdict(settings),
+        "realised_snr": realised,
+        "input": str(input_path) if input_path else "builtin:adk_open (PDB 4AKE)",
+    }
     with atomic_path(out_dir / "simulation.json") as tmp:
         tmp.write_text(json.dumps(meta, indent=2))
     return SimulationResult(table.path, stack, out_dir / "map.mrc", realised)

@@ -49,7 +49,7 @@ def _ctx() -> BuildContext:
 
 
 def _ctf(batch: int) -> CTFParams:
-    f = lambda v: torch.full((batch,), float(v))  # noqa: E731
+    f = lambda v: torch.full((batch,), float(v))
     return CTFParams(f(15000), f(14000), f(30), f(300), f(2.7), f(0.1), f(0), f(0))
 
 
@@ -69,13 +69,20 @@ def check_encoder(cls: type, options: dict[str, Any] | None = None) -> None:
     images = torch.randn(4, TEST_L, TEST_L)
     pose = enc(images)
     assert isinstance(pose, Pose), f"encoder {cls.name!r}: forward must return a Pose"
-    assert pose.rotation.shape == (4, 3, 3), f"encoder {cls.name!r}: rotation shape {tuple(pose.rotation.shape)}"
-    assert pose.shift_angstrom.shape == (4, 2), f"encoder {cls.name!r}: shift shape {tuple(pose.shift_angstrom.shape)}"
+    assert pose.rotation.shape == (4, 3, 3), (
+        f"encoder {cls.name!r}: rotation shape {tuple(pose.rotation.shape)}"
+    )
+    assert pose.shift_angstrom.shape == (4, 2), (
+        f"encoder {cls.name!r}: shift shape {tuple(pose.shift_angstrom.shape)}"
+    )
     R = pose.rotation.double()
     eye = torch.eye(3, dtype=torch.float64).expand_as(R)
-    assert torch.allclose(R @ R.transpose(-1, -2), eye, atol=1e-4), f"encoder {cls.name!r}: rotations not orthonormal"
-    assert torch.allclose(torch.linalg.det(R), torch.ones(4, dtype=torch.float64), atol=1e-4), \
+    assert torch.allclose(R @ R.transpose(-1, -2), eye, atol=1e-4), (
+        f"encoder {cls.name!r}: rotations not orthonormal"
+    )
+    assert torch.allclose(torch.linalg.det(R), torch.ones(4, dtype=torch.float64), atol=1e-4), (
         f"encoder {cls.name!r}: det(R) != 1"
+    )
     assert torch.isfinite(pose.shift_angstrom).all(), f"encoder {cls.name!r}: non-finite shifts"
     target = torch.randn(4, 3, 3)
     ((pose.rotation - target).pow(2).sum() + pose.shift_angstrom.pow(2).sum()).backward()
@@ -108,10 +115,9 @@ def check_volume(cls: type, options: dict[str, Any] | None = None, tmp_path: Pat
 
         write_mrc(tmp_path / f"{cls.name}.mrc", vmap.numpy(), TEST_PX)
         back, voxel = read_map(tmp_path / f"{cls.name}.mrc")
-        assert voxel == pytest.approx(TEST_PX) and np.allclose(back, vmap.numpy()), \
+        assert voxel == pytest.approx(TEST_PX) and np.allclose(back, vmap.numpy()), (
             f"volume {cls.name!r}: .mrc export does not round-trip"
-
-
+        )
 
 
 def _blob_volume() -> torch.nn.Module:
@@ -153,7 +159,9 @@ def check_loss(cls: type, options: dict[str, Any] | None = None) -> None:
     from cryoforge.losses.views import VIEWS
 
     loss = cls(cls.Options.model_validate(options or {}), _ctx())
-    assert loss.views and all(v in VIEWS for v in loss.views), f"loss {cls.name!r}: unknown views {loss.views}"
+    assert loss.views and all(v in VIEWS for v in loss.views), (
+        f"loss {cls.name!r}: unknown views {loss.views}"
+    )
     errors = torch.rand(len(loss.views), 5, requires_grad=True)
     value, winner = loss.reduce(errors)
     assert value.ndim == 0 and torch.isfinite(value), f"loss {cls.name!r}: reduce must return a finite scalar"
@@ -173,7 +181,9 @@ def check_source(cls: type, options: dict[str, Any]) -> None:
     idx = np.array([n - 1, 0])
     imgs = src.read_images(idx)
     L = src.image_size
-    assert imgs.shape == (2, L, L) and imgs.dtype == np.float32, f"source {cls.name!r}: images {imgs.shape} {imgs.dtype}"
+    assert imgs.shape == (2, L, L) and imgs.dtype == np.float32, (
+        f"source {cls.name!r}: images {imgs.shape} {imgs.dtype}"
+    )
     assert np.isfinite(imgs).all(), f"source {cls.name!r}: non-finite pixels"
     assert np.allclose(src.read_images(idx[::-1])[::-1], imgs), f"source {cls.name!r}: order not kept"
     assert src.pixel_size_angstrom > 0, f"source {cls.name!r}: pixel size must be > 0"
@@ -207,10 +217,15 @@ def write_tiny_dataset(folder: Path, n: int = 24, L: int = TEST_L, seed: int = 0
     vol = np.zeros((L, L, L), np.float32)
     for _ in range(4):
         c = g.uniform(-L / 6, L / 6, 3)
-        vol += np.exp(-((x - c[0]) ** 2 + (y - c[1]) ** 2 + (z - c[2]) ** 2) / (2 * (L / 12) ** 2)).astype(np.float32)
+        vol += np.exp(-((x - c[0]) ** 2 + (y - c[1]) ** 2 + (z - c[2]) ** 2) / (2 * (L / 12) ** 2)).astype(
+            np.float32
+        )
     write_mrc(folder / "truth.mrc", vol, TEST_PX)
-    res = simulate(folder / "truth.mrc", folder, SimulationSettings(n_particles=n, snr=10.0, seed=seed,
-                                                                      defocus_median_angstrom=10000))
+    res = simulate(
+        folder / "truth.mrc",
+        folder,
+        SimulationSettings(n_particles=n, snr=10.0, seed=seed, defocus_median_angstrom=10000),
+    )
     write_cs(folder / "particles.cs", read_star(res.star), "particles.mrcs")
     return {"star": res.star, "mrcs": res.stack, "cs": folder / "particles.cs", "map": res.map}
 

@@ -97,8 +97,9 @@ def make_batch(source: Source, index: np.ndarray, device: torch.device) -> Parti
 
 
 @torch.no_grad()
-def infer_poses(pipeline: Pipeline, source: Source, index: np.ndarray, batch_size: int,
-                device: torch.device) -> Pose:
+def infer_poses(
+    pipeline: Pipeline, source: Source, index: np.ndarray, batch_size: int, device: torch.device
+) -> Pose:
     """Poses for ``index`` in dataset order, in large no-grad batches (evaluation mode)."""
     was_training = pipeline.training
     pipeline.eval()
@@ -124,8 +125,17 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- exports
 
 
-def export(pipeline: Pipeline, source: Source, index: np.ndarray, config: RunConfig, run_dir: Path,
-           device: torch.device, result: RunResult, final: bool, progress: dict[str, float]) -> None:
+def export(
+    pipeline: Pipeline,
+    source: Source,
+    index: np.ndarray,
+    config: RunConfig,
+    run_dir: Path,
+    device: torch.device,
+    result: RunResult,
+    final: bool,
+    progress: dict[str, float],
+) -> None:
     """Write the map, the poses (RELION .star) and, when a reference exists, metrics and FSC plot."""
     L, px = source.image_size, source.pixel_size_angstrom
     vmap = volume_to_map(pipeline.volume, L)
@@ -142,8 +152,10 @@ def export(pipeline: Pipeline, source: Source, index: np.ndarray, config: RunCon
             path=run_dir / "poses.star",
             image_names=None if table.image_names is None else _abs_names(source, index),
             ctf={k: v[index] for k, v in table.ctf.items()},
-            rotations=pose.rotation.double().numpy(), shifts_angstrom=pose.shift_angstrom.double().numpy(),
-            pixel_size_angstrom=source.original_pixel_size_angstrom, box_size=source.original_size,
+            rotations=pose.rotation.double().numpy(),
+            shifts_angstrom=pose.shift_angstrom.double().numpy(),
+            pixel_size_angstrom=source.original_pixel_size_angstrom,
+            box_size=source.original_size,
         )
         result.star_path = out.path
         write_star(out.path, out)
@@ -201,8 +213,14 @@ def _abs_names(source: Source, index: np.ndarray) -> np.ndarray:
 # ----------------------------------------------------------------------------- training
 
 
-def train_one(config: RunConfig, registry: Registry, source: Source, index: np.ndarray, run_dir: Path,
-              resume: bool = False) -> RunResult:
+def train_one(
+    config: RunConfig,
+    registry: Registry,
+    source: Source,
+    index: np.ndarray,
+    run_dir: Path,
+    resume: bool = False,
+) -> RunResult:
     """Train one model on the particles ``index`` of ``source``; outputs go to ``run_dir``."""
     tc = config.train
     rank, world = distributed()
@@ -232,13 +250,17 @@ def train_one(config: RunConfig, registry: Registry, source: Source, index: np.n
         pipeline.load_state_dict(ck["model"])
         optimizer.load_state_dict(ck["optimizer"])
         state = {k: ck["state"][k] for k in state}
-        result.history = [dict(zip(("step", "loss", "elapsed_s"), h, strict=True)) for h in ck.get("history", [])]
+        result.history = [
+            dict(zip(("step", "loss", "elapsed_s"), h, strict=True)) for h in ck.get("history", [])
+        ]
         log.info("resumed from %s at epoch %d, step %d", ckpt_path, state["epoch"], state["step"])
     model: torch.nn.Module = pipeline
     if world > 1:
         model = torch.nn.parallel.DistributedDataParallel(
-            pipeline, device_ids=[device.index] if device.type == "cuda" else None,
-            find_unused_parameters=True)
+            pipeline,
+            device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=True,
+        )
     if tc.compile:
         pipeline.volume = torch.compile(pipeline.volume)  # type: ignore[assignment]
         if pipeline.encoder is not None:
@@ -249,20 +271,36 @@ def train_one(config: RunConfig, registry: Registry, source: Source, index: np.n
         if rank != 0:
             return
         hist = [[h["step"], h["loss"], h["elapsed_s"]] for h in result.history]
-        _atomic_save({"model": pipeline.state_dict(), "optimizer": optimizer.state_dict(),
-                      "state": dict(state), "history": hist, "config": config.model_dump_json()}, ckpt_path)
+        _atomic_save(
+            {
+                "model": pipeline.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "state": dict(state),
+                "history": hist,
+                "config": config.model_dump_json(),
+            },
+            ckpt_path,
+        )
 
     n_batches = math.ceil(len(index) / (tc.batch_size * world))
     total_steps = tc.epochs * n_batches if tc.epochs else None
     if tc.max_steps is not None:
         total_steps = min(total_steps or tc.max_steps, tc.max_steps)
-    amp = torch.autocast("cuda", dtype=torch.bfloat16) if (tc.amp and device.type == "cuda") else nullcontext()
+    amp = (
+        torch.autocast("cuda", dtype=torch.bfloat16) if (tc.amp and device.type == "cuda") else nullcontext()
+    )
     t0 = time.perf_counter() - state["elapsed_s"]
     last_ckpt = last_export = time.perf_counter()
     progress = _progress(tc.progress and rank == 0, total_steps, state["step"])
     images_seen, rate_t0 = 0, time.perf_counter()
-    log.info("training %s on %d particles (L=%d, %.3f Å/px) on %s", config.volume.name, len(index),
-             ctx.image_size, ctx.pixel_size_angstrom, device)
+    log.info(
+        "training %s on %d particles (L=%d, %.3f Å/px) on %s",
+        config.volume.name,
+        len(index),
+        ctx.image_size,
+        ctx.pixel_size_angstrom,
+        device,
+    )
     stop = False
     with progress as bar:
         task = bar.add_task("train", total=total_steps, completed=state["step"], info="") if bar else None
@@ -280,11 +318,15 @@ def train_one(config: RunConfig, registry: Registry, source: Source, index: np.n
                     out = model(batch, batch.pose if tc.gt_poses else None)
                 loss = out.loss
                 if not torch.isfinite(loss):
-                    kept = (f"the last good checkpoint is kept in {ckpt_path}" if ckpt_path.is_file()
-                            else "no checkpoint had been written yet")
+                    kept = (
+                        f"the last good checkpoint is kept in {ckpt_path}"
+                        if ckpt_path.is_file()
+                        else "no checkpoint had been written yet"
+                    )
                     raise TrainingDiverged(
                         f"loss became {loss.item()} at step {state['step']} (epoch {state['epoch']}); "
-                        f"{kept}; lower train.lr_* or check the input data")
+                        f"{kept}; lower train.lr_* or check the input data"
+                    )
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if tc.grad_clip:
@@ -308,16 +350,26 @@ def train_one(config: RunConfig, registry: Registry, source: Source, index: np.n
                 if bar:
                     bar.update(task, completed=state["step"])
                 now = time.perf_counter()
-                ckpt_due = (tc.checkpoint_every_steps and state["step"] % tc.checkpoint_every_steps == 0)
+                ckpt_due = tc.checkpoint_every_steps and state["step"] % tc.checkpoint_every_steps == 0
                 if ckpt_due or now - last_ckpt > tc.checkpoint_every_s:
                     save()
                     last_ckpt = now
                 if rank == 0 and now - last_export > tc.export_every_s:
-                    export(pipeline, source, index, config, run_dir, device, result, final=False,
-                           progress={"elapsed_s": elapsed, "steps": state["step"]})
+                    export(
+                        pipeline,
+                        source,
+                        index,
+                        config,
+                        run_dir,
+                        device,
+                        result,
+                        final=False,
+                        progress={"elapsed_s": elapsed, "steps": state["step"]},
+                    )
                     last_export = time.perf_counter()
                 if (total_steps is not None and state["step"] >= total_steps) or (
-                        tc.max_time_s is not None and elapsed >= tc.max_time_s):
+                    tc.max_time_s is not None and elapsed >= tc.max_time_s
+                ):
                     stop = True
                     break
             else:
@@ -325,16 +377,32 @@ def train_one(config: RunConfig, registry: Registry, source: Source, index: np.n
                 state["batch"] = 0
     save()
     if rank == 0:
-        export(pipeline, source, index, config, run_dir, device, result, final=True,
-               progress={"elapsed_s": state["elapsed_s"], "steps": state["step"]})
+        export(
+            pipeline,
+            source,
+            index,
+            config,
+            run_dir,
+            device,
+            result,
+            final=True,
+            progress={"elapsed_s": state["elapsed_s"], "steps": state["step"]},
+        )
         if writer:
             writer.add_image("central_slice", _central_slice_image(result.map_path), state["step"])
             writer.close()
-        result.metrics.update({"steps": state["step"], "elapsed_s": state["elapsed_s"],
-                               "final_loss": result.history[-1]["loss"] if result.history else math.nan})
+        result.metrics.update(
+            {
+                "steps": state["step"],
+                "elapsed_s": state["elapsed_s"],
+                "final_loss": result.history[-1]["loss"] if result.history else math.nan,
+            }
+        )
         write_json(run_dir / "metrics.json", result.metrics)
-        log.info("done: %s", json.dumps({k: v for k, v in result.metrics.items() if not k.startswith("_")},
-                                        default=float))
+        log.info(
+            "done: %s",
+            json.dumps({k: v for k, v in result.metrics.items() if not k.startswith("_")}, default=float),
+        )
     result.pipeline = pipeline  # type: ignore[attr-defined]
     return result
 
@@ -359,8 +427,14 @@ def _progress(enabled: bool, total: int | None, done: int):
         return nullcontext(None)
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}"),
-                    TextColumn("{task.fields[info]}"), TimeElapsedColumn(), transient=False)
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}"),
+        TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(),
+        transient=False,
+    )
 
 
 # ----------------------------------------------------------------------------- entry point
@@ -397,8 +471,10 @@ def run(config: RunConfig, plugins_dirs: list[str] | None = None, resume: bool =
             return train_one(config, registry, source, index, run_dir, resume)
         perm = np.random.default_rng(config.train.seed).permutation(index)
         halves = [np.sort(perm[: len(perm) // 2]), np.sort(perm[len(perm) // 2 :])]
-        results = [train_one(config, registry, source, h, run_dir / f"half{i + 1}", resume)
-                   for i, h in enumerate(halves)]
+        results = [
+            train_one(config, registry, source, h, run_dir / f"half{i + 1}", resume)
+            for i, h in enumerate(halves)
+        ]
         return combine_halves(results, source, halves, config, run_dir) if rank == 0 else results[0]
     finally:
         if dist.is_initialized():
@@ -406,8 +482,9 @@ def run(config: RunConfig, plugins_dirs: list[str] | None = None, resume: bool =
             dist.destroy_process_group()
 
 
-def combine_halves(results: list[RunResult], source: Source, halves: list[np.ndarray], config: RunConfig,
-                   run_dir: Path) -> RunResult:
+def combine_halves(
+    results: list[RunResult], source: Source, halves: list[np.ndarray], config: RunConfig, run_dir: Path
+) -> RunResult:
     """Align half-map 2 onto half-map 1 and report the FSC at 0.143.
 
     Both encoders predict poses for the same images (half 1); the best global rotation between

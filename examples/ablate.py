@@ -25,30 +25,45 @@ def child(spec: dict) -> dict:
     from cryoforge.demo import demo_config
 
     base = demo_config(Path(spec["out"]))
-    cfg = base.model_copy(update={
-        "source": ComponentConfig(name="star", options={"path": spec["particles"]}),
-        "volume": ComponentConfig(name=spec["volume"]),
-        "loss": ComponentConfig(name=spec["loss"]),
-        "ground_truth_map": spec["gt_map"],
-        "train": base.train.model_copy(update={"max_time_s": spec["budget"], "seed": spec["seed"],
-                                               "export_every_s": spec["budget"] / 3, "progress": False,
-                                               "tensorboard": False}),
-    })
+    cfg = base.model_copy(
+        update={
+            "source": ComponentConfig(name="star", options={"path": spec["particles"]}),
+            "volume": ComponentConfig(name=spec["volume"]),
+            "loss": ComponentConfig(name=spec["loss"]),
+            "ground_truth_map": spec["gt_map"],
+            "train": base.train.model_copy(
+                update={
+                    "max_time_s": spec["budget"],
+                    "seed": spec["seed"],
+                    "export_every_s": spec["budget"] / 3,
+                    "progress": False,
+                    "tensorboard": False,
+                }
+            ),
+        }
+    )
     res = cryoforge.run(cfg)
     pipe = res.pipeline
     hist = [json.loads(x) for x in (Path(spec["out"]) / "history.jsonl").read_text().splitlines()]
     m = res.metrics
-    return {**spec, "params": sum(p.numel() for p in pipe.volume.parameters()),
-            "resolution_0.5_angstrom": m.get("resolution_0.5_angstrom"), "rot_median_deg": m.get("rot_median_deg"),
-            "images_per_s": m["steps"] * cfg.train.batch_size / m["elapsed_s"],
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "history": hist}
+    return {
+        **spec,
+        "params": sum(p.numel() for p in pipe.volume.parameters()),
+        "resolution_0.5_angstrom": m.get("resolution_0.5_angstrom"),
+        "rot_median_deg": m.get("rot_median_deg"),
+        "images_per_s": m["steps"] * cfg.train.batch_size / m["elapsed_s"],
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "history": hist,
+    }
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--particles", help=".star (default: the built-in demo dataset)")
     ap.add_argument("--gt-map", help="ground-truth map for FSC (default: the demo's)")
-    ap.add_argument("--volumes", nargs="+", default=["*"], help="names or wildcards (default: all registered)")
+    ap.add_argument(
+        "--volumes", nargs="+", default=["*"], help="names or wildcards (default: all registered)"
+    )
     ap.add_argument("--losses", nargs="+", default=["symmetrized", "l2"])
     ap.add_argument("--seeds", nargs="+", type=int, default=[0])
     ap.add_argument("--budget", type=float, default=100.0, help="seconds of training per run")
@@ -73,17 +88,25 @@ def main() -> None:
     for vol in volumes:
         for loss in a.losses:
             for seed in a.seeds:
-                spec = {"volume": vol, "loss": loss, "seed": seed, "budget": a.budget, "particles": particles,
-                        "gt_map": gt, "out": str(out / "runs" / f"{vol}_{loss}_{seed}")}
+                spec = {
+                    "volume": vol,
+                    "loss": loss,
+                    "seed": seed,
+                    "budget": a.budget,
+                    "particles": particles,
+                    "gt_map": gt,
+                    "out": str(out / "runs" / f"{vol}_{loss}_{seed}"),
+                }
                 print(f"== {vol} / {loss} / seed {seed}", flush=True)
-                proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)],
-                                      capture_output=True, text=True)
+                proc = subprocess.run(
+                    [sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True, text=True
+                )
                 line = [x for x in proc.stdout.splitlines() if x.startswith("ABLATION_RESULT ")]
                 if proc.returncode != 0 or not line:
                     print(f"   failed: {proc.stderr.strip().splitlines()[-1:]}", flush=True)
                     rows.append({**spec, "failed": (proc.stderr.strip().splitlines() or ["?"])[-1]})
                     continue
-                rows.append(json.loads(line[0][len("ABLATION_RESULT "):]))
+                rows.append(json.loads(line[0][len("ABLATION_RESULT ") :]))
                 r = rows[-1]
                 print(f"   {r['resolution_0.5_angstrom']:.1f} Å, {r['rot_median_deg']:.0f}°", flush=True)
     write_outputs(rows, out, a, volumes)
@@ -98,26 +121,37 @@ def write_outputs(rows: list[dict], out: Path, a: argparse.Namespace, volumes: l
     out.mkdir(parents=True, exist_ok=True)
     (out / "ablation.json").write_text(json.dumps(rows, indent=1, default=float))
     cmd = "python examples/ablate.py " + " ".join(sys.argv[1:])
-    lines = [f"Command: `{cmd}`", "",
-             f"Budget {a.budget:.0f} s of training per run on this machine's CPU; FSC-0.5 against the "
-             "ground truth after alignment (both hands); rotation error after global alignment.", "",
-             "| volume | loss | seed | parameters | FSC-0.5 resolution (Å) | median rotation error (°) "
-             "| images/s | peak RSS (MB) |", "|---|---|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        f"Command: `{cmd}`",
+        "",
+        f"Budget {a.budget:.0f} s of training per run on this machine's CPU; FSC-0.5 against the "
+        "ground truth after alignment (both hands); rotation error after global alignment.",
+        "",
+        "| volume | loss | seed | parameters | FSC-0.5 resolution (Å) | median rotation error (°) "
+        "| images/s | peak RSS (MB) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in rows:
         if "failed" in r:
             lines.append(f"| {r['volume']} | {r['loss']} | {r['seed']} | | failed: {r['failed']} | | | |")
             continue
-        lines.append(f"| {r['volume']} | {r['loss']} | {r['seed']} | {r['params']:,} | "
-                     f"{r['resolution_0.5_angstrom']:.1f} | {r['rot_median_deg']:.1f} | "
-                     f"{r['images_per_s']:.0f} | {r['peak_rss_mb']:.0f} |")
+        lines.append(
+            f"| {r['volume']} | {r['loss']} | {r['seed']} | {r['params']:,} | "
+            f"{r['resolution_0.5_angstrom']:.1f} | {r['rot_median_deg']:.1f} | "
+            f"{r['images_per_s']:.0f} | {r['peak_rss_mb']:.0f} |"
+        )
     (out / "ablation.md").write_text("\n".join(lines) + "\n")
     fig, axes = plt.subplots(1, len(a.losses), figsize=(5 * len(a.losses), 4), squeeze=False)
     for ax, loss in zip(axes[0], a.losses, strict=True):
         for vol in volumes:
             for r in (x for x in rows if x["volume"] == vol and x["loss"] == loss and "history" in x):
                 h = [e for e in r["history"] if "resolution_0.5_angstrom" in e]
-                ax.plot([e["elapsed_s"] for e in h], [e["resolution_0.5_angstrom"] for e in h], "o-",
-                        label=f"{vol} (seed {r['seed']})")
+                ax.plot(
+                    [e["elapsed_s"] for e in h],
+                    [e["resolution_0.5_angstrom"] for e in h],
+                    "o-",
+                    label=f"{vol} (seed {r['seed']})",
+                )
         ax.set_title(f"loss: {loss}")
         ax.set_xlabel("training wall-clock (s)")
         ax.set_ylabel("FSC-0.5 resolution (Å), lower is better")

@@ -18,7 +18,12 @@ def invoke(*args: str):
 
 def test_defaults_are_cryoai():
     c = RunConfig()
-    assert (c.encoder.name, c.volume.name, c.imaging.name, c.loss.name) == ("vgg", "fouriernet", "cryoai", "symmetrized")
+    assert (c.encoder.name, c.volume.name, c.imaging.name, c.loss.name) == (
+        "vgg",
+        "fouriernet",
+        "cryoai",
+        "symmetrized",
+    )
 
 
 def test_resolve_fills_defaults_and_roundtrips(registry):
@@ -29,15 +34,18 @@ def test_resolve_fills_defaults_and_roundtrips(registry):
 
 
 def test_option_error_names_field(registry):
-    with pytest.raises(ConfigError, match=r"^volume\.options\.omega_0_modulant: Input should be a valid number"):
+    with pytest.raises(
+        ConfigError, match=r"^volume\.options\.omega_0_modulant: Input should be a valid number"
+    ):
         resolve(apply_override(RunConfig(), "volume.omega_0_modulant", "fast"), registry)
     with pytest.raises(ConfigError, match=r"volume\.options\.bogus: unknown option"):
         resolve(apply_override(RunConfig(), "volume.bogus", 1), registry)
 
 
 def test_toml_and_json_config_files(tmp_path, registry):
-    (tmp_path / "c.toml").write_text('[volume]\nname = "fouriernet"\noptions = { hidden_dim = 32 }\n'
-                                     '[train]\nbatch_size = 8\n')
+    (tmp_path / "c.toml").write_text(
+        '[volume]\nname = "fouriernet"\noptions = { hidden_dim = 32 }\n[train]\nbatch_size = 8\n'
+    )
     c = load_config_file(tmp_path / "c.toml")
     assert c.volume.options == {"hidden_dim": 32} and c.train.batch_size == 8
     (tmp_path / "c.json").write_text(json.dumps({"train": {"epochs": "many"}}))
@@ -59,7 +67,9 @@ def test_cli_version_and_plugins():
     assert r.exit_code == 0 and "cryoforge, version" in r.output
     r = invoke("plugins", "list", "--json")
     rows = json.loads(r.output)
-    assert {"kind": "volume", "name": "fouriernet"}.items() <= next(x for x in rows if x["name"] == "fouriernet").items()
+    assert {"kind": "volume", "name": "fouriernet"}.items() <= next(
+        x for x in rows if x["name"] == "fouriernet"
+    ).items()
     r = invoke("plugins", "list", "--kind", "loss")
     assert "symmetrized" in r.output and "fouriernet" not in r.output
     r = invoke("plugins", "show", "volume", "fouriernet")
@@ -67,8 +77,20 @@ def test_cli_version_and_plugins():
 
 
 def test_cli_dry_run_resolves_overrides(tiny):
-    r = invoke("run", "--particles", str(tiny["star"]), "--volume", "fouriernet", "-o", "volume.hidden_dim", "48",
-               "-o", "train.batch_size", "4", "--dry-run")
+    r = invoke(
+        "run",
+        "--particles",
+        str(tiny["star"]),
+        "--volume",
+        "fouriernet",
+        "-o",
+        "volume.hidden_dim",
+        "48",
+        "-o",
+        "train.batch_size",
+        "4",
+        "--dry-run",
+    )
     assert r.exit_code == 0, r.output
     c = json.loads(r.output)
     assert c["volume"]["options"]["hidden_dim"] == 48 and c["train"]["batch_size"] == 4
@@ -86,15 +108,30 @@ def test_cli_example_plugin_dry_run():
     assert r.exit_code == 0 and json.loads(r.output)["volume"]["options"]["n_gaussians"] == 64
 
 
-@pytest.mark.parametrize("args,pattern", [
-    (["run", "--volume", "nope", "--dry-run"], r"^Error: unknown volume 'nope'; available: .*fouriernet"),
-    (["run", "-o", "volume.nonsense", "1", "--dry-run"], r"^Error: volume\.options\.nonsense: unknown option"),
-    (["run", "-o", "volume.hidden_dim", "big", "--dry-run"], r"^Error: volume\.options\.hidden_dim: Input should be a valid integer"),
-    (["run", "-o", "train.batch_size", "0", "--dry-run"], r"^Error: train\.batch_size: Input should be greater"),
-    (["run", "--particles", "missing.star"], r"^Error: missing\.star \[--particles\]: particle file not found"),
-    (["run", "--config", "missing.toml"], r"^Error: missing\.toml: config file not found"),
-    (["evaluate", "missing.mrc"], r"^Error: missing\.mrc: map file not found"),
-])
+@pytest.mark.parametrize(
+    "args,pattern",
+    [
+        (["run", "--volume", "nope", "--dry-run"], r"^Error: unknown volume 'nope'; available: .*fouriernet"),
+        (
+            ["run", "-o", "volume.nonsense", "1", "--dry-run"],
+            r"^Error: volume\.options\.nonsense: unknown option",
+        ),
+        (
+            ["run", "-o", "volume.hidden_dim", "big", "--dry-run"],
+            r"^Error: volume\.options\.hidden_dim: Input should be a valid integer",
+        ),
+        (
+            ["run", "-o", "train.batch_size", "0", "--dry-run"],
+            r"^Error: train\.batch_size: Input should be greater",
+        ),
+        (
+            ["run", "--particles", "missing.star"],
+            r"^Error: missing\.star \[--particles\]: particle file not found",
+        ),
+        (["run", "--config", "missing.toml"], r"^Error: missing\.toml: config file not found"),
+        (["evaluate", "missing.mrc"], r"^Error: missing\.mrc: map file not found"),
+    ],
+)
 def test_cli_bad_input_is_one_line_exit_2(args, pattern):
     import re
 
@@ -109,7 +146,9 @@ def test_cli_bad_stack_reference_exit_2(tmp_path, tiny):
     star = tmp_path / "p.star"
     star.write_text(tiny["star"].read_text().replace("@particles.mrcs", "@gone.mrcs"))
     r = CliRunner().invoke(cli, ["run", "--particles", str(star)])
-    assert r.exit_code == 2 and "stack file 'gone.mrcs' not found" in r.output and "[rlnImageName]" in r.output
+    assert (
+        r.exit_code == 2 and "stack file 'gone.mrcs' not found" in r.output and "[rlnImageName]" in r.output
+    )
 
 
 def test_cli_count_mismatch_and_nan(tmp_path, tiny):

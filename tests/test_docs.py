@@ -19,5 +19,7 @@ def test_every_hook_is_documented():
 
 def test_every_builtin_component_is_documented(registry):
     text = (DOCS / "components.md").read_text()
-    missing = [f"{k}:{n}" for k, n, e in registry if e.provider.startswith("cryoforge.") and f"`{n}`" not in text]
+    missing = [
+        f"{k}:{n}" for k, n, e in registry if e.provider.startswith("cryoforge.") and f"`{n}`" not in text
+    ]
     assert not missing, f"undocumented components in docs/components.md: {missing}"

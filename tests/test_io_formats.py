@@ -44,11 +44,15 @@ def test_relion31_with_stack_reads_images(cryodrgn):
     from cryoforge.sources.star import StarSource
     from cryoforge.types import BuildContext
 
-    src = StarSource(StarSource.Options(path=str(cryodrgn / "relion31.star"), normalize=False), BuildContext())
+    src = StarSource(
+        StarSource.Options(path=str(cryodrgn / "relion31.star"), normalize=False), BuildContext()
+    )
     imgs = src.read_images(np.array([4, 0]))
     raw = open_stack(cryodrgn / "relion31.mrcs")
     assert np.array_equal(imgs[0], raw[4]) and np.array_equal(imgs[1], raw[0])
-    small = StarSource(StarSource.Options(path=str(cryodrgn / "relion31.star"), downsample_to=64), BuildContext())
+    small = StarSource(
+        StarSource.Options(path=str(cryodrgn / "relion31.star"), downsample_to=64), BuildContext()
+    )
     assert small.image_size == 64 and small.pixel_size_angstrom == pytest.approx(2.806 * 4)
 
 
@@ -106,7 +110,7 @@ def test_restricted_unpickler_refuses_objects(tmp_path):
     import pickle
 
     (tmp_path / "evil.pkl").write_bytes(pickle.dumps({"a": 1, "f": print}))
-    with pytest.raises(InputFileError, match="refusing|numpy"):
+    with pytest.raises(InputFileError, match=r"refusing|numpy"):
         load_array_pickle(tmp_path / "evil.pkl")
 
 

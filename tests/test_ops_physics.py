@@ -32,7 +32,7 @@ def test_centered_freqs_match_fftfreq():
         assert f[L // 2] == 0
 
 
-def test_half_plane_is_about_0p4_L2_and_inside_nyquist():
+def test_half_plane_is_about_0p4_l2_and_inside_nyquist():
     idx, k = half_plane_query(64)
     assert 0.37 * 64**2 < len(idx) < 0.41 * 64**2
     assert (k.norm(dim=1) < 0.5).all() and (k[:, 0] >= 0).all()
@@ -51,7 +51,7 @@ def test_fourier_slice_at_identity_equals_fft_of_z_projection(L):
     assert torch.allclose(k3[0, :, :2], k2) and (k3[..., 2] == 0).all()
 
 
-def test_central_slice_is_R_transpose_k():
+def test_central_slice_is_r_transpose_k():
     R = random_rotations(3, torch.Generator().manual_seed(1))
     k2 = torch.randn(7, 2)
     k3 = central_slice_coords(R, k2)
@@ -155,21 +155,27 @@ def _ctf_reference(kx, ky, du, dv, ang, kv, cs, w, ps, b=0.0):
 
 
 @pytest.mark.parametrize("du,dv,ang", [(10000, 10000, 0), (15000, 12000, 30), (25000, 24000, -75)])
-@pytest.mark.parametrize("kv,cs,w,ps,b", [(300, 2.7, 0.1, 0, 0), (200, 2.0, 0.07, 90, 50), (100, 0.01, 0.1, 45, 0)])
+@pytest.mark.parametrize(
+    "kv,cs,w,ps,b", [(300, 2.7, 0.1, 0, 0), (200, 2.0, 0.07, 90, 50), (100, 0.01, 0.1, 45, 0)]
+)
 def test_ctf_matches_formula_on_grid(du, dv, ang, kv, cs, w, ps, b):
     px = 1.5
     k = rfft_grid_2d(32).reshape(-1, 2).double() / px
-    t = lambda v: torch.tensor([float(v)], dtype=torch.float64)  # noqa: E731
+    t = lambda v: torch.tensor([float(v)], dtype=torch.float64)
     got = ctf_2d(k, t(du), t(dv), t(ang), t(kv), t(cs), t(w), t(ps), t(b))[0].numpy()
     ref = _ctf_reference(k[:, 0].numpy(), k[:, 1].numpy(), du, dv, ang, kv, cs, w, ps, b)
     assert np.allclose(got, ref, atol=1e-10)
-    assert got[0] == pytest.approx(-w * math.cos(math.radians(ps)) - math.sqrt(1 - w * w) * math.sin(math.radians(ps)))
+    assert got[0] == pytest.approx(
+        -w * math.cos(math.radians(ps)) - math.sqrt(1 - w * w) * math.sin(math.radians(ps))
+    )
 
 
 def test_ctf_dc_is_minus_amplitude_contrast_and_first_zero():
     one = torch.ones(1, dtype=torch.float64)
     k0 = torch.zeros(1, 2, dtype=torch.float64)
-    assert float(ctf_2d(k0, 2e4 * one, 2e4 * one, 0 * one, 300 * one, 2.7 * one, 0.1 * one, 0 * one)) == pytest.approx(-0.1)
+    assert float(
+        ctf_2d(k0, 2e4 * one, 2e4 * one, 0 * one, 300 * one, 2.7 * one, 0.1 * one, 0 * one)
+    ) == pytest.approx(-0.1)
     # first zero (Cs = 0, w = 0): π λ Δf s² = π ⇒ s = 1/sqrt(λ Δf)
     lam = float(electron_wavelength_angstrom(300))
     s = 1 / math.sqrt(lam * 2e4)

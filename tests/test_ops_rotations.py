@@ -22,9 +22,13 @@ from cryoforge.ops.rotations import (
 def test_euler_zyz_elementary_rotations():
     # rot only: a rotation about z; RELION's matrix for (rot, 0, 0) is Rz(-rot) in the active sense
     R = euler_relion_to_matrix(torch.tensor([90.0]), torch.tensor([0.0]), torch.tensor([0.0]))[0]
-    assert torch.allclose(R, torch.tensor([[0.0, 1, 0], [-1, 0, 0], [0, 0, 1]], dtype=torch.float64), atol=1e-12)
+    assert torch.allclose(
+        R, torch.tensor([[0.0, 1, 0], [-1, 0, 0], [0, 0, 1]], dtype=torch.float64), atol=1e-12
+    )
     R = euler_relion_to_matrix(torch.tensor([0.0]), torch.tensor([90.0]), torch.tensor([0.0]))[0]
-    assert torch.allclose(R, torch.tensor([[0.0, 0, -1], [0, 1, 0], [1, 0, 0]], dtype=torch.float64), atol=1e-12)
+    assert torch.allclose(
+        R, torch.tensor([[0.0, 0, -1], [0, 1, 0], [1, 0, 0]], dtype=torch.float64), atol=1e-12
+    )
 
 
 def test_euler_roundtrip_angles_and_matrices():
@@ -51,9 +55,11 @@ def test_relion_star_matrices_equal_cryodrgn(cryodrgn):
     from cryoforge.sources.pickles import load_array_pickle
 
     df = starfile.read(cryodrgn / "FinalRefinement-OriginalParticles-PfCRT.star")
-    R = euler_relion_to_matrix(torch.tensor(df["rlnAngleRot"].to_numpy(), dtype=torch.float64),
-                               torch.tensor(df["rlnAngleTilt"].to_numpy(), dtype=torch.float64),
-                               torch.tensor(df["rlnAnglePsi"].to_numpy(), dtype=torch.float64))
+    R = euler_relion_to_matrix(
+        torch.tensor(df["rlnAngleRot"].to_numpy(), dtype=torch.float64),
+        torch.tensor(df["rlnAngleTilt"].to_numpy(), dtype=torch.float64),
+        torch.tensor(df["rlnAnglePsi"].to_numpy(), dtype=torch.float64),
+    )
     rot, _ = load_array_pickle(cryodrgn / "expected" / "pose_star.pkl")
     assert np.abs(R.numpy() - rot).max() < 1e-12
 
@@ -75,7 +81,9 @@ def test_rotvec_roundtrip():
 def test_sixd_gram_schmidt_rows():
     d6 = torch.randn(50, 6, dtype=torch.float64)
     R = sixd_to_matrix(d6)
-    assert torch.allclose(R @ R.transpose(1, 2), torch.eye(3, dtype=torch.float64).expand(50, 3, 3), atol=1e-12)
+    assert torch.allclose(
+        R @ R.transpose(1, 2), torch.eye(3, dtype=torch.float64).expand(50, 3, 3), atol=1e-12
+    )
     assert torch.allclose(torch.linalg.det(R), torch.ones(50, dtype=torch.float64))
     a1 = d6[:, :3] / d6[:, :3].norm(dim=1, keepdim=True)
     assert torch.allclose(R[:, 0], a1)  # first row = normalised first vector
@@ -97,7 +105,7 @@ def test_align_rotations_recovers_global_rotation_and_hand():
     true = random_rotations(100, g, torch.float64)
     A = random_rotations(1, g, torch.float64)[0]
     pred = true @ A.T  # true = pred · A
-    A2, mirrored, aligned = align_rotations(pred, true)
+    _, mirrored, aligned = align_rotations(pred, true)
     assert not mirrored and torch.allclose(aligned, true, atol=1e-8)
     pred_m = mirror_poses(true @ A.T)  # the other hand
     _, mirrored, aligned = align_rotations(pred_m, true)

@@ -25,8 +25,20 @@ EXAMPLE = ROOT / "plugins" / "cryoforge-example"
 
 def _ensure_example_installed() -> None:
     if not any(ep.name == "cryoforge-example" for ep in entry_points(group="cryoforge")):
-        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
-                        "-e", str(EXAMPLE)], check=True)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "install",
+                "-q",
+                "--no-deps",
+                "--no-build-isolation",
+                "-e",
+                str(EXAMPLE),
+            ],
+            check=True,
+        )
         import importlib
 
         importlib.invalidate_caches()
@@ -77,15 +89,19 @@ def test_duplicate_names_raise_naming_both(tmp_path):
         "        return coords[..., 0]\n"
         "@cryoforge.hookimpl\n"
         "def cryoforge_register_volumes():\n"
-        "    return [Other]\n")
+        "    return [Other]\n"
+    )
     with pytest.raises(PluginError, match=r"duplicate volume name 'fouriernet'.*cryoforge\.volumes.*dupe"):
         load_registry([tmp_path])
 
 
 def test_misspelled_hook_fails_loudly(tmp_path):
     (tmp_path / "typo.py").write_text(
-        "import cryoforge\n@cryoforge.hookimpl\ndef cryoforge_register_volume():\n    return []\n")
-    with pytest.raises(PluginError, match=r"cryoforge_register_volume.*known hooks: .*cryoforge_register_volumes"):
+        "import cryoforge\n@cryoforge.hookimpl\ndef cryoforge_register_volume():\n    return []\n"
+    )
+    with pytest.raises(
+        PluginError, match=r"cryoforge_register_volume.*known hooks: .*cryoforge_register_volumes"
+    ):
         get_plugin_manager([tmp_path])
 
 
@@ -101,7 +117,8 @@ def test_plugins_dir_adds_components(tmp_path):
         "        return errors[0].mean() / 2, torch.zeros(errors.shape[1], dtype=torch.long)\n"
         "@cryoforge.hookimpl\n"
         "def cryoforge_register_losses():\n"
-        "    return [Half]\n")
+        "    return [Half]\n"
+    )
     reg = load_registry([tmp_path])
     assert reg.provider("loss", "half-l2") == "mine"
 
@@ -114,7 +131,7 @@ def test_registry_rejects_invalid_components():
 
         name = "x"
 
-    with pytest.raises(PluginError, match="does not subclass cryoforge.Volume"):
+    with pytest.raises(PluginError, match=r"does not subclass cryoforge\.Volume"):
         reg.add("volume", NoOptions, "p")
     import cryoforge
 

@@ -41,7 +41,12 @@ def test_align_map_recovers_rotation_hand_and_shift():
     z, y, x = torch.meshgrid(r, r, r, indexing="ij")
     ref = torch.zeros(L, L, L)
     # four non-coplanar blobs of different sizes and weights: a chiral object
-    for c, s, a in (((4, 0, 0), 2.0, 1.0), ((-3, 3, 0), 1.5, 0.7), ((0, -3, 0), 1.8, 0.5), ((0, 0, 4), 1.2, 1.3)):
+    for c, s, a in (
+        ((4, 0, 0), 2.0, 1.0),
+        ((-3, 3, 0), 1.5, 0.7),
+        ((0, -3, 0), 1.8, 0.5),
+        ((0, 0, 4), 1.2, 1.3),
+    ):
         ref += a * torch.exp(-((x - c[0]) ** 2 + (y - c[1]) ** 2 + (z - c[2]) ** 2) / (2 * s * s))
     A = random_rotations(1, torch.Generator().manual_seed(4))[0]
     moved = torch.roll(mirror_z(rotate_map(ref, A.T)), (1, -2, 0), (0, 1, 2))
@@ -52,14 +57,18 @@ def test_align_map_recovers_rotation_hand_and_shift():
 
 
 def test_simulation_snr_and_metadata(tmp_path):
-    res = simulate(None, tmp_path, SimulationSettings(n_particles=200, snr=0.5, seed=1, shift_std_angstrom=3.0))
+    res = simulate(
+        None, tmp_path, SimulationSettings(n_particles=200, snr=0.5, seed=1, shift_std_angstrom=3.0)
+    )
     meta = json.loads((tmp_path / "simulation.json").read_text())
     assert meta["realised_snr"] == pytest.approx(0.5, rel=0.02)
     t = read_star(res.star)
     assert len(t) == 200 and t.rotations.shape == (200, 3, 3) and t.box_size == 32
     assert t.pixel_size_angstrom == pytest.approx(3.0)
     assert np.std(t.shifts_angstrom) == pytest.approx(3.0, rel=0.15)
-    assert np.median((t.ctf["defocus_u_angstrom"] + t.ctf["defocus_v_angstrom"]) / 2) == pytest.approx(2e4, rel=0.1)
+    assert np.median((t.ctf["defocus_u_angstrom"] + t.ctf["defocus_v_angstrom"]) / 2) == pytest.approx(
+        2e4, rel=0.1
+    )
     assert open_stack(res.stack).shape == (200, 32, 32)
     _, voxel = read_map(res.map)
     assert voxel == pytest.approx(3.0)
@@ -78,9 +87,12 @@ def test_atomic_model_potential_is_centred(shared_data):
 
 def test_known_pose_reconstruction_of_simulated_data_same_hand(tmp_path):
     """Simulate in real space with CTF and shifts; backproject in Fourier space with the same poses."""
-    res = simulate(None, tmp_path, SimulationSettings(n_particles=800, snr=None, seed=2, shift_std_angstrom=3.0))
-    r = CliRunner().invoke(cli, ["reconstruct", str(res.star), "--out", str(tmp_path / "rec.mrc")],
-                           catch_exceptions=False)
+    res = simulate(
+        None, tmp_path, SimulationSettings(n_particles=800, snr=None, seed=2, shift_std_angstrom=3.0)
+    )
+    r = CliRunner().invoke(
+        cli, ["reconstruct", str(res.star), "--out", str(tmp_path / "rec.mrc")], catch_exceptions=False
+    )
     assert r.exit_code == 0, r.output
     rec, _ = read_map(tmp_path / "rec.mrc")
     gt, _ = read_map(res.map)
@@ -106,8 +118,22 @@ def test_toy_projections_reconstruct_with_cryodrgn_poses(cryodrgn):
 def test_evaluate_cli_writes_plot_and_json(tmp_path):
     res = simulate(None, tmp_path / "sim", SimulationSettings(n_particles=50, snr=None, seed=3))
     out = tmp_path / "ev"
-    r = CliRunner().invoke(cli, ["evaluate", str(res.map), "--ref", str(res.map), "--poses", str(res.star),
-                                 "--gt-poses", str(res.star), "--out", str(out)], catch_exceptions=False)
+    r = CliRunner().invoke(
+        cli,
+        [
+            "evaluate",
+            str(res.map),
+            "--ref",
+            str(res.map),
+            "--poses",
+            str(res.star),
+            "--gt-poses",
+            str(res.star),
+            "--out",
+            str(out),
+        ],
+        catch_exceptions=False,
+    )
     assert r.exit_code == 0, r.output
     m = json.loads((out / "metrics.json").read_text())
     assert m["rot_median_deg"] < 1e-3 and m["resolution_0.5_px"] == pytest.approx(2.0)

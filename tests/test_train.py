@@ -20,8 +20,14 @@ from cryoforge.io.star import read_star
 from cryoforge.simulate import SimulationSettings, simulate
 from cryoforge.train import load_checkpoint, run
 
-SMALL = {"encoder.channels": [8, 16], "encoder.head_hidden": [32], "volume.hidden_dim": 32,
-         "train.batch_size": 8, "train.tensorboard": False, "train.progress": False}
+SMALL = {
+    "encoder.channels": [8, 16],
+    "encoder.head_hidden": [32],
+    "volume.hidden_dim": 32,
+    "train.batch_size": 8,
+    "train.tensorboard": False,
+    "train.progress": False,
+}
 
 
 def config_for(star: Path, out: Path, **over) -> RunConfig:
@@ -46,9 +52,18 @@ def demo_noisy(tmp_path_factory):
 
 
 def test_known_poses_fit_demo_to_near_nyquist(demo_noisy, tmp_path):
-    c = config_for(demo_noisy / "particles.star", tmp_path / "gt", **{
-        "train.gt_poses": True, "train.epochs": 0, "train.max_time_s": 35, "volume.hidden_dim": 64,
-        "train.batch_size": 32, "ground_truth_map": str(demo_noisy / "map.mrc")})
+    c = config_for(
+        demo_noisy / "particles.star",
+        tmp_path / "gt",
+        **{
+            "train.gt_poses": True,
+            "train.epochs": 0,
+            "train.max_time_s": 35,
+            "volume.hidden_dim": 64,
+            "train.batch_size": 32,
+            "ground_truth_map": str(demo_noisy / "map.mrc"),
+        },
+    )
     res = run(c)
     assert res.metrics["resolution_0.5_px"] < 2.6  # Nyquist is 2 px
     assert not res.metrics["map_mirrored"]
@@ -59,10 +74,20 @@ def test_known_poses_fit_demo_to_near_nyquist(demo_noisy, tmp_path):
 def test_ab_initio_converges_and_symmetrized_beats_l2(demo_clean, tmp_path):
     out = {}
     for loss in ("symmetrized", "l2"):
-        c = config_for(demo_clean / "particles.star", tmp_path / loss, **{
-            "loss.name": loss, "encoder.channels": [16, 32, 64, 64], "encoder.head_hidden": [256, 128],
-            "volume.hidden_dim": 64, "train.batch_size": 32, "train.epochs": 0, "train.max_time_s": 110,
-            "train.seed": 1})
+        c = config_for(
+            demo_clean / "particles.star",
+            tmp_path / loss,
+            **{
+                "loss.name": loss,
+                "encoder.channels": [16, 32, 64, 64],
+                "encoder.head_hidden": [256, 128],
+                "volume.hidden_dim": 64,
+                "train.batch_size": 32,
+                "train.epochs": 0,
+                "train.max_time_s": 110,
+                "train.seed": 1,
+            },
+        )
         out[loss] = run(c)
     sym, l2 = out["symmetrized"], out["l2"]
     first, last = sym.history[0]["loss"], sym.history[-1]["loss"]
@@ -77,7 +102,15 @@ def test_run_directory_contents_and_inference_order(tiny, tmp_path):
     c = config_for(tiny["star"], tmp_path / "r", **{"train.max_steps": 6})
     res = run(c)
     d = tmp_path / "r"
-    for f in ("config.json", "plugins.json", "checkpoint.pt", "map.mrc", "poses.star", "run.log", "metrics.json"):
+    for f in (
+        "config.json",
+        "plugins.json",
+        "checkpoint.pt",
+        "map.mrc",
+        "poses.star",
+        "run.log",
+        "metrics.json",
+    ):
         assert (d / f).is_file(), f
     cfg = json.loads((d / "config.json").read_text())
     assert cfg["volume"]["options"]["omega_0_modulant"] == 40.0  # every default filled in
@@ -111,10 +144,16 @@ def _small_cli(star: Path, out: Path, *extra: str) -> list[str]:
 def test_resume_after_kill_gives_the_same_state(tiny, tmp_path):
     steps = ["-o", "train.max_steps", "40", "-o", "train.checkpoint_every_steps", "4"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    ref = subprocess.run(_small_cli(tiny["star"], tmp_path / "ref", *steps), env=env, capture_output=True, text=True)
+    ref = subprocess.run(
+        _small_cli(tiny["star"], tmp_path / "ref", *steps), env=env, capture_output=True, text=True
+    )
     assert ref.returncode == 0, ref.stderr
-    proc = subprocess.Popen(_small_cli(tiny["star"], tmp_path / "killed", *steps), env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        _small_cli(tiny["star"], tmp_path / "killed", *steps),
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     ck = tmp_path / "killed" / "checkpoint.pt"
     t0 = time.time()
     while not ck.is_file() and time.time() - t0 < 120:
@@ -123,7 +162,9 @@ def test_resume_after_kill_gives_the_same_state(tiny, tmp_path):
     proc.wait()
     killed_at = load_checkpoint(ck)["state"]["step"]
     assert killed_at < 40
-    res = subprocess.run(_cli("run", "--resume", str(tmp_path / "killed")), env=env, capture_output=True, text=True)
+    res = subprocess.run(
+        _cli("run", "--resume", str(tmp_path / "killed")), env=env, capture_output=True, text=True
+    )
     assert res.returncode == 0, res.stderr
     a = load_checkpoint(tmp_path / "ref" / "checkpoint.pt")
     b = load_checkpoint(ck)
@@ -149,14 +190,21 @@ def test_nan_loss_stops_cleanly_and_keeps_last_good_checkpoint(tiny, tmp_path):
         "        return v, torch.zeros(errors.shape[1], dtype=torch.long)\n"
         "@cryoforge.hookimpl\n"
         "def cryoforge_register_losses():\n"
-        "    return [NanAfter]\n")
-    c = config_for(tiny["star"], tmp_path / "r", **{"loss.name": "nan-after", "train.checkpoint_every_steps": 2,
-                                                     "train.max_steps": 20})
+        "    return [NanAfter]\n"
+    )
+    c = config_for(
+        tiny["star"],
+        tmp_path / "r",
+        **{"loss.name": "nan-after", "train.checkpoint_every_steps": 2, "train.max_steps": 20},
+    )
     with pytest.raises(TrainingDiverged, match=r"loss became nan at step 6 .*last good checkpoint is kept"):
         run(c, plugins_dirs=[str(plug)])
     assert load_checkpoint(tmp_path / "r" / "checkpoint.pt")["state"]["step"] == 6
-    proc = subprocess.run(_small_cli(tiny["star"], tmp_path / "r2", "--plugins-dir", str(plug), "--loss", "nan-after"),
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        _small_cli(tiny["star"], tmp_path / "r2", "--plugins-dir", str(plug), "--loss", "nan-after"),
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 2 and proc.stderr.strip().startswith("Error: loss became nan")
     assert len(proc.stderr.strip().splitlines()) == 1
 
@@ -168,8 +216,17 @@ def test_half_sets_report_fsc_0143(tiny, tmp_path):
 
 
 def test_torchrun_two_cpu_processes(tiny, tmp_path):
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "cryoforge.cli", *(_small_cli(tiny["star"], tmp_path / "ddp", "-o", "train.max_steps", "3")[3:])]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "cryoforge.cli",
+        *(_small_cli(tiny["star"], tmp_path / "ddp", "-o", "train.max_steps", "3")[3:]),
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -178,13 +235,24 @@ def test_torchrun_two_cpu_processes(tiny, tmp_path):
     assert len(read_star(tmp_path / "ddp" / "poses.star")) == 24
 
 
-@pytest.mark.parametrize("volume,max_px", [("fouriernet", 2.6), ("siren", 2.6), ("relu-pe", 4.0), ("voxel", 2.6),
-                                           ("hashgrid", 2.6)])
+@pytest.mark.parametrize(
+    "volume,max_px",
+    [("fouriernet", 2.6), ("siren", 2.6), ("relu-pe", 4.0), ("voxel", 2.6), ("hashgrid", 2.6)],
+)
 def test_each_representation_fits_known_volume_with_gt_poses(demo_noisy, tmp_path, volume, max_px):
     """Known poses, default sizes and recommended learning rates, 20 s each on the demo data."""
-    c = config_for(demo_noisy / "particles.star", tmp_path / volume, **{
-        "volume.name": volume, "train.gt_poses": True, "train.epochs": 0, "train.max_time_s": 20,
-        "train.batch_size": 32, "ground_truth_map": str(demo_noisy / "map.mrc")})
+    c = config_for(
+        demo_noisy / "particles.star",
+        tmp_path / volume,
+        **{
+            "volume.name": volume,
+            "train.gt_poses": True,
+            "train.epochs": 0,
+            "train.max_time_s": 20,
+            "train.batch_size": 32,
+            "ground_truth_map": str(demo_noisy / "map.mrc"),
+        },
+    )
     c = c.model_copy(update={"volume": c.volume.model_copy(update={"options": {}})})
     res = run(c)
     assert res.metrics["resolution_0.5_px"] < max_px  # Nyquist is 2 px

@@ -78,8 +78,10 @@ class VGGEncoder(Encoder):
         self.features = nn.Sequential(*blocks)
         side = ctx.image_size // 2 ** len(o.channels)
         if side < 1:
-            raise ValueError(f"encoder.options.channels: {len(o.channels)} blocks need images of at least "
-                             f"{2 ** len(o.channels)} px, got {ctx.image_size}")
+            raise ValueError(
+                f"encoder.options.channels: {len(o.channels)} blocks need images of at least "
+                f"{2 ** len(o.channels)} px, got {ctx.image_size}"
+            )
         feat = cin * side * side
         hidden = tuple(o.head_hidden)
         self.rotation_head = mlp_head(feat, 6, hidden)
@@ -101,5 +103,3 @@ class VGGEncoder(Encoder):
 
 def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
-
-

@@ -37,9 +37,17 @@ class CryoAIImaging(Imaging):
     def ctf_values(self, ctf: CTFParams) -> torch.Tensor:
         """``(B, M)`` CTF at the queried frequencies."""
         px = self.ctx.pixel_size_angstrom
-        return ctf_2d(self.freqs / px, ctf.defocus_u_angstrom, ctf.defocus_v_angstrom,
-                      ctf.astigmatism_angle_deg, ctf.voltage_kv, ctf.cs_mm, ctf.amplitude_contrast,
-                      ctf.phase_shift_deg, ctf.bfactor_angstrom2)
+        return ctf_2d(
+            self.freqs / px,
+            ctf.defocus_u_angstrom,
+            ctf.defocus_v_angstrom,
+            ctf.astigmatism_angle_deg,
+            ctf.voltage_kv,
+            ctf.cs_mm,
+            ctf.amplitude_contrast,
+            ctf.phase_shift_deg,
+            ctf.bfactor_angstrom2,
+        )
 
     def forward(self, volume: Volume, pose: Pose, ctf: CTFParams | None) -> torch.Tensor:
         L = self.ctx.image_size

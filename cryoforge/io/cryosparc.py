@@ -43,8 +43,9 @@ def read_cs(path: str | Path) -> ParticleTable:
         "cs_mm": field("ctf/cs_mm").astype(np.float64),
         "amplitude_contrast": field("ctf/amp_contrast").astype(np.float64),
         "phase_shift_deg": np.rad2deg(field("ctf/phase_shift_rad").astype(np.float64)),
-        "bfactor_angstrom2": (field("ctf/bfactor").astype(np.float64) if "ctf/bfactor" in names
-                              else np.zeros(n)),
+        "bfactor_angstrom2": (
+            field("ctf/bfactor").astype(np.float64) if "ctf/bfactor" in names else np.zeros(n)
+        ),
     }
     rotations = shifts = None
     if "alignments3D/pose" in names:
@@ -53,9 +54,18 @@ def read_cs(path: str | Path) -> ParticleTable:
         shifts = field("alignments3D/shift").astype(np.float64) * pixel
     blob_paths = [p.decode() if isinstance(p, bytes) else str(p) for p in field("blob/path")]
     blob_idx = field("blob/idx").astype(np.int64)
-    image_names = np.array([f"{i + 1:06d}@{p.lstrip('>')}" for i, p in zip(blob_idx, blob_paths, strict=True)])
-    return ParticleTable(path=path, image_names=image_names, ctf=ctf, rotations=rotations,
-                         shifts_angstrom=shifts, pixel_size_angstrom=pixel, box_size=box)
+    image_names = np.array(
+        [f"{i + 1:06d}@{p.lstrip('>')}" for i, p in zip(blob_idx, blob_paths, strict=True)]
+    )
+    return ParticleTable(
+        path=path,
+        image_names=image_names,
+        ctf=ctf,
+        rotations=rotations,
+        shifts_angstrom=shifts,
+        pixel_size_angstrom=pixel,
+        box_size=box,
+    )
 
 
 def write_cs(path: str | Path, table: ParticleTable, stack_path: str) -> None:
@@ -69,11 +79,23 @@ def write_cs(path: str | Path, table: ParticleTable, stack_path: str) -> None:
 
     n = len(table)
     px = float(table.pixel_size_angstrom or 1.0)
-    dtype = [("uid", "<u8"), ("blob/path", "S256"), ("blob/idx", "<u4"), ("blob/shape", "<u4", (2,)),
-             ("blob/psize_A", "<f4"), ("ctf/accel_kv", "<f4"), ("ctf/cs_mm", "<f4"),
-             ("ctf/amp_contrast", "<f4"), ("ctf/df1_A", "<f4"), ("ctf/df2_A", "<f4"),
-             ("ctf/df_angle_rad", "<f4"), ("ctf/phase_shift_rad", "<f4"), ("ctf/bfactor", "<f4"),
-             ("alignments3D/shift", "<f4", (2,)), ("alignments3D/pose", "<f4", (3,))]
+    dtype = [
+        ("uid", "<u8"),
+        ("blob/path", "S256"),
+        ("blob/idx", "<u4"),
+        ("blob/shape", "<u4", (2,)),
+        ("blob/psize_A", "<f4"),
+        ("ctf/accel_kv", "<f4"),
+        ("ctf/cs_mm", "<f4"),
+        ("ctf/amp_contrast", "<f4"),
+        ("ctf/df1_A", "<f4"),
+        ("ctf/df2_A", "<f4"),
+        ("ctf/df_angle_rad", "<f4"),
+        ("ctf/phase_shift_rad", "<f4"),
+        ("ctf/bfactor", "<f4"),
+        ("alignments3D/shift", "<f4", (2,)),
+        ("alignments3D/pose", "<f4", (3,)),
+    ]
     arr = np.zeros(n, dtype=dtype)
     arr["uid"] = np.arange(n)
     arr["blob/path"] = stack_path.encode()
@@ -81,7 +103,11 @@ def write_cs(path: str | Path, table: ParticleTable, stack_path: str) -> None:
     arr["blob/shape"] = table.box_size or 0
     arr["blob/psize_A"] = px
     c = table.ctf
-    arr["ctf/accel_kv"], arr["ctf/cs_mm"], arr["ctf/amp_contrast"] = c["voltage_kv"], c["cs_mm"], c["amplitude_contrast"]
+    arr["ctf/accel_kv"], arr["ctf/cs_mm"], arr["ctf/amp_contrast"] = (
+        c["voltage_kv"],
+        c["cs_mm"],
+        c["amplitude_contrast"],
+    )
     arr["ctf/df1_A"], arr["ctf/df2_A"] = c["defocus_u_angstrom"], c["defocus_v_angstrom"]
     arr["ctf/df_angle_rad"] = np.deg2rad(c["astigmatism_angle_deg"])
     arr["ctf/phase_shift_rad"] = np.deg2rad(c["phase_shift_deg"])

@@ -44,7 +44,9 @@ def open_stack(path: str | Path) -> np.memmap:
     expected = nx * ny * nz * np.dtype(_MODES[mode]).itemsize
     actual = path.stat().st_size - 1024 - int(h.nsymbt)
     if actual < expected:
-        raise InputFileError(path, f"data truncated: header says {nz} images of {nx}×{ny}, file holds fewer", "nz")
+        raise InputFileError(
+            path, f"data truncated: header says {nz} images of {nx}×{ny}, file holds fewer", "nz"
+        )
     if data.ndim == 2:
         data = data[None]
     return data

@@ -61,7 +61,9 @@ def read_star(path: str | Path, box_size: int | None = None) -> ParticleTable:
         keep = [c for c in optics.columns if c not in parts.columns or c == "rlnOpticsGroup"]
         merged = parts.merge(optics[keep], on="rlnOpticsGroup", how="left", sort=False)
         if merged[keep[1]].isna().any() if len(keep) > 1 else False:
-            raise InputFileError(path, "a particle refers to an optics group that is not defined", "rlnOpticsGroup")
+            raise InputFileError(
+                path, "a particle refers to an optics group that is not defined", "rlnOpticsGroup"
+            )
         parts = merged
     n = len(parts)
 
@@ -89,7 +91,9 @@ def read_star(path: str | Path, box_size: int | None = None) -> ParticleTable:
 
     ctf = {
         "defocus_u_angstrom": col("rlnDefocusU"),
-        "defocus_v_angstrom": col("rlnDefocusV", None) if "rlnDefocusV" in parts.columns else col("rlnDefocusU"),
+        "defocus_v_angstrom": col("rlnDefocusV", None)
+        if "rlnDefocusV" in parts.columns
+        else col("rlnDefocusU"),
         "astigmatism_angle_deg": col("rlnDefocusAngle", 0.0),
         "voltage_kv": col("rlnVoltage"),
         "cs_mm": col("rlnSphericalAberration"),
@@ -102,8 +106,10 @@ def read_star(path: str | Path, box_size: int | None = None) -> ParticleTable:
         import torch
 
         rotations = euler_relion_to_matrix(
-            torch.tensor(col("rlnAngleRot")), torch.tensor(col("rlnAngleTilt")),
-            torch.tensor(col("rlnAnglePsi"))).numpy()
+            torch.tensor(col("rlnAngleRot")),
+            torch.tensor(col("rlnAngleTilt")),
+            torch.tensor(col("rlnAnglePsi")),
+        ).numpy()
         if "rlnOriginXAngst" in parts.columns:
             shifts = np.stack([col("rlnOriginXAngst"), col("rlnOriginYAngst")], 1)
         elif "rlnOriginX" in parts.columns:
@@ -114,8 +120,13 @@ def read_star(path: str | Path, box_size: int | None = None) -> ParticleTable:
             shifts = np.zeros((n, 2))
     names = parts["rlnImageName"].astype(str).to_numpy() if "rlnImageName" in parts.columns else None
     return ParticleTable(
-        path=path, image_names=names, ctf=ctf, rotations=rotations, shifts_angstrom=shifts,
-        pixel_size_angstrom=pixel_size, box_size=box_size,
+        path=path,
+        image_names=names,
+        ctf=ctf,
+        rotations=rotations,
+        shifts_angstrom=shifts,
+        pixel_size_angstrom=pixel_size,
+        box_size=box_size,
         pixel_sizes_angstrom=pixel if pixel_size is not None else None,
         extra={"rlnOpticsGroup": parts["rlnOpticsGroup"].to_numpy()} if "rlnOpticsGroup" in parts else {},
     )
@@ -133,27 +144,31 @@ def write_star(path: str | Path, table: ParticleTable) -> None:
         raise ValueError("write_star needs the pixel size and box size")
     key = np.stack([table.ctf[k] for k in ("voltage_kv", "cs_mm", "amplitude_contrast")], 1)
     uniq, group = np.unique(key, axis=0, return_inverse=True)
-    optics = pd.DataFrame({
-        "rlnOpticsGroup": np.arange(1, len(uniq) + 1),
-        "rlnOpticsGroupName": [f"opticsGroup{i + 1}" for i in range(len(uniq))],
-        "rlnVoltage": uniq[:, 0],
-        "rlnSphericalAberration": uniq[:, 1],
-        "rlnAmplitudeContrast": uniq[:, 2],
-        "rlnImagePixelSize": table.pixel_size_angstrom,
-        "rlnImageSize": int(table.box_size),
-        "rlnImageDimensionality": 2,
-    })
+    optics = pd.DataFrame(
+        {
+            "rlnOpticsGroup": np.arange(1, len(uniq) + 1),
+            "rlnOpticsGroupName": [f"opticsGroup{i + 1}" for i in range(len(uniq))],
+            "rlnVoltage": uniq[:, 0],
+            "rlnSphericalAberration": uniq[:, 1],
+            "rlnAmplitudeContrast": uniq[:, 2],
+            "rlnImagePixelSize": table.pixel_size_angstrom,
+            "rlnImageSize": int(table.box_size),
+            "rlnImageDimensionality": 2,
+        }
+    )
     cols: dict[str, object] = {}
     if table.image_names is not None:
         cols["rlnImageName"] = table.image_names
-    cols.update({
-        "rlnDefocusU": table.ctf["defocus_u_angstrom"],
-        "rlnDefocusV": table.ctf["defocus_v_angstrom"],
-        "rlnDefocusAngle": table.ctf["astigmatism_angle_deg"],
-        "rlnPhaseShift": table.ctf["phase_shift_deg"],
-        "rlnCtfBfactor": table.ctf["bfactor_angstrom2"],
-        "rlnOpticsGroup": group.reshape(-1) + 1,
-    })
+    cols.update(
+        {
+            "rlnDefocusU": table.ctf["defocus_u_angstrom"],
+            "rlnDefocusV": table.ctf["defocus_v_angstrom"],
+            "rlnDefocusAngle": table.ctf["astigmatism_angle_deg"],
+            "rlnPhaseShift": table.ctf["phase_shift_deg"],
+            "rlnCtfBfactor": table.ctf["bfactor_angstrom2"],
+            "rlnOpticsGroup": group.reshape(-1) + 1,
+        }
+    )
     if table.rotations is not None:
         import torch
 

@@ -10,8 +10,16 @@ import torch
 
 from cryoforge.types import CTFParams, Pose
 
-CTF_FIELDS = ("defocus_u_angstrom", "defocus_v_angstrom", "astigmatism_angle_deg", "voltage_kv",
-              "cs_mm", "amplitude_contrast", "phase_shift_deg", "bfactor_angstrom2")
+CTF_FIELDS = (
+    "defocus_u_angstrom",
+    "defocus_v_angstrom",
+    "astigmatism_angle_deg",
+    "voltage_kv",
+    "cs_mm",
+    "amplitude_contrast",
+    "phase_shift_deg",
+    "bfactor_angstrom2",
+)
 
 
 @dataclass
@@ -52,8 +60,7 @@ class ParticleTable:
         if self.rotations is None:
             return None
         sh = self.shifts_angstrom if self.shifts_angstrom is not None else np.zeros((len(self), 2))
-        return Pose(torch.tensor(self.rotations, dtype=torch.float32),
-                    torch.tensor(sh, dtype=torch.float32))
+        return Pose(torch.tensor(self.rotations, dtype=torch.float32), torch.tensor(sh, dtype=torch.float32))
 
     def per_particle_pixel_size(self) -> np.ndarray:
         """``(N,)`` pixel sizes in Å (optics groups may differ slightly)."""
@@ -64,10 +71,20 @@ class ParticleTable:
     def cryodrgn_ctf(self) -> np.ndarray:
         """``(N, 9)`` array in cryoDRGN's CTF pickle layout."""
         n = len(self)
-        return np.stack([np.full(n, float(self.box_size or 0)), self.per_particle_pixel_size(),
-                         self.ctf["defocus_u_angstrom"], self.ctf["defocus_v_angstrom"],
-                         self.ctf["astigmatism_angle_deg"], self.ctf["voltage_kv"], self.ctf["cs_mm"],
-                         self.ctf["amplitude_contrast"], self.ctf["phase_shift_deg"]], 1)
+        return np.stack(
+            [
+                np.full(n, float(self.box_size or 0)),
+                self.per_particle_pixel_size(),
+                self.ctf["defocus_u_angstrom"],
+                self.ctf["defocus_v_angstrom"],
+                self.ctf["astigmatism_angle_deg"],
+                self.ctf["voltage_kv"],
+                self.ctf["cs_mm"],
+                self.ctf["amplitude_contrast"],
+                self.ctf["phase_shift_deg"],
+            ],
+            1,
+        )
 
 
 def parse_image_name(name: str) -> tuple[int, str]:

@@ -110,8 +110,9 @@ def backproject(
     return fourier_to_volume(spec3).float()
 
 
-def _splat(num: torch.Tensor, den: torch.Tensor, pos: torch.Tensor, vals: torch.Tensor,
-           wts: torch.Tensor, L: int) -> None:
+def _splat(
+    num: torch.Tensor, den: torch.Tensor, pos: torch.Tensor, vals: torch.Tensor, wts: torch.Tensor, L: int
+) -> None:
     pos = pos.reshape(-1, 3)
     vals, wts = vals.reshape(-1), wts.reshape(-1)
     base = torch.floor(pos)

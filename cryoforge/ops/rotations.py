@@ -7,9 +7,13 @@ import math
 import torch
 
 
-def euler_relion_to_matrix(rot_deg: torch.Tensor, tilt_deg: torch.Tensor, psi_deg: torch.Tensor) -> torch.Tensor:
+def euler_relion_to_matrix(
+    rot_deg: torch.Tensor, tilt_deg: torch.Tensor, psi_deg: torch.Tensor
+) -> torch.Tensor:
     """RELION's ``Euler_angles2matrix`` (ZYZ): ``(B,)`` angles in degrees → ``(B, 3, 3)``."""
-    a, b, g = (torch.as_tensor(x, dtype=torch.float64) * (math.pi / 180) for x in (rot_deg, tilt_deg, psi_deg))
+    a, b, g = (
+        torch.as_tensor(x, dtype=torch.float64) * (math.pi / 180) for x in (rot_deg, tilt_deg, psi_deg)
+    )
     ca, sa, cb, sb, cg, sg = a.cos(), a.sin(), b.cos(), b.sin(), g.cos(), g.sin()
     cc, cs, sc, ss = cb * ca, cb * sa, sb * ca, sb * sa
     rows = [
@@ -29,9 +33,15 @@ def matrix_to_euler_relion(R: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor,
     sb = torch.sqrt(R[..., 0, 2] ** 2 + R[..., 1, 2] ** 2)
     tilt = torch.atan2(sb, R[..., 2, 2])
     regular = sb > 1e-10
-    psi = torch.where(regular, torch.atan2(R[..., 1, 2], -R[..., 0, 2]),
-                      torch.where(R[..., 2, 2] > 0, torch.atan2(-R[..., 1, 0], R[..., 0, 0]),
-                                  torch.atan2(R[..., 1, 0], -R[..., 0, 0])))
+    psi = torch.where(
+        regular,
+        torch.atan2(R[..., 1, 2], -R[..., 0, 2]),
+        torch.where(
+            R[..., 2, 2] > 0,
+            torch.atan2(-R[..., 1, 0], R[..., 0, 0]),
+            torch.atan2(R[..., 1, 0], -R[..., 0, 0]),
+        ),
+    )
     rot = torch.where(regular, torch.atan2(R[..., 2, 1], R[..., 2, 0]), torch.zeros_like(sb))
     deg = 180 / math.pi
     return rot * deg, tilt * deg, psi * deg
@@ -59,8 +69,9 @@ def rotvec_to_matrix(rotvec: torch.Tensor) -> torch.Tensor:
     axis = rotvec / theta.clamp_min(1e-12)
     x, y, z = axis.unbind(-1)
     zero = torch.zeros_like(x)
-    K = torch.stack([torch.stack([zero, -z, y], -1), torch.stack([z, zero, -x], -1),
-                     torch.stack([-y, x, zero], -1)], -2)
+    K = torch.stack(
+        [torch.stack([zero, -z, y], -1), torch.stack([z, zero, -x], -1), torch.stack([-y, x, zero], -1)], -2
+    )
     t = theta.unsqueeze(-1)
     eye = torch.eye(3, dtype=rotvec.dtype, device=rotvec.device).expand_as(K)
     return eye + torch.sin(t) * K + (1 - torch.cos(t)) * (K @ K)
@@ -80,19 +91,57 @@ def matrix_to_rotvec(R: torch.Tensor) -> torch.Tensor:
 def matrix_to_quaternion(R: torch.Tensor) -> torch.Tensor:
     """``(B, 3, 3)`` → unit quaternions ``(B, 4)`` as (w, x, y, z)."""
     m = R
-    t = torch.stack([
-        1 + m[..., 0, 0] + m[..., 1, 1] + m[..., 2, 2],
-        1 + m[..., 0, 0] - m[..., 1, 1] - m[..., 2, 2],
-        1 - m[..., 0, 0] + m[..., 1, 1] - m[..., 2, 2],
-        1 - m[..., 0, 0] - m[..., 1, 1] + m[..., 2, 2],
-    ], -1)
+    t = torch.stack(
+        [
+            1 + m[..., 0, 0] + m[..., 1, 1] + m[..., 2, 2],
+            1 + m[..., 0, 0] - m[..., 1, 1] - m[..., 2, 2],
+            1 - m[..., 0, 0] + m[..., 1, 1] - m[..., 2, 2],
+            1 - m[..., 0, 0] - m[..., 1, 1] + m[..., 2, 2],
+        ],
+        -1,
+    )
     best = t.argmax(-1)
-    cands = torch.stack([
-        torch.stack([t[..., 0], m[..., 2, 1] - m[..., 1, 2], m[..., 0, 2] - m[..., 2, 0], m[..., 1, 0] - m[..., 0, 1]], -1),
-        torch.stack([m[..., 2, 1] - m[..., 1, 2], t[..., 1], m[..., 1, 0] + m[..., 0, 1], m[..., 0, 2] + m[..., 2, 0]], -1),
-        torch.stack([m[..., 0, 2] - m[..., 2, 0], m[..., 1, 0] + m[..., 0, 1], t[..., 2], m[..., 2, 1] + m[..., 1, 2]], -1),
-        torch.stack([m[..., 1, 0] - m[..., 0, 1], m[..., 0, 2] + m[..., 2, 0], m[..., 2, 1] + m[..., 1, 2], t[..., 3]], -1),
-    ], -2)
+    cands = torch.stack(
+        [
+            torch.stack(
+                [
+                    t[..., 0],
+                    m[..., 2, 1] - m[..., 1, 2],
+                    m[..., 0, 2] - m[..., 2, 0],
+                    m[..., 1, 0] - m[..., 0, 1],
+                ],
+                -1,
+            ),
+            torch.stack(
+                [
+                    m[..., 2, 1] - m[..., 1, 2],
+                    t[..., 1],
+                    m[..., 1, 0] + m[..., 0, 1],
+                    m[..., 0, 2] + m[..., 2, 0],
+                ],
+                -1,
+            ),
+            torch.stack(
+                [
+                    m[..., 0, 2] - m[..., 2, 0],
+                    m[..., 1, 0] + m[..., 0, 1],
+                    t[..., 2],
+                    m[..., 2, 1] + m[..., 1, 2],
+                ],
+                -1,
+            ),
+            torch.stack(
+                [
+                    m[..., 1, 0] - m[..., 0, 1],
+                    m[..., 0, 2] + m[..., 2, 0],
+                    m[..., 2, 1] + m[..., 1, 2],
+                    t[..., 3],
+                ],
+                -1,
+            ),
+        ],
+        -2,
+    )
     q = torch.gather(cands, -2, best[..., None, None].expand(*best.shape, 1, 4)).squeeze(-2)
     return torch.nn.functional.normalize(q, dim=-1)
 
@@ -101,15 +150,19 @@ def quaternion_to_matrix(q: torch.Tensor) -> torch.Tensor:
     """Quaternions ``(B, 4)`` (w, x, y, z), any norm → ``(B, 3, 3)``."""
     q = torch.nn.functional.normalize(q, dim=-1)
     w, x, y, z = q.unbind(-1)
-    return torch.stack([
-        torch.stack([1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)], -1),
-        torch.stack([2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)], -1),
-        torch.stack([2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)], -1),
-    ], -2)
+    return torch.stack(
+        [
+            torch.stack([1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)], -1),
+            torch.stack([2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)], -1),
+            torch.stack([2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)], -1),
+        ],
+        -2,
+    )
 
 
-def random_rotations(n: int, generator: torch.Generator | None = None,
-                     dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def random_rotations(
+    n: int, generator: torch.Generator | None = None, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
     """``(n, 3, 3)`` rotations uniform on SO(3) (Haar), from normalised 4D Gaussian quaternions."""
     q = torch.randn(n, 4, generator=generator, dtype=torch.float64)
     return quaternion_to_matrix(q).to(dtype)

@@ -46,13 +46,19 @@ class StackSource(Source):
         self._open_stacks()
         self.original_size = self._stacks[0].shape[-1]
         if self.table.box_size is not None and self.table.box_size != self.original_size:
-            raise InputFileError(self.path, f"box size {self.table.box_size} but stack images are "
-                                 f"{self.original_size} px", "rlnImageSize")
+            raise InputFileError(
+                self.path,
+                f"box size {self.table.box_size} but stack images are {self.original_size} px",
+                "rlnImageSize",
+            )
         self.table.box_size = self.original_size
         self.image_size = options.downsample_to or self.original_size
         if self.image_size > self.original_size:
-            raise InputFileError(self.path, f"cannot downsample {self.original_size} px images to "
-                                 f"{self.image_size}", "source.downsample_to")
+            raise InputFileError(
+                self.path,
+                f"cannot downsample {self.original_size} px images to {self.image_size}",
+                "source.downsample_to",
+            )
         base_px = self.table.pixel_size_angstrom or 1.0
         self.original_pixel_size_angstrom = base_px
         self.pixel_size_angstrom = base_px * self.original_size / self.image_size
@@ -82,9 +88,12 @@ class StackSource(Source):
         for c in candidates:
             if c.is_file():
                 return c
-        raise InputFileError(self.path, f"stack file {file!r} not found (looked in "
-                             f"{', '.join(str(c.parent) for c in candidates[:3])}; set source.datadir)",
-                             "rlnImageName")
+        raise InputFileError(
+            self.path,
+            f"stack file {file!r} not found (looked in "
+            f"{', '.join(str(c.parent) for c in candidates[:3])}; set source.datadir)",
+            "rlnImageName",
+        )
 
     def _open_stacks(self) -> None:
         names = self.table.image_names
@@ -101,13 +110,18 @@ class StackSource(Source):
         self._stack_paths = [self._resolve(f) for f in files]
         sizes = {s.shape[-1] for s in self._stacks}
         if len(sizes) > 1:
-            raise InputFileError(self.path, f"stacks have different image sizes {sorted(sizes)}", "rlnImageName")
+            raise InputFileError(
+                self.path, f"stacks have different image sizes {sorted(sizes)}", "rlnImageName"
+            )
         for fid, stack in enumerate(self._stacks):
             sel = index[file_id == fid]
             if sel.size and (sel.max() >= stack.shape[0] or sel.min() < 0):
-                raise InputFileError(self._stack_paths[fid], f"{self.path.name} refers to image "
-                                     f"{int(sel.max()) + 1} but the stack holds {stack.shape[0]}",
-                                     "rlnImageName")
+                raise InputFileError(
+                    self._stack_paths[fid],
+                    f"{self.path.name} refers to image "
+                    f"{int(sel.max()) + 1} but the stack holds {stack.shape[0]}",
+                    "rlnImageName",
+                )
         self._file_id, self._index = file_id, index
 
     def __len__(self) -> int:
@@ -125,8 +139,9 @@ class StackSource(Source):
         if not np.isfinite(out).all():
             bad = index[~np.isfinite(out).reshape(len(index), -1).all(1)][0]
             fid = self._file_id[bad]
-            raise InputFileError(self._stack_paths[fid], f"image {self._index[bad] + 1} contains NaN or Inf",
-                                 "data")
+            raise InputFileError(
+                self._stack_paths[fid], f"image {self._index[bad] + 1} contains NaN or Inf", "data"
+            )
         if self.image_size != self.original_size:
             out = fourier_crop(torch.from_numpy(out), self.image_size).numpy()
         out = (out - self._offset) / self._scale

@@ -46,7 +46,9 @@ class MrcsSource(StackSource):
                 if not self.options.pixel_size_angstrom:
                     pixel = float(arr[0, 1])
             if len(ctf["defocus_u_angstrom"]) != n:
-                raise InputFileError(cpath, f"{len(ctf['defocus_u_angstrom'])} CTF rows for {n} images", "rows")
+                raise InputFileError(
+                    cpath, f"{len(ctf['defocus_u_angstrom'])} CTF rows for {n} images", "rows"
+                )
         self.no_ctf = not self.options.ctf
         rot = shifts = None
         if self.options.poses:
@@ -54,8 +56,15 @@ class MrcsSource(StackSource):
             if len(rot) != n:
                 raise InputFileError(self.options.poses, f"{len(rot)} poses for {n} images", "rot")
             shifts = (trans if trans is not None else np.zeros((n, 2))) * pixel
-        return ParticleTable(path=path, image_names=names, ctf=ctf, rotations=rot, shifts_angstrom=shifts,
-                             pixel_size_angstrom=pixel, box_size=L)
+        return ParticleTable(
+            path=path,
+            image_names=names,
+            ctf=ctf,
+            rotations=rot,
+            shifts_angstrom=shifts,
+            pixel_size_angstrom=pixel,
+            box_size=L,
+        )
 
     def __init__(self, options, ctx) -> None:  # type: ignore[no-untyped-def]
         super().__init__(options, ctx)

@@ -63,13 +63,24 @@ def load_cryodrgn_poses(path: str | Path, box_size: int) -> tuple[np.ndarray, np
         raise InputFileError(path, f"expected (N, 3, 3) rotations, got {rot.shape}", "rot")
     if trans is not None:
         if trans.shape != (rot.shape[0], 2):
-            raise InputFileError(path, f"expected ({rot.shape[0]}, 2) translations, got {trans.shape}", "trans")
+            raise InputFileError(
+                path, f"expected ({rot.shape[0]}, 2) translations, got {trans.shape}", "trans"
+            )
         trans = trans.astype(np.float64) * box_size
     return rot.astype(np.float64), trans
 
 
-CTF_COLUMNS = ("box_size_px", "pixel_size_A", "defocusU_A", "defocusV_A", "defocus_angle_deg",
-               "voltage_kV", "Cs_mm", "amplitude_contrast", "phase_shift_deg")
+CTF_COLUMNS = (
+    "box_size_px",
+    "pixel_size_A",
+    "defocusU_A",
+    "defocusV_A",
+    "defocus_angle_deg",
+    "voltage_kV",
+    "Cs_mm",
+    "amplitude_contrast",
+    "phase_shift_deg",
+)
 
 
 def load_cryodrgn_ctf(path: str | Path) -> np.ndarray:

@@ -34,14 +34,17 @@ class HashEncoding(nn.Module):
     ``xor(x·π1, y·π2, z·π3) mod T``; corners are blended trilinearly.
     """
 
-    def __init__(self, n_levels: int, features: int, log2_table_size: int, base_resolution: int,
-                 per_level_scale: float) -> None:
+    def __init__(
+        self, n_levels: int, features: int, log2_table_size: int, base_resolution: int, per_level_scale: float
+    ) -> None:
         super().__init__()
         self.n_levels, self.features = n_levels, features
         self.table_size = 2**log2_table_size
-        self.resolutions = [int(math.floor(base_resolution * per_level_scale**lvl)) for lvl in range(n_levels)]
+        self.resolutions = [math.floor(base_resolution * per_level_scale**lvl) for lvl in range(n_levels)]
         g = torch.Generator().manual_seed(0)
-        self.tables = nn.Parameter((torch.rand(n_levels, self.table_size, features, generator=g) * 2 - 1) * 1e-4)
+        self.tables = nn.Parameter(
+            (torch.rand(n_levels, self.table_size, features, generator=g) * 2 - 1) * 1e-4
+        )
         self.out_dim = n_levels * features
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -55,7 +58,11 @@ class HashEncoding(nn.Module):
             if (res + 1) ** 3 <= self.table_size:
                 idx = (corners[..., 0] * (res + 1) + corners[..., 1]) * (res + 1) + corners[..., 2]
             else:
-                idx = (corners[..., 0] * PRIMES[0]) ^ (corners[..., 1] * PRIMES[1]) ^ (corners[..., 2] * PRIMES[2])
+                idx = (
+                    (corners[..., 0] * PRIMES[0])
+                    ^ (corners[..., 1] * PRIMES[1])
+                    ^ (corners[..., 2] * PRIMES[2])
+                )
             idx = idx % self.table_size
             w = torch.where(offsets[None].bool(), frac[:, None, :], 1 - frac[:, None, :]).prod(-1)  # (N, 8)
             feats = self.tables[lvl][idx]  # (N, 8, F)
@@ -93,14 +100,22 @@ class HashGridVolume(Volume):
         if use_tcnn:
             import tinycudann as tcnn
 
-            self.encoding = tcnn.Encoding(3, {
-                "otype": "HashGrid", "n_levels": o.n_levels, "n_features_per_level": o.features_per_level,
-                "log2_hashmap_size": o.log2_table_size, "base_resolution": o.base_resolution,
-                "per_level_scale": scale})
+            self.encoding = tcnn.Encoding(
+                3,
+                {
+                    "otype": "HashGrid",
+                    "n_levels": o.n_levels,
+                    "n_features_per_level": o.features_per_level,
+                    "log2_hashmap_size": o.log2_table_size,
+                    "base_resolution": o.base_resolution,
+                    "per_level_scale": scale,
+                },
+            )
             enc_dim = o.n_levels * o.features_per_level
         else:
-            self.encoding = HashEncoding(o.n_levels, o.features_per_level, o.log2_table_size,
-                                         o.base_resolution, scale)
+            self.encoding = HashEncoding(
+                o.n_levels, o.features_per_level, o.log2_table_size, o.base_resolution, scale
+            )
             enc_dim = self.encoding.out_dim
         self.backend = "tcnn" if use_tcnn else "torch"
         self.mlp = relu_mlp(enc_dim, 2, o.mlp_hidden, o.mlp_layers)

@@ -33,8 +33,15 @@ class Siren(nn.Module):
         Number of ``hidden_dim → hidden_dim`` sine layers after the first one.
     """
 
-    def __init__(self, in_features: int, out_features: int, hidden_dim: int, hidden_layers: int,
-                 omega_0: float, omega_hidden: float = 30.0) -> None:
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        hidden_dim: int,
+        hidden_layers: int,
+        omega_0: float,
+        omega_hidden: float = 30.0,
+    ) -> None:
         super().__init__()
         layers: list[nn.Module] = [SineLayer(in_features, hidden_dim, omega_0, first=True)]
         layers += [SineLayer(hidden_dim, hidden_dim, omega_hidden, first=False) for _ in range(hidden_layers)]

@@ -36,8 +36,13 @@ class VoxelVolume(Volume):
     def _field(self, k: torch.Tensor) -> torch.Tensor:
         n = self.grid.shape[-1]
         pos = (k * n + n // 2) * (2.0 / (n - 1)) - 1  # voxel index → grid_sample's [-1, 1]
-        out = F.grid_sample(self.grid, pos.reshape(1, 1, 1, -1, 3).to(self.grid.dtype),
-                            mode="bilinear", padding_mode="zeros", align_corners=True)
+        out = F.grid_sample(
+            self.grid,
+            pos.reshape(1, 1, 1, -1, 3).to(self.grid.dtype),
+            mode="bilinear",
+            padding_mode="zeros",
+            align_corners=True,
+        )
         return out.reshape(2, -1).T
 
     def forward(self, coords: torch.Tensor) -> torch.Tensor:
