@@ -20,14 +20,16 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree wi
     __version__ = "0.0.0"
 
 
-def run(config: RunConfig, plugins_dirs: list[str] | None = None):
-    """Run a configured job (training or pose inference); the CLI and scripts both call this.
+def run(
+    config: RunConfig, plugins_dirs: list[str] | None = None, resume: bool = False, overwrite: bool = False
+):
+    """Train as configured; the CLI and scripts (``examples/ablate.py``) both call this.
 
     Returns the :class:`cryoforge.train.RunResult` with the output paths and final metrics.
     """
     from cryoforge.train import run as _run
 
-    return _run(config, plugins_dirs=plugins_dirs)
+    return _run(config, plugins_dirs=plugins_dirs, resume=resume, overwrite=overwrite)
 
 
 __all__ = [

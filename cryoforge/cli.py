@@ -229,8 +229,9 @@ def _names(kw: dict[str, Any]) -> dict[str, str | None]:
 @component_options
 @click.option("--dry-run", is_flag=True, help="print the resolved config and exit")
 @click.option("--resume", "resume_dir", type=click.Path(), help="continue the run in this directory")
+@click.option("--overwrite", is_flag=True, help="replace a run already in the output directory")
 def run(
-    config_file, overrides, particles, output_dir, demo, plugins_dirs, dry_run, resume_dir, **names
+    config_file, overrides, particles, output_dir, demo, plugins_dirs, dry_run, resume_dir, overwrite, **names
 ) -> None:
     """Reconstruct a map and every particle's pose (default: the cryoAI pipeline).
 
@@ -259,7 +260,7 @@ def run(
         ensure_demo_data(Path(cfg.source.options["path"]).parent)
     from cryoforge.train import run as run_training
 
-    result = run_training(cfg, list(plugins_dirs), resume=bool(resume_dir))
+    result = run_training(cfg, list(plugins_dirs), resume=bool(resume_dir), overwrite=overwrite)
     _print_result(result)
 
 
@@ -315,8 +316,20 @@ def infer(run_dir: str, particles: str | None, out_star: str | None, batch_size:
 @click.option("--defocus", default=20000.0, show_default=True, type=float, help="median defocus in Å")
 @click.option("--no-ctf", is_flag=True, help="do not apply a CTF")
 @click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--overwrite", is_flag=True, help="replace a dataset already in --out")
 def simulate(
-    input_path, out_dir, demo, n_particles, box_size, pixel_size, snr, shift_std, defocus, no_ctf, seed
+    input_path,
+    out_dir,
+    demo,
+    n_particles,
+    box_size,
+    pixel_size,
+    snr,
+    shift_std,
+    defocus,
+    no_ctf,
+    seed,
+    overwrite,
 ) -> None:
     """Simulate particles from an .mrc map or a .pdb/.cif model (ground-truth poses in the .star)."""
     from cryoforge.simulate import SimulationSettings
@@ -326,6 +339,10 @@ def simulate(
         raise click.UsageError("give an INPUT_PATH (.mrc/.pdb/.cif) or --demo")
     if input_path and not Path(input_path).exists():
         raise InputFileError(input_path, "input file not found", "INPUT_PATH")
+    if (Path(out_dir) / "particles.star").is_file() and not overwrite:
+        raise InputFileError(
+            Path(out_dir) / "particles.star", "a dataset is already there (use --overwrite)", "--out"
+        )
     s = SimulationSettings(
         n_particles=n_particles,
         box_size=box_size,

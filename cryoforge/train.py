@@ -133,7 +133,6 @@ def export(
     run_dir: Path,
     device: torch.device,
     result: RunResult,
-    final: bool,
     progress: dict[str, float],
 ) -> None:
     """Write the map, the poses (RELION .star) and, when a reference exists, metrics and FSC plot."""
@@ -282,6 +281,10 @@ def train_one(
             ckpt_path,
         )
 
+    def export_now() -> None:
+        progress = {"elapsed_s": state["elapsed_s"], "steps": state["step"]}
+        export(pipeline, source, index, config, run_dir, device, result, progress)
+
     n_batches = math.ceil(len(index) / (tc.batch_size * world))
     total_steps = tc.epochs * n_batches if tc.epochs else None
     if tc.max_steps is not None:
@@ -355,18 +358,15 @@ def train_one(
                     save()
                     last_ckpt = now
                 if rank == 0 and now - last_export > tc.export_every_s:
-                    export(
-                        pipeline,
-                        source,
-                        index,
-                        config,
-                        run_dir,
-                        device,
-                        result,
-                        final=False,
-                        progress={"elapsed_s": elapsed, "steps": state["step"]},
-                    )
+                    export_t0 = time.perf_counter()
+                    export_now()
+                    if writer:
+                        writer.add_image(
+                            "central_slice", _central_slice_image(result.map_path), state["step"]
+                        )
                     last_export = time.perf_counter()
+                    t0 += last_export - export_t0  # the training clock excludes exports
+                    rate_t0 += last_export - export_t0
                 if (total_steps is not None and state["step"] >= total_steps) or (
                     tc.max_time_s is not None and elapsed >= tc.max_time_s
                 ):
@@ -377,17 +377,7 @@ def train_one(
                 state["batch"] = 0
     save()
     if rank == 0:
-        export(
-            pipeline,
-            source,
-            index,
-            config,
-            run_dir,
-            device,
-            result,
-            final=True,
-            progress={"elapsed_s": state["elapsed_s"], "steps": state["step"]},
-        )
+        export_now()
         if writer:
             writer.add_image("central_slice", _central_slice_image(result.map_path), state["step"])
             writer.close()
@@ -458,10 +448,21 @@ def write_run_files(config: RunConfig, run_dir: Path) -> None:
         tmp.write_text(json.dumps(config.plugins, indent=2))
 
 
-def run(config: RunConfig, plugins_dirs: list[str] | None = None, resume: bool = False) -> RunResult:
-    """Train (or, with ``mode="infer"``, predict poses) as configured; see :class:`RunResult`."""
+def run(
+    config: RunConfig, plugins_dirs: list[str] | None = None, resume: bool = False, overwrite: bool = False
+) -> RunResult:
+    """Train as configured; see :class:`RunResult`.
+
+    A directory that already holds a run is continued with ``resume`` and replaced only with
+    ``overwrite``; otherwise it is left untouched and a :class:`ConfigError` says so.
+    """
     config, registry, source = prepare(config, plugins_dirs)
     run_dir = Path(config.output_dir)
+    if (run_dir / "config.json").is_file() and not (resume or overwrite):
+        raise ConfigError(
+            f"{run_dir}: already holds a run (continue it with --resume {run_dir}, "
+            "replace it with --overwrite, or choose another --output-dir)"
+        )
     rank, _ = distributed()
     if rank == 0:
         write_run_files(config, run_dir)

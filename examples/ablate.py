@@ -68,6 +68,7 @@ def main() -> None:
     ap.add_argument("--seeds", nargs="+", type=int, default=[0])
     ap.add_argument("--budget", type=float, default=100.0, help="seconds of training per run")
     ap.add_argument("--out", default="ablation")
+    ap.add_argument("--append", action="store_true", help="add to the rows of an earlier sweep in --out")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.child:
@@ -84,7 +85,11 @@ def main() -> None:
         gt = gt or str(out / "data" / "map.mrc")
     names = load_registry().names("volume")
     volumes = [n for n in names if any(fnmatch.fnmatchcase(n, p) for p in a.volumes)]
-    rows = []
+    rows = (
+        json.loads((out / "ablation.json").read_text())
+        if a.append and (out / "ablation.json").is_file()
+        else []
+    )
     for vol in volumes:
         for loss in a.losses:
             for seed in a.seeds:
@@ -96,6 +101,7 @@ def main() -> None:
                     "particles": particles,
                     "gt_map": gt,
                     "out": str(out / "runs" / f"{vol}_{loss}_{seed}"),
+                    "command": "python examples/ablate.py " + " ".join(sys.argv[1:]),
                 }
                 print(f"== {vol} / {loss} / seed {seed}", flush=True)
                 proc = subprocess.run(
@@ -109,10 +115,10 @@ def main() -> None:
                 rows.append(json.loads(line[0][len("ABLATION_RESULT ") :]))
                 r = rows[-1]
                 print(f"   {r['resolution_0.5_angstrom']:.1f} Å, {r['rot_median_deg']:.0f}°", flush=True)
-    write_outputs(rows, out, a, volumes)
+    write_outputs(rows, out)
 
 
-def write_outputs(rows: list[dict], out: Path, a: argparse.Namespace, volumes: list[str]) -> None:
+def write_outputs(rows: list[dict], out: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -120,11 +126,15 @@ def write_outputs(rows: list[dict], out: Path, a: argparse.Namespace, volumes: l
 
     out.mkdir(parents=True, exist_ok=True)
     (out / "ablation.json").write_text(json.dumps(rows, indent=1, default=float))
-    cmd = "python examples/ablate.py " + " ".join(sys.argv[1:])
+    commands = sorted({r["command"] for r in rows}, key=[r["command"] for r in rows].index)
+    budgets = sorted({r["budget"] for r in rows})
     lines = [
-        f"Command: `{cmd}`",
+        "Produced by:",
         "",
-        f"Budget {a.budget:.0f} s of training per run on this machine's CPU; FSC-0.5 against the "
+        *[f"    {c}" for c in commands],
+        "",
+        f"Budget {', '.join(f'{b:.0f}' for b in budgets)} s of training per run on this machine's CPU; "
+        "FSC-0.5 against the "
         "ground truth after alignment (both hands); rotation error after global alignment.",
         "",
         "| volume | loss | seed | parameters | FSC-0.5 resolution (Å) | median rotation error (°) "
@@ -141,8 +151,10 @@ def write_outputs(rows: list[dict], out: Path, a: argparse.Namespace, volumes: l
             f"{r['images_per_s']:.0f} | {r['peak_rss_mb']:.0f} |"
         )
     (out / "ablation.md").write_text("\n".join(lines) + "\n")
-    fig, axes = plt.subplots(1, len(a.losses), figsize=(5 * len(a.losses), 4), squeeze=False)
-    for ax, loss in zip(axes[0], a.losses, strict=True):
+    losses = sorted({r["loss"] for r in rows}, key=lambda x: x != "symmetrized")
+    volumes = sorted({r["volume"] for r in rows})
+    fig, axes = plt.subplots(1, len(losses), figsize=(5.5 * len(losses), 4.2), squeeze=False)
+    for ax, loss in zip(axes[0], losses, strict=True):
         for vol in volumes:
             for r in (x for x in rows if x["volume"] == vol and x["loss"] == loss and "history" in x):
                 h = [e for e in r["history"] if "resolution_0.5_angstrom" in e]

@@ -167,3 +167,16 @@ def test_cli_count_mismatch_and_nan(tmp_path, tiny):
         write_mrc(tmp_path / "particles.mrcs", bad, 4.0, stack=True)
     r = CliRunner().invoke(cli, ["run", "--particles", str(tmp_path / "p.star")])
     assert r.exit_code == 2 and "image 4 contains NaN" in r.output and "[data]" in r.output
+
+
+def test_existing_outputs_are_never_overwritten(tmp_path, tiny):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "config.json").write_text("{}")
+    r = CliRunner().invoke(cli, ["run", "--particles", str(tiny["star"]), "-d", str(run_dir)])
+    assert r.exit_code == 2 and "already holds a run" in r.output and "--resume" in r.output
+    assert (run_dir / "config.json").read_text() == "{}"
+    before = tiny["star"].read_bytes()
+    r = CliRunner().invoke(cli, ["simulate", "--demo", "--out", str(tiny["star"].parent), "-n", "3"])
+    assert r.exit_code == 2 and "already there" in r.output
+    assert tiny["star"].read_bytes() == before
