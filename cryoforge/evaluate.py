@@ -221,7 +221,8 @@ def plot_fsc(
 
     fig, ax = plt.subplots(figsize=(5.5, 4))
     for label, rep in curves.items():
-        ax.plot(rep.freqs / rep.pixel_size_angstrom, rep.values, label=label)
+        res = ", ".join(f"{t}: {rep.resolution_angstrom(t):.1f} Å" for t in thresholds)
+        ax.plot(rep.freqs / rep.pixel_size_angstrom, rep.values, label=f"{label} ({res})")
     for t in thresholds:
         ax.axhline(t, ls="--", lw=0.8, color="gray")
         ax.text(0, t + 0.01, f"{t}", fontsize=7, color="gray")
