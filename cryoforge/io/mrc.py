@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import mmap
 import warnings
 from pathlib import Path
 
@@ -49,7 +50,26 @@ def open_stack(path: str | Path) -> np.memmap:
         )
     if data.ndim == 2:
         data = data[None]
+    advise_random(data)
     return data
+
+
+def advise_random(stack: np.ndarray) -> None:
+    """Tell the kernel a memory-mapped stack is read at random (no readahead). No-op elsewhere."""
+    mm = getattr(stack, "_mmap", None)
+    if mm is not None and hasattr(mmap, "MADV_RANDOM"):
+        mm.madvise(mmap.MADV_RANDOM)
+
+
+def release_pages(stack: np.ndarray) -> None:
+    """Unmap the pages a batch touched from this process (they stay in the page cache).
+
+    Without this, every image ever read stays resident in the process and its memory grows with
+    the dataset over an epoch; with it, memory stays at one batch whatever the number of particles.
+    """
+    mm = getattr(stack, "_mmap", None)
+    if mm is not None and hasattr(mmap, "MADV_DONTNEED"):
+        mm.madvise(mmap.MADV_DONTNEED)
 
 
 def read_voxel_size(path: str | Path) -> float:

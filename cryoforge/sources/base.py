@@ -10,7 +10,7 @@ from pydantic import Field
 
 from cryoforge.config import Options
 from cryoforge.errors import InputFileError
-from cryoforge.io.mrc import open_stack
+from cryoforge.io.mrc import open_stack, release_pages
 from cryoforge.io.table import ParticleTable, parse_image_name
 from cryoforge.ops.fft import fourier_crop
 from cryoforge.roles import Source
@@ -135,7 +135,10 @@ class StackSource(Source):
             where = np.nonzero(fids == fid)[0]
             rows = self._index[index[where]]
             order = np.argsort(rows)  # sequential reads from the memory map
-            out[where[order]] = self._stacks[fid][rows[order]]
+            for s in range(0, len(order), 64):  # small chunks, pages released after each
+                part = order[s : s + 64]
+                out[where[part]] = self._stacks[fid][rows[part]]
+                release_pages(self._stacks[fid])
         if not np.isfinite(out).all():
             bad = index[~np.isfinite(out).reshape(len(index), -1).all(1)][0]
             fid = self._file_id[bad]
