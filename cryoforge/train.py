@@ -144,17 +144,23 @@ def export(
     A = mirrored = None
     if pipeline.encoder is not None:
         pose = infer_poses(pipeline, source, index, max(256, config.train.batch_size), device)
-        table = source.table
-        from cryoforge.io.table import ParticleTable
+        from cryoforge.io.table import CTF_FIELDS, ParticleTable
 
+        table = getattr(source, "table", None)  # stack-backed sources; any Source works without
+        if table is not None:
+            ctf = {k: v[index] for k, v in table.ctf.items()}
+        elif source.ctf is not None:
+            ctf = {k: getattr(source.ctf, k)[torch.as_tensor(index)].double().numpy() for k in CTF_FIELDS}
+        else:
+            ctf = {k: np.zeros(len(index)) for k in CTF_FIELDS}
         out = ParticleTable(
             path=run_dir / "poses.star",
-            image_names=None if table.image_names is None else _abs_names(source, index),
-            ctf={k: v[index] for k, v in table.ctf.items()},
+            image_names=None if table is None or table.image_names is None else _abs_names(source, index),
+            ctf=ctf,
             rotations=pose.rotation.double().numpy(),
             shifts_angstrom=pose.shift_angstrom.double().numpy(),
-            pixel_size_angstrom=source.original_pixel_size_angstrom,
-            box_size=source.original_size,
+            pixel_size_angstrom=getattr(source, "original_pixel_size_angstrom", px),
+            box_size=getattr(source, "original_size", L),
         )
         result.star_path = out.path
         write_star(out.path, out)
