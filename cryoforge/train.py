@@ -155,7 +155,9 @@ def export(
             ctf = {k: np.zeros(len(index)) for k in CTF_FIELDS}
         out = ParticleTable(
             path=run_dir / "poses.star",
-            image_names=None if table is None or table.image_names is None else _abs_names(source, index),
+            image_names=source.absolute_image_names(index)
+            if hasattr(source, "absolute_image_names")
+            else None,
             ctf=ctf,
             rotations=pose.rotation.double().numpy(),
             shifts_angstrom=pose.shift_angstrom.double().numpy(),
@@ -203,16 +205,6 @@ def _resample_map(vol: torch.Tensor, L: int) -> torch.Tensor:
     c, h = n // 2, L // 2
     crop = spec[c - h : c - h + L, c - h : c - h + L, c - h : c - h + L] * (L / n) ** 2
     return fourier_to_volume(crop)
-
-
-def _abs_names(source: Source, index: np.ndarray) -> np.ndarray:
-    from cryoforge.io.table import parse_image_name
-
-    names = []
-    for name in source.table.image_names[index]:
-        i, f = parse_image_name(str(name))
-        names.append(f"{i + 1:06d}@{source._resolve(f).resolve()}")
-    return np.array(names)
 
 
 # ----------------------------------------------------------------------------- training

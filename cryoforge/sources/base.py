@@ -106,8 +106,8 @@ class StackSource(Source):
             idx, f = parse_image_name(str(name))
             file_id[i] = files.setdefault(f, len(files))
             index[i] = idx
-        self._stacks = [open_stack(self._resolve(f)) for f in files]
-        self._stack_paths = [self._resolve(f) for f in files]
+        self._stack_paths = [self._resolve(f).resolve() for f in files]
+        self._stacks = [open_stack(p) for p in self._stack_paths]
         sizes = {s.shape[-1] for s in self._stacks}
         if len(sizes) > 1:
             raise InputFileError(
@@ -126,6 +126,13 @@ class StackSource(Source):
 
     def __len__(self) -> int:
         return len(self.table)
+
+    def absolute_image_names(self, index: np.ndarray) -> np.ndarray:
+        """``index@/absolute/stack.mrcs`` references (1-based) for the particles at ``index``."""
+        paths = self._stack_paths
+        return np.array(
+            [f"{i + 1:06d}@{paths[f]}" for f, i in zip(self._file_id[index], self._index[index], strict=True)]
+        )
 
     def read_images(self, index: np.ndarray) -> np.ndarray:
         index = np.asarray(index, dtype=np.int64)
