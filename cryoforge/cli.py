@@ -19,8 +19,6 @@ from cryoforge.config import (
 )
 from cryoforge.errors import CryoforgeError, InputFileError
 
-DEMO_DIR_NAME = "demo_data"
-
 
 class CryoforgeGroup(click.Group):
     """A click group that turns :class:`CryoforgeError` into one line and exit code 2."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import tomllib
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -76,7 +76,6 @@ class RunConfig(BaseModel):
     output_dir: str = "runs/cryoforge"
     ground_truth_map: str | None = Field(None, description=".mrc used for FSC plots")
     plugins: dict[str, str] = Field(default_factory=dict, description="filled in by run()")
-    mode: Literal["train", "infer"] = "train"
 
 
 def format_validation_error(err: ValidationError, prefix: str = "") -> str:

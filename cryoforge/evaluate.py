@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -190,7 +190,6 @@ class FSCReport:
     freqs: np.ndarray
     values: np.ndarray
     pixel_size_angstrom: float
-    thresholds: dict[float, float] = field(default_factory=dict)
 
     def resolution_angstrom(self, threshold: float) -> float:
         f = resolution_at(self.freqs, self.values, threshold)

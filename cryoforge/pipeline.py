@@ -69,8 +69,3 @@ class Pipeline(nn.Module):
         sh = torch.stack([p.shift_angstrom for p in poses])
         ar = torch.arange(winner.shape[0], device=winner.device)
         return StepOutput(loss, err.detach(), winner, Pose(rot[winner, ar], sh[winner, ar]))
-
-    @torch.no_grad()
-    def infer_poses(self, batch: ParticleBatch) -> Pose:
-        """Poses of a batch without gradients (the paper's evaluation mode)."""
-        return self.forward(batch).pose

@@ -43,6 +43,7 @@ class RunResult:
     fsc_plot: Path | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
     history: list[dict[str, float]] = field(default_factory=list)
+    pipeline: Pipeline | None = None
 
 
 # ----------------------------------------------------------------------------- set-up helpers
@@ -292,7 +293,7 @@ def train_one(
     )
     t0 = time.perf_counter() - state["elapsed_s"]
     last_ckpt = last_export = time.perf_counter()
-    progress = _progress(tc.progress and rank == 0, total_steps, state["step"])
+    progress = _progress(tc.progress and rank == 0)
     images_seen, rate_t0 = 0, time.perf_counter()
     log.info(
         "training %s on %d particles (L=%d, %.3f Å/px) on %s",
@@ -391,7 +392,7 @@ def train_one(
             "done: %s",
             json.dumps({k: v for k, v in result.metrics.items() if not k.startswith("_")}, default=float),
         )
-    result.pipeline = pipeline  # type: ignore[attr-defined]
+    result.pipeline = pipeline
     return result
 
 
@@ -410,7 +411,7 @@ def _tensorboard(run_dir: Path):
     return SummaryWriter(str(run_dir / "tensorboard"))
 
 
-def _progress(enabled: bool, total: int | None, done: int):
+def _progress(enabled: bool):
     if not enabled:
         return nullcontext(None)
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -493,7 +494,7 @@ def combine_halves(
     m1, _ = read_map(results[0].map_path)
     m2, _ = read_map(results[1].map_path)
     m1t, m2t = torch.from_numpy(m1), torch.from_numpy(m2)
-    p1, p2 = (r.pipeline for r in results)  # type: ignore[attr-defined]
+    p1, p2 = (r.pipeline for r in results)
     if p1.encoder is not None:
         sample = halves[0][: min(len(halves[0]), 2000)]
         r1 = infer_poses(p1, source, sample, 256, device).rotation

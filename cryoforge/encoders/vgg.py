@@ -99,7 +99,3 @@ class VGGEncoder(Encoder):
         if not self.options.predict_shift:
             shift_px = shift_px * 0
         return Pose(rot, shift_px * self.pixel_size_angstrom)
-
-
-def count_parameters(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
