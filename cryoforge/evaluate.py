@@ -4,31 +4,44 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Literal
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from cryoforge.io.atomic import atomic_path
 from cryoforge.ops.projection import sample_volume
-from cryoforge.ops.rotations import align_rotations, geodesic_distance_deg, random_rotations
+from cryoforge.ops.rotations import (
+    align_rotations,
+    geodesic_distance_deg,
+    quaternion_to_matrix,
+    rotvec_to_matrix,
+)
+
+# ----------------------------------------------------------------------------- FSC and resolution
 
 
 def fsc(map1: torch.Tensor, map2: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-    """Fourier shell correlation by shells one Fourier pixel wide.
+    """Fourier shell correlation by shells one Fourier pixel wide (RELION's shells).
+
+    Voxel ``k`` (integer indices of the FFT grid) belongs to shell ``round(|k|)``; shells past
+    ``L//2`` (the corners of the cube) are left out. Shell 0 holds only the mean and reads 1 by
+    definition, as in RELION (its raw value would be ±1 from the signs of the two means).
 
     Parameters
     ----------
     map1, map2
-        ``(L, L, L)`` real maps.
+        ``(L, L, L)`` real maps ``[z, y, x]``.
 
     Returns
     -------
     freqs
-        ``(L//2 + 1,)`` shell frequencies in cycles/pixel (0 … 0.5).
+        ``(L//2 + 1,)`` shell frequencies in cycles/pixel (``i / L``; 0 … 0.5 for even L).
     values
-        ``(L//2 + 1,)`` FSC per shell.
+        ``(L//2 + 1,)`` FSC per shell, ``values[0] == 1``.
     """
     L = map1.shape[-1]
     a = torch.fft.fftn(torch.as_tensor(map1, dtype=torch.float64))
@@ -44,19 +57,95 @@ def fsc(map1: torch.Tensor, map2: torch.Tensor) -> tuple[np.ndarray, np.ndarray]
     pa = torch.zeros(n, dtype=torch.float64).index_add_(0, shell, a.abs() ** 2)
     pb = torch.zeros(n, dtype=torch.float64).index_add_(0, shell, b.abs() ** 2)
     values = (num / torch.sqrt(pa * pb).clamp_min(1e-30)).numpy()
+    values[0] = 1.0
     return np.arange(n) / L, values
+
+
+ResolutionBound = Literal["nyquist", "not_reached"]
+
+
+@dataclass(frozen=True)
+class FSCCrossing:
+    """Where an FSC curve first drops below a threshold.
+
+    Attributes
+    ----------
+    threshold
+        The FSC threshold (0.5, 0.143, …).
+    freq_per_px
+        Crossing frequency in cycles/pixel, interpolated linearly between the two shells that
+        bracket it; the last shell's frequency (Nyquist for even L) when ``bound == "nyquist"``;
+        NaN when ``bound == "not_reached"``.
+    bound
+        ``None`` for a crossing inside the measured band; ``"nyquist"`` when the curve stays at or
+        above the threshold up to the last shell (the resolution is at least that good: an upper
+        bound on the resolution in Å); ``"not_reached"`` when the curve is already below the
+        threshold at shell 1 (the resolution is worse than the box, ``L`` pixels).
+    """
+
+    threshold: float
+    freq_per_px: float
+    bound: ResolutionBound | None
+
+    @property
+    def resolution_px(self) -> float:
+        """``1 / freq`` in pixels; NaN when not reached."""
+        return 1.0 / self.freq_per_px if self.freq_per_px > 0 else math.nan
+
+    def resolution_angstrom(self, pixel_size_angstrom: float) -> float:
+        """Resolution in Å (the Nyquist limit when bounded there; NaN when not reached)."""
+        return self.resolution_px * pixel_size_angstrom
+
+    def label(self, pixel_size_angstrom: float, box_size: int | None = None) -> str:
+        """Human-readable resolution: ``"6.4 Å"``, ``"≤ 6.0 Å (Nyquist)"`` or ``"not reached"``."""
+        if self.bound == "not_reached":
+            if box_size:
+                return f"not reached (> {box_size * pixel_size_angstrom:.1f} Å)"
+            return "not reached"
+        text = f"{self.resolution_angstrom(pixel_size_angstrom):.1f} Å"
+        return f"≤ {text} (Nyquist)" if self.bound == "nyquist" else text
+
+
+def find_crossing(freqs: np.ndarray, values: np.ndarray, threshold: float) -> FSCCrossing:
+    """First drop of an FSC curve below ``threshold``, without extrapolation.
+
+    Shell 0 (the mean) is ignored. If shell ``i ≥ 2`` is the first below the threshold, the
+    crossing is interpolated linearly between shells ``i - 1`` (at or above) and ``i`` (below).
+
+    Parameters
+    ----------
+    freqs
+        ``(n,)`` shell frequencies in cycles/pixel, ``freqs[0] == 0``.
+    values
+        ``(n,)`` FSC per shell.
+    threshold
+        FSC threshold.
+
+    Returns
+    -------
+    The crossing; see :class:`FSCCrossing` for the ``"nyquist"`` and ``"not_reached"`` bounds.
+    """
+    freqs, values = np.asarray(freqs, dtype=float), np.asarray(values, dtype=float)
+    if len(values) < 2 or values[1] < threshold:
+        return FSCCrossing(threshold, math.nan, "not_reached")
+    for i in range(2, len(values)):
+        if values[i] < threshold:
+            f0, f1, v0, v1 = freqs[i - 1], freqs[i], values[i - 1], values[i]
+            return FSCCrossing(threshold, float(f0 + (v0 - threshold) / (v0 - v1) * (f1 - f0)), None)
+    return FSCCrossing(threshold, float(freqs[-1]), "nyquist")
 
 
 def resolution_at(freqs: np.ndarray, values: np.ndarray, threshold: float) -> float:
     """Frequency (cycles/pixel) where the FSC first drops below ``threshold`` (linear crossing).
 
-    Returns the last shell's frequency when it never drops.
+    Never extrapolates: a curve that stays above the threshold returns the last shell's frequency
+    (Nyquist, a bound), one below it from shell 1 returns NaN. Use :func:`find_crossing` to tell
+    these cases apart.
     """
-    for i in range(1, len(values)):
-        if values[i] < threshold:
-            f0, f1, v0, v1 = freqs[i - 1], freqs[i], values[i - 1], values[i]
-            return float(f0 + (v0 - threshold) / (v0 - v1) * (f1 - f0)) if v0 != v1 else float(f1)
-    return float(freqs[-1])
+    return find_crossing(freqs, values, threshold).freq_per_px
+
+
+# ----------------------------------------------------------------------------- resampling
 
 
 def mirror_z(volume: torch.Tensor) -> torch.Tensor:
@@ -74,13 +163,160 @@ def rotate_map(volume: torch.Tensor, A: torch.Tensor) -> torch.Tensor:
     return sample_volume(volume, pts)
 
 
+def _rfft_freqs(L: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Frequencies (cycles/pixel) of an ``rfftn`` of an ``(L, L, L)`` map, broadcastable:
+    ``kz (L, 1, 1)``, ``ky (1, L, 1)``, ``kx (1, 1, L//2 + 1)``."""
+    f = torch.fft.fftfreq(L, dtype=torch.float64)
+    return f[:, None, None], f[None, :, None], torch.fft.rfftfreq(L, dtype=torch.float64)[None, None, :]
+
+
+def shift_map(volume: torch.Tensor, shift_px: torch.Tensor | tuple[float, float, float]) -> torch.Tensor:
+    """Periodic sub-pixel translation ``W(x) = V(x - t)`` by a Fourier phase ramp ``exp(-2πi k·t)``.
+
+    Parameters
+    ----------
+    volume
+        ``(L, L, L)`` real map ``[z, y, x]``.
+    shift_px
+        ``(3,)`` translation ``t = (x, y, z)`` in pixels; integer shifts equal ``torch.roll``.
+
+    Returns
+    -------
+    ``(L, L, L)`` translated map, same dtype as ``volume``.
+    """
+    L = volume.shape[-1]
+    t = torch.as_tensor(shift_px, dtype=torch.float64)
+    kz, ky, kx = _rfft_freqs(L)
+    phase = -2 * math.pi * (kx * t[0] + ky * t[1] + kz * t[2])
+    spec = torch.fft.rfftn(volume.double()) * torch.polar(torch.ones_like(phase), phase)
+    return torch.fft.irfftn(spec, s=volume.shape).to(volume.dtype)
+
+
+def _lowpass_resize(volume: torch.Tensor, size: int, sigma_per_px: float | None = None) -> torch.Tensor:
+    """Fourier-crop an ``(L, L, L)`` map to ``(size,)*3`` (same box, coarser voxels), optionally
+    with a Gaussian low-pass ``exp(-|k|² / 2σ²)``, ``σ`` in cycles per *output* pixel.
+
+    Returns ``(size, size, size)`` float32; the centre voxel ``L//2`` maps to ``size//2``.
+    """
+    L = volume.shape[-1]
+    spec = torch.fft.fftshift(torch.fft.fftn(torch.fft.ifftshift(volume.double())))
+    c, h = L // 2, size // 2
+    spec = spec[c - h : c - h + size, c - h : c - h + size, c - h : c - h + size]
+    if sigma_per_px is not None:
+        k = (torch.arange(size, dtype=torch.float64) - size // 2) / size
+        k2 = k[:, None, None] ** 2 + k[None, :, None] ** 2 + k[None, None, :] ** 2
+        spec = spec * torch.exp(-k2 / (2 * sigma_per_px**2))
+    out = torch.fft.fftshift(torch.fft.ifftn(torch.fft.ifftshift(spec))).real
+    return (out * (size / L) ** 3).float()
+
+
+# ----------------------------------------------------------------------------- translation
+
+
+def _cc_peak(cc: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Peaks of periodic cross-correlation maps, refined by a parabola through each axis' neighbours.
+
+    Parameters
+    ----------
+    cc
+        ``(B, n, n, n)`` correlation ``c[t] = Σ_x a(x - t) b(x)`` at integer shifts ``t``.
+
+    Returns
+    -------
+    value
+        ``(B,)`` interpolated peak values.
+    shift
+        ``(B, 3)`` peak positions ``(x, y, z)`` in voxels, each in ``[-n/2 - 0.5, n/2)``.
+    """
+    B, n = cc.shape[0], cc.shape[-1]
+    c0, idx = cc.reshape(B, -1).max(1)
+    ijk = [idx // (n * n), (idx // n) % n, idx % n]  # z, y, x
+    b = torch.arange(B)
+    value, shift = c0.clone(), []
+    for d in (2, 1, 0):  # x, y, z
+        lo, hi = list(ijk), list(ijk)
+        lo[d], hi[d] = (ijk[d] - 1) % n, (ijk[d] + 1) % n
+        cm, cp = cc[b, lo[0], lo[1], lo[2]], cc[b, hi[0], hi[1], hi[2]]
+        curv = cm - 2 * c0 + cp
+        ok = curv < 0
+        delta = torch.where(ok, 0.5 * (cm - cp) / torch.where(ok, curv, -1.0), 0.0).clamp(-0.5, 0.5)
+        value = value + 0.5 * (cp - cm) * delta + 0.5 * curv * delta**2
+        shift.append(((ijk[d] + n // 2) % n - n // 2).to(cc.dtype) + delta)
+    return value, torch.stack(shift, -1)
+
+
+def _newton_shift(cross: torch.Tensor, L: int, start: torch.Tensor, iters: int = 20) -> torch.Tensor:
+    """Maximise the band-limited cross-correlation ``c(t) = Σ_k Re[P(k) exp(2πi k·t)]`` by Newton steps.
+
+    Parameters
+    ----------
+    cross
+        ``(L, L, L//2 + 1)`` cross-power ``P = conj(rfftn(a)) · rfftn(b)``.
+    L
+        Box size.
+    start
+        ``(3,)`` initial shift ``(x, y, z)`` in pixels (e.g. from :func:`_cc_peak`).
+
+    Returns
+    -------
+    ``(3,)`` float64 shift in pixels; ``start`` if Newton did not improve on it. The mean and the
+    Nyquist planes (whose phase is undefined for sub-pixel shifts) are left out.
+    """
+    kz, ky, kx = _rfft_freqs(L)
+    k = torch.stack(torch.broadcast_tensors(kx, ky, kz), -1).reshape(-1, 3)
+    w = torch.where(k[:, 0] == 0, 1.0, 2.0).double()  # the rfft half counts for both ±k
+    keep = (k.abs() < 0.5).all(-1) & (k.abs().sum(-1) > 0)
+    P, k, w = cross.reshape(-1)[keep], k[keep], w[keep]
+
+    def value(t: torch.Tensor) -> float:
+        return float(
+            (w * (P * torch.polar(torch.ones(1, dtype=torch.float64), 2 * math.pi * k @ t)).real).sum()
+        )
+
+    t0 = start.double()
+    t = t0.clone()
+    for _ in range(iters):
+        E = P * torch.polar(torch.ones(1, dtype=torch.float64), 2 * math.pi * (k @ t))
+        re, im = w * E.real, w * E.imag
+        grad = -2 * math.pi * (k * im[:, None]).sum(0)
+        hess = -4 * math.pi**2 * (k.T * re) @ k
+        if torch.linalg.eigvalsh(hess).max() >= 0:
+            break
+        step = -torch.linalg.solve(hess, grad)
+        norm = float(step.norm())
+        if norm > 0.5:
+            step = step * (0.5 / norm)
+        t = t + step
+        if norm < 1e-7:
+            break
+    return t if value(t) >= value(t0) else t0
+
+
+def estimate_shift(moving: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    """Sub-pixel translation ``t`` maximising ``Σ_x moving(x - t) · ref(x)`` (periodic).
+
+    The integer cross-correlation peak, refined by a parabola, starts Newton steps on the
+    Fourier-interpolated correlation, so ``t`` is exact for band-limited maps.
+
+    Parameters
+    ----------
+    moving, ref
+        ``(L, L, L)`` maps ``[z, y, x]``.
+
+    Returns
+    -------
+    ``(3,)`` float64 ``(x, y, z)`` in pixels; ``shift_map(moving, t)`` matches ``ref``.
+    """
+    L = moving.shape[-1]
+    cross = torch.fft.rfftn(moving.double()).conj() * torch.fft.rfftn(ref.double())
+    cc = torch.fft.irfftn(cross, s=moving.shape)
+    _, start = _cc_peak(cc[None])
+    return _newton_shift(cross, L, start[0])
+
+
 def translate_align(moving: torch.Tensor, ref: torch.Tensor) -> tuple[torch.Tensor, float]:
-    """Integer translation maximising the cross-correlation; returns the moved map and the CC."""
-    fa, fb = torch.fft.fftn(moving.double()), torch.fft.fftn(ref.double())
-    cc = torch.fft.ifftn(fb * fa.conj()).real
-    idx = int(cc.argmax())
-    shift = np.unravel_index(idx, cc.shape)
-    moved = torch.roll(moving, shifts=tuple(int(s) for s in shift), dims=(0, 1, 2))
+    """Sub-pixel translation maximising the cross-correlation; returns the moved map and the CC."""
+    moved = shift_map(moving, estimate_shift(moving, ref))
     return moved, _corr(moved, ref)
 
 
@@ -89,12 +325,222 @@ def _corr(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a * b).sum() / torch.sqrt((a * a).sum() * (b * b).sum()).clamp_min(1e-30))
 
 
+# ----------------------------------------------------------------------------- rotation search
+
+
+def rotation_grid(n: int) -> torch.Tensor:
+    """``(n, 3, 3)`` rotations spread near-uniformly over SO(3), deterministically.
+
+    Quaternions on a super-Fibonacci spiral (Alexa, CVPR 2022): point ``i`` has
+    ``s = i + 1/2``, ``r = sqrt(s/n)``, ``R = sqrt(1 - s/n)``, angles ``2πs/√2`` and ``2πs/ψ``
+    (``ψ ≈ 1.53375``, the root of ``ψ⁴ = ψ + 4``). Neighbouring rotations are about
+    :func:`grid_spacing_deg` apart.
+    """
+    s = torch.arange(n, dtype=torch.float64) + 0.5
+    r, R = torch.sqrt(s / n), torch.sqrt(1 - s / n)
+    alpha, beta = 2 * math.pi * s / math.sqrt(2), 2 * math.pi * s / 1.533751168755204288118041
+    q = torch.stack([r * alpha.sin(), r * alpha.cos(), R * beta.sin(), R * beta.cos()], -1)
+    return quaternion_to_matrix(q)
+
+
+def grid_spacing_deg(n: int) -> float:
+    """Typical spacing (degrees) of ``n`` uniform rotations: the radius of a ball holding ``1/n`` of SO(3)."""
+    return math.degrees((6 * math.pi / n) ** (1 / 3))
+
+
+@dataclass(frozen=True)
+class _Level:
+    """One resolution level of the rotation search: maps resampled to ``(n, n, n)``.
+
+    ``moving`` is ``(1, 1, n, n, n)`` (for ``grid_sample``); ``coords`` ``(P, 3)`` are the
+    ``(x, y, z)`` positions (px about ``n//2``) of the ``P`` voxels inside the inscribed sphere,
+    ``index`` their flat indices; ``ref_spec`` ``(n, n, n//2 + 1)`` is the ``rfftn`` of the
+    sphere-masked reference without its mean, ``ref_norm`` its norm.
+    """
+
+    n: int
+    moving: torch.Tensor
+    coords: torch.Tensor
+    index: torch.Tensor
+    ref_spec: torch.Tensor
+    ref_norm: float
+
+
+def _make_level(moving: torch.Tensor, ref: torch.Tensor, n: int, sigma_per_px: float | None) -> _Level:
+    r = torch.arange(n, dtype=torch.float32) - n // 2
+    gz, gy, gx = torch.meshgrid(r, r, r, indexing="ij")
+    xyz = torch.stack([gx, gy, gz], -1).reshape(-1, 3)
+    index = torch.nonzero(xyz.norm(dim=-1) < n / 2).squeeze(1)
+    ref_n = _lowpass_resize(ref, n, sigma_per_px).reshape(-1)
+    masked = torch.zeros(n**3)
+    masked[index] = ref_n[index]
+    masked = masked - masked.mean()
+    spec = torch.fft.rfftn(masked.reshape(n, n, n))
+    return _Level(
+        n=n,
+        moving=_lowpass_resize(moving, n, sigma_per_px)[None, None],
+        coords=xyz[index],
+        index=index,
+        ref_spec=spec,
+        ref_norm=float(masked.norm()),
+    )
+
+
+def _score_rotations(level: _Level, rotations: torch.Tensor, chunk: int = 256) -> torch.Tensor:
+    """Normalised cross-correlation with the reference, maximised over translations (sub-voxel).
+
+    Parameters
+    ----------
+    level
+        Maps at one resolution.
+    rotations
+        ``(B, 3, 3)`` matrices ``A``; the moving map is scored as ``W(x) = V(A x)`` inside the sphere.
+
+    Returns
+    -------
+    ``(B,)`` correlation coefficients.
+    """
+    n, out = level.n, []
+    for A in rotations.float().split(chunk):
+        b = A.shape[0]
+        pts = level.coords @ A.transpose(-1, -2)  # (b, P, 3): rows A x
+        grid = (pts + n // 2) * (2.0 / (n - 1)) - 1
+        vals = F.grid_sample(
+            level.moving,
+            grid.reshape(1, 1, 1, -1, 3),
+            mode="bilinear",
+            padding_mode="zeros",
+            align_corners=True,
+        ).reshape(b, -1)
+        vol = torch.zeros(b, n**3)
+        vol[:, level.index] = vals
+        norm = torch.sqrt((vals**2).sum(1) - vals.sum(1) ** 2 / n**3).clamp_min(1e-20)
+        spec = torch.fft.rfftn(vol.reshape(b, n, n, n), dim=(1, 2, 3))
+        cc = torch.fft.irfftn(spec.conj() * level.ref_spec, s=(n, n, n), dim=(1, 2, 3))
+        value, _ = _cc_peak(cc / (norm * level.ref_norm)[:, None, None, None])
+        out.append(value)
+    return torch.cat(out)
+
+
+def _search_axes() -> torch.Tensor:
+    """``(18, 3)`` unit rotation axes of the pattern search: ±x, ±y, ±z and the 12 face diagonals."""
+    eye = torch.eye(3, dtype=torch.float64)
+    axes = [s * eye[i] for i in range(3) for s in (1, -1)]
+    axes += [
+        (s * eye[i] + t * eye[j]) / math.sqrt(2)
+        for i in range(3)
+        for j in range(i + 1, 3)
+        for s in (1, -1)
+        for t in (1, -1)
+    ]
+    return torch.stack(axes)
+
+
+def _halvings(start_deg: float, stop_deg: float) -> list[float]:
+    """``start, start/2, …`` down to the first value ``≤ stop`` (degrees)."""
+    steps = [start_deg]
+    while steps[-1] > stop_deg:
+        steps.append(steps[-1] / 2)
+    return steps
+
+
+def _finest_step_deg(n: int) -> float:
+    """Final angular step at an ``n``-voxel level: 0.05 voxel of arc at the sphere's edge."""
+    return math.degrees(0.05 / (n / 2))
+
+
+def _refine_rotation(
+    level: _Level, A: torch.Tensor, steps_deg: list[float], max_moves: int = 6
+) -> tuple[torch.Tensor, float]:
+    """Pattern search around ``A``: move along the best of 18 axes while it improves, halve the step.
+
+    Returns the refined ``(3, 3)`` rotation and its score at this level.
+    """
+    A = A.double()
+    score = float(_score_rotations(level, A[None])[0])
+    for step in steps_deg:
+        D = rotvec_to_matrix(_search_axes() * math.radians(step))
+        for _ in range(max_moves):
+            cands = A @ D
+            values = _score_rotations(level, cands)
+            j = int(values.argmax())
+            if float(values[j]) <= score:
+                break
+            A, score = cands[j], float(values[j])
+    return A, score
+
+
+def _distinct_best(values: torch.Tensor, rotations: torch.Tensor, k: int, min_deg: float) -> list[int]:
+    """Indices of the ``k`` best-scoring rotations at least ``min_deg`` from each other."""
+    picked: list[int] = []
+    for i in torch.argsort(values, descending=True).tolist():
+        if (
+            picked
+            and geodesic_distance_deg(rotations[picked], rotations[i].expand(len(picked), 3, 3)).min()
+            < min_deg
+        ):
+            continue
+        picked.append(i)
+        if len(picked) == k:
+            break
+    return picked
+
+
+def _level_sizes(L: int, coarse_size: int, max_refine_size: int) -> tuple[int, list[int]]:
+    """Coarse search size (even when cropped) and the sizes of the refinement levels after it."""
+    coarse = L if L <= coarse_size else coarse_size - coarse_size % 2
+    top = L if L <= max_refine_size else max_refine_size - max_refine_size % 2
+    fine, n = [], 2 * coarse
+    while n < top:
+        fine.append(n)
+        n *= 2
+    if top > coarse:
+        fine.append(top)
+    return coarse, fine
+
+
+def _search_hand(
+    moving: torch.Tensor,
+    ref: torch.Tensor,
+    grid: torch.Tensor,
+    coarse_size: int,
+    fine_sizes: list[int],
+    n_candidates: int,
+    n_fine: int,
+) -> tuple[torch.Tensor, float]:
+    """Global search of one hand: uniform grid at low resolution, then local refinement per level.
+
+    Returns the best ``(3, 3)`` rotation and its score at the finest level.
+    """
+    spacing = grid_spacing_deg(len(grid))
+    coarse = _make_level(moving, ref, coarse_size, sigma_per_px=0.2)
+    values = _score_rotations(coarse, grid)
+    picks = _distinct_best(values, grid, n_candidates, 1.5 * spacing)
+    steps = _halvings(spacing / 2, _finest_step_deg(coarse_size))
+    found = sorted((_refine_rotation(coarse, grid[i], steps) for i in picks), key=lambda x: -x[1])
+    prev = coarse_size
+    for n in fine_sizes:
+        level = _make_level(moving, ref, n, sigma_per_px=None)
+        steps = _halvings(8 * _finest_step_deg(prev), _finest_step_deg(n))
+        found = sorted((_refine_rotation(level, A, steps) for A, _ in found[:n_fine]), key=lambda x: -x[1])
+        prev = n
+    return found[0]
+
+
 @dataclass
 class MapAlignment:
+    """A map brought onto a reference: ``aligned(x) = moving'(A (x - t))``.
+
+    ``moving'`` is ``moving`` or, when ``mirrored``, :func:`mirror_z` of it; ``A`` is
+    ``rotation`` ``(3, 3)``; ``t`` is ``shift_px`` ``(3,)``, ``(x, y, z)`` in pixels.
+    ``correlation`` is the real-space correlation coefficient of ``aligned`` with the reference.
+    """
+
     aligned: torch.Tensor
     mirrored: bool
     rotation: torch.Tensor
     correlation: float
+    shift_px: torch.Tensor = field(default_factory=lambda: torch.zeros(3, dtype=torch.float64))
 
 
 def align_map(
@@ -102,57 +548,73 @@ def align_map(
     ref: torch.Tensor,
     rotation: torch.Tensor | None = None,
     mirrored: bool | None = None,
-    n_search: int = 300,
+    n_search: int = 2000,
     seed: int = 0,
+    *,
+    n_candidates: int = 4,
+    coarse_size: int = 16,
+    max_refine_size: int = 64,
 ) -> MapAlignment:
-    """Align ``moving`` onto ``ref``: both hands, a global rotation, then a translation.
+    """Align ``moving`` onto ``ref``: both hands, a global rotation, then a sub-pixel translation.
 
     With ``rotation``/``mirrored`` (from :func:`cryoforge.ops.rotations.align_rotations` on the
-    poses, ``true ≈ pred' · A``) the map is mirrored if needed and resampled at ``A x``. Without,
-    ``n_search`` random rotations per hand are scored by correlation and the best is kept.
+    poses, ``true ≈ pred' · A``) the map is mirrored if needed and resampled at ``A x``.
+
+    Without, a blind search per hand (the map as is, and :func:`mirror_z` of it):
+
+    1. ``n_search`` rotations of a uniform grid (:func:`rotation_grid`, ~12° apart for 2000),
+       scored on maps Fourier-cropped to ``coarse_size`` voxels and low-passed, by the correlation
+       maximised over translations (FFT);
+    2. the ``n_candidates`` best distinct rotations refined by a pattern search at that size;
+    3. the best two refined again at finer sizes (doubling, up to ``max_refine_size`` or ``L``).
+
+    The hand with the higher correlation at the finest size wins. Every score is a correlation
+    maximised over translations, so the maps need not be centred alike. Last, the full map is
+    rotated (trilinear) and translated by the sub-pixel peak of the cross-correlation
+    (:func:`estimate_shift`, applied as a Fourier phase ramp).
+
+    Parameters
+    ----------
+    moving, ref
+        ``(L, L, L)`` maps ``[z, y, x]``.
+    rotation, mirrored
+        Known ``(3, 3)`` alignment from the poses (both or neither).
+    n_search
+        Rotations per hand in the global grid (2000: a 32³ map aligns in a few seconds on a CPU).
+    seed
+        ``0``: the grid as is; otherwise the grid is turned by a random rotation from this seed.
+    n_candidates
+        Distinct coarse maxima refined per hand.
+    coarse_size, max_refine_size
+        Box sizes (voxels) of the global search and of the finest refinement.
+
+    Returns
+    -------
+    The alignment; ``aligned`` is ``(L, L, L)`` float32.
     """
     moving, ref = moving.float(), ref.float()
-    if rotation is not None:
-        m = mirror_z(moving) if mirrored else moving
-        aligned, cc = translate_align(rotate_map(m, rotation), ref)
-        return MapAlignment(aligned, bool(mirrored), rotation, cc)
-    gen = torch.Generator().manual_seed(seed)
-    cands = torch.cat([torch.eye(3)[None], random_rotations(n_search, gen)])
-    best: MapAlignment | None = None
-    for mir in (False, True):
-        m = mirror_z(moving) if mir else moving
-        hand_best: MapAlignment | None = None
-        for A in cands:
-            aligned, cc = translate_align(rotate_map(m, A), ref)
-            if hand_best is None or cc > hand_best.correlation:
-                hand_best = MapAlignment(aligned, mir, A, cc)
-        assert hand_best is not None
-        hand_best = _refine_rotation(m, ref, hand_best, gen)
-        if best is None or hand_best.correlation > best.correlation:
-            best = hand_best
-    assert best is not None
-    return best
+    if rotation is None:
+        grid = rotation_grid(n_search)
+        if seed:
+            q = torch.randn(1, 4, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+            grid = grid @ quaternion_to_matrix(q)[0]
+        coarse, fine = _level_sizes(moving.shape[-1], coarse_size, max_refine_size)
+        best: tuple[float, bool, torch.Tensor] | None = None
+        for mir in (False, True):
+            m = mirror_z(moving) if mir else moving
+            A, score = _search_hand(m, ref, grid, coarse, fine, n_candidates, n_fine=2)
+            if best is None or score > best[0]:
+                best = (score, mir, A)
+        assert best is not None
+        _, mirrored, rotation = best
+    m = mirror_z(moving) if mirrored else moving
+    rotated = rotate_map(m, rotation)
+    t = estimate_shift(rotated, ref)
+    aligned = shift_map(rotated, t)
+    return MapAlignment(aligned, bool(mirrored), rotation, _corr(aligned, ref), t)
 
 
-def _refine_rotation(
-    moving: torch.Tensor,
-    ref: torch.Tensor,
-    start: MapAlignment,
-    gen: torch.Generator,
-    steps_deg: tuple[float, ...] = (8, 4, 2, 1, 0.5),
-) -> MapAlignment:
-    """Local search around a coarse rotation: random small perturbations, shrinking step."""
-    from cryoforge.ops.rotations import rotvec_to_matrix
-
-    best = start
-    for step in steps_deg:
-        axes = torch.nn.functional.normalize(torch.randn(24, 3, generator=gen, dtype=torch.float64), dim=1)
-        for D in rotvec_to_matrix(axes * math.radians(step)).float():
-            A = D @ best.rotation.float()
-            aligned, cc = translate_align(rotate_map(moving, A), ref)
-            if cc > best.correlation:
-                best = MapAlignment(aligned, best.mirrored, A, cc)
-    return best
+# ----------------------------------------------------------------------------- poses
 
 
 def pose_errors(
@@ -185,26 +647,54 @@ def pose_errors(
     return out
 
 
+# ----------------------------------------------------------------------------- reports
+
+
 @dataclass
 class FSCReport:
+    """An FSC curve with its pixel size: ``freqs`` and ``values`` ``(L//2 + 1,)``, cycles/pixel."""
+
     freqs: np.ndarray
     values: np.ndarray
     pixel_size_angstrom: float
 
-    def resolution_angstrom(self, threshold: float) -> float:
-        f = resolution_at(self.freqs, self.values, threshold)
-        return self.pixel_size_angstrom / f if f > 0 else math.inf
+    @property
+    def box_size(self) -> int:
+        """``L``, from the shell spacing ``1 / L``."""
+        return round(1 / self.freqs[1]) if len(self.freqs) > 1 else 1
 
-    def summary(self, thresholds: tuple[float, ...] = (0.5, 0.143)) -> dict[str, float]:
-        out = {}
+    def crossing(self, threshold: float) -> FSCCrossing:
+        """Where the curve first drops below ``threshold`` (see :func:`find_crossing`)."""
+        return find_crossing(self.freqs, self.values, threshold)
+
+    def resolution_angstrom(self, threshold: float) -> float:
+        """Resolution in Å; the Nyquist limit when never crossed, NaN when not reached."""
+        return self.crossing(threshold).resolution_angstrom(self.pixel_size_angstrom)
+
+    def resolution_label(self, threshold: float) -> str:
+        """``"6.4 Å"``, ``"≤ 6.0 Å (Nyquist)"`` or ``"not reached (> 96.0 Å)"``."""
+        return self.crossing(threshold).label(self.pixel_size_angstrom, self.box_size)
+
+    def summary(self, thresholds: tuple[float, ...] = (0.5, 0.143)) -> dict[str, Any]:
+        """Metrics per threshold ``t``.
+
+        ``resolution_{t}_angstrom`` and ``resolution_{t}_px`` (floats: the Nyquist limit when the
+        curve never drops below ``t``, NaN when it is below from shell 1), ``resolution_{t}_bound``
+        (``None``, ``"nyquist"`` or ``"not_reached"``) and ``resolution_{t}_text`` (e.g.
+        ``"≤ 6.0 Å (Nyquist)"``).
+        """
+        out: dict[str, Any] = {}
         for t in thresholds:
-            f = resolution_at(self.freqs, self.values, t)
-            out[f"resolution_{t}_angstrom"] = self.pixel_size_angstrom / f if f > 0 else math.inf
-            out[f"resolution_{t}_px"] = 1 / f if f > 0 else math.inf
+            c = self.crossing(t)
+            out[f"resolution_{t}_angstrom"] = c.resolution_angstrom(self.pixel_size_angstrom)
+            out[f"resolution_{t}_px"] = c.resolution_px
+            out[f"resolution_{t}_bound"] = c.bound
+            out[f"resolution_{t}_text"] = c.label(self.pixel_size_angstrom, self.box_size)
         return out
 
 
 def fsc_report(map1: torch.Tensor, map2: torch.Tensor, pixel_size_angstrom: float) -> FSCReport:
+    """FSC of two ``(L, L, L)`` maps (see :func:`fsc`) with their voxel size in Å."""
     freqs, values = fsc(map1, map2)
     return FSCReport(freqs, values, pixel_size_angstrom)
 
@@ -220,7 +710,7 @@ def plot_fsc(
 
     fig, ax = plt.subplots(figsize=(5.5, 4))
     for label, rep in curves.items():
-        res = ", ".join(f"{t}: {rep.resolution_angstrom(t):.1f} Å" for t in thresholds)
+        res = ", ".join(f"{t}: {rep.resolution_label(t)}" for t in thresholds)
         ax.plot(rep.freqs / rep.pixel_size_angstrom, rep.values, label=f"{label} ({res})")
     for t in thresholds:
         ax.axhline(t, ls="--", lw=0.8, color="gray")
@@ -235,7 +725,19 @@ def plot_fsc(
     plt.close(fig)
 
 
+def _json_safe(value: Any) -> Any:
+    """Non-finite floats (a resolution not reached) become ``null``: strict JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    return value
+
+
 def write_json(path: str | Path, data: dict) -> None:
-    clean = {k: v for k, v in data.items() if not k.startswith("_")}
+    """Write ``data`` without its ``_``-prefixed keys; NaN/inf are written as ``null``."""
+    clean = {k: _json_safe(v) for k, v in data.items() if not k.startswith("_")}
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(clean, indent=2, default=float))

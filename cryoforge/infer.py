@@ -52,6 +52,7 @@ def infer_run(run_dir: Path, particles: str | None, out_star: str | None, batch_
         shifts_angstrom=pose.shift_angstrom.double().numpy(),
         pixel_size_angstrom=source.original_pixel_size_angstrom,
         box_size=source.original_size,
+        has_ctf=source.ctf is not None,
     )
     write_star(out, table)
     return out

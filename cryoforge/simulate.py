@@ -14,11 +14,11 @@ from cryoforge.io.mrc import read_map, write_mrc
 from cryoforge.io.star import write_star
 from cryoforge.io.table import ParticleTable
 from cryoforge.ops.ctf import ctf_2d
-from cryoforge.ops.fft import irfft2_images, rfft2_images
+from cryoforge.ops.fft import irfft2_images
 from cryoforge.ops.grids import rfft_grid_2d
-from cryoforge.ops.projection import project_real_space
+from cryoforge.ops.projection import oversampled_spectrum, project_fourier
 from cryoforge.ops.rotations import random_rotations
-from cryoforge.ops.shift import phase_shift
+from cryoforge.ops.shift import origin_phase
 from cryoforge.potential import atomic_model_to_map, demo_structure_path
 
 
@@ -75,39 +75,53 @@ def simulate_images(
     rotations: torch.Tensor,
     shifts_px: torch.Tensor,
     ctf: dict[str, np.ndarray] | None,
-    pixel_size_angstrom: float,
+    pixel_size_angstrom: float | np.ndarray,
     batch: int = 128,
+    oversample: int = 2,
 ) -> torch.Tensor:
-    """Noise-free particle images: real-space projection, then CTF and shift in Fourier space."""
+    """Noise-free particle images in RELION's conventions.
+
+    Each image is the central slice of the map's 2×-oversampled, gridding-corrected spectrum (the
+    map's exact projection up to Nyquist), times the CTF (RELION's sign: the molecule is white),
+    placed at ``−origin`` (``shifts_px`` are origins as a RELION star states them).
+
+    Parameters
+    ----------
+    volume
+        ``(L, L, L)`` map ``[z, y, x]``.
+    rotations
+        ``(N, 3, 3)`` RELION matrices.
+    shifts_px
+        ``(N, 2)`` origins ``(x, y)`` in pixels.
+    ctf
+        :data:`cryoforge.io.table.CTF_FIELDS` → ``(N,)`` arrays, or ``None`` for CTF-free images.
+    pixel_size_angstrom
+        Å/px, one value or ``(N,)`` per particle.
+
+    Returns
+    -------
+    ``(N, L, L)`` float32 images.
+    """
     L = volume.shape[-1]
     freqs = rfft_grid_2d(L).reshape(-1, 2).double()
+    spectrum = oversampled_spectrum(volume, oversample)
+    px_all = np.broadcast_to(np.asarray(pixel_size_angstrom, dtype=np.float64), (len(rotations),))
     out = []
     for s in range(0, len(rotations), batch):
-        proj = project_real_space(volume, rotations[s : s + batch]).double()
-        spec = rfft2_images(proj).reshape(proj.shape[0], -1)
+        spec = project_fourier(spectrum, rotations[s : s + batch], freqs, oversample)
         if ctf is not None:
-            c = {k: torch.as_tensor(v[s : s + batch]) for k, v in ctf.items()}
-            spec = spec * ctf_2d(freqs / pixel_size_angstrom, **c)
-        spec = spec * phase_shift(freqs, shifts_px[s : s + batch].double())
+            c = {k: torch.tensor(np.array(v[s : s + batch], dtype=np.float64)) for k, v in ctf.items()}
+            px = torch.as_tensor(px_all[s : s + batch].copy()).reshape(-1, 1, 1)
+            spec = spec * ctf_2d(freqs[None] / px, **c)
+        spec = spec * origin_phase(freqs, shifts_px[s : s + batch].double())
         out.append(irfft2_images(spec.reshape(-1, L, L // 2 + 1), L).float())
     return torch.cat(out)
 
 
-def simulate(
-    input_path: str | Path | None, out_dir: str | Path, settings: SimulationSettings, progress: bool = False
-) -> SimulationResult:
-    """Write ``particles.mrcs``, ``particles.star`` (ground-truth poses, CTF), ``map.mrc`` and
-    ``simulation.json`` (settings and realised SNR) into ``out_dir``.
-
-    SNR is the variance ratio ``var(signal) / var(noise)`` over the dataset's boxes.
-    """
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    vol_np, voxel = load_input_map(input_path, settings)
-    settings.pixel_size_angstrom = voxel
-    settings.box_size = vol_np.shape[-1]
-    L, n = settings.box_size, settings.n_particles
-    gen = torch.Generator().manual_seed(settings.seed)
+def random_parameters(
+    settings: SimulationSettings, n: int, gen: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor, dict[str, np.ndarray]]:
+    """Uniform rotations, Gaussian origins (Å) and log-normal defocus CTFs for ``n`` particles."""
     rng = np.random.default_rng(settings.seed)
     rot = random_rotations(n, gen)
     shifts_a = torch.randn(n, 2, generator=gen, dtype=torch.float64) * settings.shift_std_angstrom
@@ -123,8 +137,97 @@ def simulate(
         "phase_shift_deg": np.zeros(n),
         "bfactor_angstrom2": np.zeros(n),
     }
+    return rot.double(), shifts_a, ctf
+
+
+def read_like_table(path: str | Path) -> ParticleTable:
+    """The particle table whose poses, shifts, CTF, box and pixel size ``simulate --like`` copies."""
+    from cryoforge.errors import InputFileError
+    from cryoforge.io.cryosparc import read_cs
+    from cryoforge.io.star import read_star
+
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in (".star", ".cs"):
+        raise InputFileError(path, "expected a .star or .cs particle file", "--like")
+    table = read_star(path) if suffix == ".star" else read_cs(path)
+    if table.rotations is None:
+        raise InputFileError(path, "no poses to copy (rlnAngleRot/Tilt/Psi)", "rlnAngleRot")
+    if table.box_size is None and table.image_names is not None:
+        try:  # RELION 3.0 stars do not state the box: read it from the first stack's header
+            from cryoforge.io.mrc import open_stack
+            from cryoforge.io.table import parse_image_name
+
+            stack = path.parent / parse_image_name(str(table.image_names[0]))[1]
+            table.box_size = int(open_stack(stack).shape[-1])
+        except Exception:
+            pass
+    if table.box_size is None or table.pixel_size_angstrom is None:
+        raise InputFileError(path, "the table states no box size or pixel size", "rlnImageSize")
+    return table
+
+
+def check_map_matches_table(
+    map_path: str | Path | None, box: int, voxel: float, table: ParticleTable
+) -> None:
+    """One clear error when the map's box or pixel size differs from the particle table's."""
+    from cryoforge.errors import InputFileError
+
+    want_px = float(table.pixel_size_angstrom or 0.0)
+    if box != table.box_size or abs(voxel - want_px) > 1e-3 * want_px:
+        raise InputFileError(
+            map_path or "map",
+            f"map is {box} px at {voxel:.4g} Å/px but {table.path.name} has {table.box_size} px "
+            f"at {want_px:.4g} Å/px",
+            "box/pixel size",
+        )
+
+
+def simulate(
+    input_path: str | Path | None,
+    out_dir: str | Path,
+    settings: SimulationSettings,
+    progress: bool = False,
+    like: ParticleTable | None = None,
+) -> SimulationResult:
+    """Write ``particles.mrcs``, ``particles.star`` (ground-truth poses, CTF), ``map.mrc`` and
+    ``simulation.json`` (settings and realised SNR) into ``out_dir``.
+
+    SNR is the variance ratio ``var(signal) / var(noise)`` over the dataset's boxes. With
+    ``like``, poses, origins, CTF (when it has defocus values and ``settings.apply_ctf``), box,
+    pixel sizes and the particle count come from that table instead of being drawn at random.
+    """
+    out_dir = Path(out_dir)
+    if like is not None:
+        settings.box_size = int(like.box_size or settings.box_size)
+        settings.pixel_size_angstrom = float(like.pixel_size_angstrom or settings.pixel_size_angstrom)
+        settings.n_particles = len(like)
+        settings.apply_ctf = settings.apply_ctf and like.has_ctf
+    vol_np, voxel = load_input_map(input_path, settings)
+    if like is not None:
+        check_map_matches_table(input_path, vol_np.shape[-1], voxel, like)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    settings.pixel_size_angstrom = voxel
+    settings.box_size = vol_np.shape[-1]
+    L, n = settings.box_size, settings.n_particles
+    gen = torch.Generator().manual_seed(settings.seed)
+    if like is None:
+        rot, shifts_a, ctf = random_parameters(settings, n, gen)
+        pixel_sizes = np.full(n, voxel)
+    else:
+        rot = torch.tensor(np.array(like.rotations, dtype=np.float64))
+        shifts_a = torch.tensor(
+            np.array(
+                like.shifts_angstrom if like.shifts_angstrom is not None else np.zeros((n, 2)),
+                dtype=np.float64,
+            )
+        )
+        ctf = {k: np.asarray(v, dtype=np.float64) for k, v in like.ctf.items()}
+        pixel_sizes = like.per_particle_pixel_size()
+        pixel_sizes = np.where(np.isfinite(pixel_sizes), pixel_sizes, voxel)
     vol = torch.from_numpy(vol_np)
-    clean = simulate_images(vol, rot, shifts_a / voxel, ctf if settings.apply_ctf else None, voxel)
+    shifts_px = shifts_a / torch.tensor(np.array(pixel_sizes, dtype=np.float64))[:, None]
+    clean = simulate_images(vol, rot, shifts_px, ctf if settings.apply_ctf else None, pixel_sizes)
     realised = None
     images = clean
     if settings.snr is not None:
@@ -135,16 +238,15 @@ def simulate(
     stack = out_dir / "particles.mrcs"
     write_mrc(stack, images.numpy(), voxel, stack=True)
     write_mrc(out_dir / "map.mrc", vol_np, voxel)
-    if not settings.apply_ctf:
-        ctf = {k: np.zeros(n) for k in ctf}  # voltage 0 marks CTF-free data
     table = ParticleTable(
         path=out_dir / "particles.star",
         image_names=np.array([f"{i + 1:06d}@particles.mrcs" for i in range(n)]),
         ctf=ctf,
-        rotations=rot.double().numpy(),
+        rotations=rot.numpy(),
         shifts_angstrom=shifts_a.numpy(),
         pixel_size_angstrom=voxel,
         box_size=L,
+        has_ctf=settings.apply_ctf,  # CTF-free data: a star without defocus columns
     )
     write_star(table.path, table)
     meta = {

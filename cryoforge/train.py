@@ -27,7 +27,7 @@ from cryoforge.plugins import build_registry, get_plugin_manager, plugin_version
 from cryoforge.registry import Registry
 from cryoforge.roles import Source
 from cryoforge.types import BuildContext, ParticleBatch, Pose
-from cryoforge.volumes.base import volume_to_map
+from cryoforge.volumes.base import CONTRAST_HINT, density_is_mostly_negative, volume_to_map
 
 log = logging.getLogger("cryoforge")
 CHECKPOINT = "checkpoint.pt"
@@ -44,6 +44,7 @@ class RunResult:
     metrics: dict[str, Any] = field(default_factory=dict)
     history: list[dict[str, float]] = field(default_factory=list)
     pipeline: Pipeline | None = None
+    warnings: list[str] = field(default_factory=list)
 
 
 # ----------------------------------------------------------------------------- set-up helpers
@@ -164,6 +165,7 @@ def export(
             shifts_angstrom=pose.shift_angstrom.double().numpy(),
             pixel_size_angstrom=getattr(source, "original_pixel_size_angstrom", px),
             box_size=getattr(source, "original_size", L),
+            has_ctf=source.ctf is not None,
         )
         result.star_path = out.path
         write_star(out.path, out)
@@ -380,6 +382,11 @@ def train_one(
         if writer:
             writer.add_image("central_slice", _central_slice_image(result.map_path), state["step"])
             writer.close()
+        if result.map_path is not None and density_is_mostly_negative(
+            torch.from_numpy(read_map(result.map_path)[0])
+        ):
+            log.warning(CONTRAST_HINT)
+            result.warnings.append(CONTRAST_HINT)
         result.metrics.update(
             {
                 "steps": state["step"],
@@ -469,17 +476,35 @@ def run(
     try:
         if not config.train.half_sets:
             return train_one(config, registry, source, index, run_dir, resume)
-        perm = np.random.default_rng(config.train.seed).permutation(index)
-        halves = [np.sort(perm[: len(perm) // 2]), np.sort(perm[len(perm) // 2 :])]
-        results = [
-            train_one(config, registry, source, h, run_dir / f"half{i + 1}", resume)
-            for i, h in enumerate(halves)
-        ]
+        halves = split_halves(len(source), config.train.seed)
+        results = []
+        for i, h in enumerate(halves):
+            half_dir = run_dir / f"half{i + 1}"
+            half_dir.mkdir(parents=True, exist_ok=True)
+            if rank == 0:
+                write_index(half_dir / "particles.txt", h)
+            # independent halves: disjoint particles *and* different seeds (weights, batches)
+            half_config = config.model_copy(
+                update={"train": config.train.model_copy(update={"seed": config.train.seed + 1000 * (i + 1)})}
+            )
+            results.append(train_one(half_config, registry, source, h, half_dir, resume))
         return combine_halves(results, source, halves, config, run_dir) if rank == 0 else results[0]
     finally:
         if dist.is_initialized():
             dist.barrier()
             dist.destroy_process_group()
+
+
+def split_halves(n: int, seed: int) -> list[np.ndarray]:
+    """Two disjoint, sorted random halves of ``range(n)`` (the gold-standard split)."""
+    perm = np.random.default_rng(seed).permutation(n)
+    return [np.sort(perm[: n // 2]), np.sort(perm[n // 2 :])]
+
+
+def write_index(path: Path, index: np.ndarray) -> None:
+    """A particle index list, one 0-based index per line (cryoDRGN's ``--ind`` text form)."""
+    with atomic_path(path) as tmp:
+        tmp.write_text("".join(f"{i}\n" for i in index))
 
 
 def combine_halves(

@@ -37,7 +37,9 @@ class Pose:
 class CTFParams:
     """Per-particle contrast transfer function parameters (RELION / CTFFIND convention).
 
-    Every attribute is a ``(B,)`` tensor.
+    Every attribute is a ``(B,)`` tensor. ``pixel_size_angstrom`` is the pixel size of each
+    particle's image as the model sees it (its optics group's, after any downsampling); ``None``
+    means the data's single pixel size (:class:`BuildContext`).
     """
 
     defocus_u_angstrom: torch.Tensor
@@ -48,21 +50,29 @@ class CTFParams:
     amplitude_contrast: torch.Tensor
     phase_shift_deg: torch.Tensor
     bfactor_angstrom2: torch.Tensor
+    pixel_size_angstrom: torch.Tensor | None = None
+
+    def _map(self, fn) -> CTFParams:  # type: ignore[no-untyped-def]
+        return replace(
+            self, **{f.name: None if (v := getattr(self, f.name)) is None else fn(v) for f in fields(self)}
+        )
 
     def to(self, device: torch.device | str) -> CTFParams:
-        return replace(self, **{f.name: getattr(self, f.name).to(device) for f in fields(self)})
+        return self._map(lambda v: v.to(device))
 
     def index(self, idx: torch.Tensor) -> CTFParams:
-        return replace(self, **{f.name: getattr(self, f.name)[idx] for f in fields(self)})
+        return self._map(lambda v: v[idx])
 
     def __len__(self) -> int:
         return int(self.defocus_u_angstrom.shape[0])
 
     @staticmethod
     def cat(parts: list[CTFParams]) -> CTFParams:
-        return CTFParams(
-            **{f.name: torch.cat([getattr(p, f.name) for p in parts]) for f in fields(CTFParams)}
-        )
+        out = {}
+        for f in fields(CTFParams):
+            vals = [getattr(p, f.name) for p in parts]
+            out[f.name] = None if any(v is None for v in vals) else torch.cat(vals)
+        return CTFParams(**out)
 
 
 @dataclass(frozen=True)

@@ -144,14 +144,17 @@ def test_wavelength_relativistic_values():
 
 
 def _ctf_reference(kx, ky, du, dv, ang, kv, cs, w, ps, b=0.0):
-    """Straight transcription of the RELION/CTFFIND formula in numpy."""
+    """RELION's own form (``ctf.h``): ``CTF = −sin γ``, ``γ = K1 (−Δf) s² + K2 s⁴ − K5 − K3``,
+    with ``K1 = π λ``, ``K2 = (π/2) Cs λ³``, ``K3 = atan(w / sqrt(1 − w²))``, ``K5`` the phase shift."""
     v = kv * 1e3
     lam = 12.2643247 / np.sqrt(v * (1 + 0.978466e-6 * v))
     s2 = kx**2 + ky**2
     th = np.arctan2(ky, kx)
     df = 0.5 * (du + dv) + 0.5 * (du - dv) * np.cos(2 * (th - np.deg2rad(ang)))
-    chi = np.pi * lam * df * s2 - 0.5 * np.pi * cs * 1e7 * lam**3 * s2**2 + np.deg2rad(ps)
-    return (-np.sqrt(1 - w**2) * np.sin(chi) - w * np.cos(chi)) * np.exp(-b * s2 / 4)
+    k1, k2 = np.pi * lam, 0.5 * np.pi * cs * 1e7 * lam**3
+    k3, k5 = np.arctan(w / np.sqrt(1 - w**2)), np.deg2rad(ps)
+    gamma = k1 * (-df) * s2 + k2 * s2**2 - k5 - k3
+    return -np.sin(gamma) * np.exp(-b * s2 / 4)
 
 
 @pytest.mark.parametrize("du,dv,ang", [(10000, 10000, 0), (15000, 12000, 30), (25000, 24000, -75)])
@@ -166,16 +169,16 @@ def test_ctf_matches_formula_on_grid(du, dv, ang, kv, cs, w, ps, b):
     ref = _ctf_reference(k[:, 0].numpy(), k[:, 1].numpy(), du, dv, ang, kv, cs, w, ps, b)
     assert np.allclose(got, ref, atol=1e-10)
     assert got[0] == pytest.approx(
-        -w * math.cos(math.radians(ps)) - math.sqrt(1 - w * w) * math.sin(math.radians(ps))
+        w * math.cos(math.radians(ps)) + math.sqrt(1 - w * w) * math.sin(math.radians(ps))
     )
 
 
-def test_ctf_dc_is_minus_amplitude_contrast_and_first_zero():
+def test_ctf_dc_is_plus_amplitude_contrast_and_first_zero():
     one = torch.ones(1, dtype=torch.float64)
     k0 = torch.zeros(1, 2, dtype=torch.float64)
     assert float(
         ctf_2d(k0, 2e4 * one, 2e4 * one, 0 * one, 300 * one, 2.7 * one, 0.1 * one, 0 * one)
-    ) == pytest.approx(-0.1)
+    ) == pytest.approx(0.1)  # RELION's sign: CTF(0) = +w, the molecule stays white
     # first zero (Cs = 0, w = 0): π λ Δf s² = π ⇒ s = 1/sqrt(λ Δf)
     lam = float(electron_wavelength_angstrom(300))
     s = 1 / math.sqrt(lam * 2e4)

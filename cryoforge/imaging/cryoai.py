@@ -1,4 +1,8 @@
-"""cryoAI image formation: central slice → CTF → translation phase shift → real space."""
+"""cryoAI image formation: central slice → CTF → translation phase shift → real space.
+
+Poses mean what RELION means: the particle with origin ``o`` sits at ``−o`` in its box, and the
+CTF has RELION's sign (``CTF(0) = +w``, the molecule white).
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,7 @@ from cryoforge.config import Options
 from cryoforge.ops.ctf import ctf_2d
 from cryoforge.ops.fft import irfft2_images
 from cryoforge.ops.grids import half_plane_query
-from cryoforge.ops.shift import phase_shift
+from cryoforge.ops.shift import origin_phase
 from cryoforge.ops.slicing import central_slice_coords
 from cryoforge.roles import Imaging, Volume
 from cryoforge.types import BuildContext, CTFParams, Pose
@@ -34,11 +38,17 @@ class CryoAIImaging(Imaging):
         self.register_buffer("flat_index", flat_index, persistent=False)
         self.register_buffer("freqs", freqs, persistent=False)
 
+    def pixel_sizes(self, ctf: CTFParams | None, batch: int) -> torch.Tensor:
+        """``(B, 1)`` pixel size of each particle's image in Å (its optics group's, else the data's)."""
+        if ctf is not None and ctf.pixel_size_angstrom is not None:
+            return ctf.pixel_size_angstrom.to(self.freqs.device, self.freqs.dtype).reshape(-1, 1)
+        return torch.full((batch, 1), self.ctx.pixel_size_angstrom, device=self.freqs.device)
+
     def ctf_values(self, ctf: CTFParams) -> torch.Tensor:
-        """``(B, M)`` CTF at the queried frequencies."""
-        px = self.ctx.pixel_size_angstrom
+        """``(B, M)`` CTF at the queried frequencies, at each particle's own pixel size."""
+        px = self.pixel_sizes(ctf, len(ctf))
         return ctf_2d(
-            self.freqs / px,
+            self.freqs[None] / px[..., None],
             ctf.defocus_u_angstrom,
             ctf.defocus_v_angstrom,
             ctf.astigmatism_angle_deg,
@@ -56,8 +66,8 @@ class CryoAIImaging(Imaging):
         values = volume(coords).to(torch.complex64)
         if ctf is not None and self.options.apply_ctf:
             values = values * self.ctf_values(ctf)
-        shift_px = pose.shift_angstrom.float() / self.ctx.pixel_size_angstrom
-        values = values * phase_shift(self.freqs, shift_px)
+        shift_px = pose.shift_angstrom.float() / self.pixel_sizes(ctf, B)
+        values = values * origin_phase(self.freqs, shift_px)
         half = torch.zeros(B, L * (L // 2 + 1), dtype=values.dtype, device=values.device)
         half = half.index_copy(1, self.flat_index, values)
         return irfft2_images(half.reshape(B, L, L // 2 + 1), L)

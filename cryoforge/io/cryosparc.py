@@ -51,12 +51,16 @@ def read_cs(path: str | Path) -> ParticleTable:
     if "alignments3D/pose" in names:
         rotations = rotvec_to_matrix(torch.from_numpy(field("alignments3D/pose").astype(np.float64)))
         rotations = rotations.transpose(-1, -2).numpy()
-        shifts = field("alignments3D/shift").astype(np.float64) * pixel
+        psize = field("blob/psize_A").astype(np.float64)[:, None]
+        shifts = field("alignments3D/shift").astype(np.float64) * psize
     blob_paths = [p.decode() if isinstance(p, bytes) else str(p) for p in field("blob/path")]
     blob_idx = field("blob/idx").astype(np.int64)
     image_names = np.array(
         [f"{i + 1:06d}@{p.lstrip('>')}" for i, p in zip(blob_idx, blob_paths, strict=True)]
     )
+    sign = None
+    if "blob/sign" in names:  # -1: the stored particles are dark (micrograph contrast)
+        sign = np.where(field("blob/sign").astype(np.float64) < 0, -1.0, 1.0)
     return ParticleTable(
         path=path,
         image_names=image_names,
@@ -65,6 +69,8 @@ def read_cs(path: str | Path) -> ParticleTable:
         shifts_angstrom=shifts,
         pixel_size_angstrom=pixel,
         box_size=box,
+        pixel_sizes_angstrom=field("blob/psize_A").astype(np.float64),
+        contrast_sign=sign,
     )
 
 
@@ -85,6 +91,7 @@ def write_cs(path: str | Path, table: ParticleTable, stack_path: str) -> None:
         ("blob/idx", "<u4"),
         ("blob/shape", "<u4", (2,)),
         ("blob/psize_A", "<f4"),
+        ("blob/sign", "<f4"),
         ("ctf/accel_kv", "<f4"),
         ("ctf/cs_mm", "<f4"),
         ("ctf/amp_contrast", "<f4"),
@@ -102,6 +109,7 @@ def write_cs(path: str | Path, table: ParticleTable, stack_path: str) -> None:
     arr["blob/idx"] = np.arange(n)
     arr["blob/shape"] = table.box_size or 0
     arr["blob/psize_A"] = px
+    arr["blob/sign"] = 1.0 if table.contrast_sign is None else table.contrast_sign
     c = table.ctf
     arr["ctf/accel_kv"], arr["ctf/cs_mm"], arr["ctf/amp_contrast"] = (
         c["voltage_kv"],

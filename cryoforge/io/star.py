@@ -89,14 +89,15 @@ def read_star(path: str | Path, box_size: int | None = None) -> ParticleTable:
     if "rlnImageSize" in parts.columns:
         box_size = int(col("rlnImageSize")[0])
 
+    has_ctf = "rlnDefocusU" in parts.columns  # no defocus: CTF-free data, whatever the voltage
     ctf = {
-        "defocus_u_angstrom": col("rlnDefocusU"),
+        "defocus_u_angstrom": col("rlnDefocusU", None if has_ctf else 0.0),
         "defocus_v_angstrom": col("rlnDefocusV", None)
         if "rlnDefocusV" in parts.columns
-        else col("rlnDefocusU"),
+        else col("rlnDefocusU", None if has_ctf else 0.0),
         "astigmatism_angle_deg": col("rlnDefocusAngle", 0.0),
-        "voltage_kv": col("rlnVoltage"),
-        "cs_mm": col("rlnSphericalAberration"),
+        "voltage_kv": col("rlnVoltage", None if has_ctf else 300.0),
+        "cs_mm": col("rlnSphericalAberration", None if has_ctf else 2.7),
         "amplitude_contrast": col("rlnAmplitudeContrast", 0.1),  # RELION's default
         "phase_shift_deg": col("rlnPhaseShift", 0.0),
         "bfactor_angstrom2": col("rlnCtfBfactor", 0.0),
@@ -129,6 +130,7 @@ def read_star(path: str | Path, box_size: int | None = None) -> ParticleTable:
         box_size=box_size,
         pixel_sizes_angstrom=pixel if pixel_size is not None else None,
         extra={"rlnOpticsGroup": parts["rlnOpticsGroup"].to_numpy()} if "rlnOpticsGroup" in parts else {},
+        has_ctf=has_ctf,
     )
 
 
@@ -143,6 +145,8 @@ def write_star(path: str | Path, table: ParticleTable) -> None:
     if table.pixel_size_angstrom is None or table.box_size is None:
         raise ValueError("write_star needs the pixel size and box size")
     key = np.stack([table.ctf[k] for k in ("voltage_kv", "cs_mm", "amplitude_contrast")], 1)
+    if not table.has_ctf:  # keep the optics table valid for RELION: no zero voltage or Cs
+        key = np.where(key > 0, key, np.array([300.0, 2.7, 0.1]))
     uniq, group = np.unique(key, axis=0, return_inverse=True)
     optics = pd.DataFrame(
         {
@@ -159,16 +163,17 @@ def write_star(path: str | Path, table: ParticleTable) -> None:
     cols: dict[str, object] = {}
     if table.image_names is not None:
         cols["rlnImageName"] = table.image_names
-    cols.update(
-        {
-            "rlnDefocusU": table.ctf["defocus_u_angstrom"],
-            "rlnDefocusV": table.ctf["defocus_v_angstrom"],
-            "rlnDefocusAngle": table.ctf["astigmatism_angle_deg"],
-            "rlnPhaseShift": table.ctf["phase_shift_deg"],
-            "rlnCtfBfactor": table.ctf["bfactor_angstrom2"],
-            "rlnOpticsGroup": group.reshape(-1) + 1,
-        }
-    )
+    if table.has_ctf:  # CTF-free data are written without defocus columns (RELION reads them so)
+        cols.update(
+            {
+                "rlnDefocusU": table.ctf["defocus_u_angstrom"],
+                "rlnDefocusV": table.ctf["defocus_v_angstrom"],
+                "rlnDefocusAngle": table.ctf["astigmatism_angle_deg"],
+                "rlnPhaseShift": table.ctf["phase_shift_deg"],
+                "rlnCtfBfactor": table.ctf["bfactor_angstrom2"],
+            }
+        )
+    cols["rlnOpticsGroup"] = group.reshape(-1) + 1
     if table.rotations is not None:
         import torch
 

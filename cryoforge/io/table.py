@@ -38,6 +38,13 @@ class ParticleTable:
         ``(N, 2)`` shifts ``(x, y)`` in Å (same sign as ``rlnOriginXAngst``), or ``None``.
     pixel_size_angstrom
         Dataset pixel size in Å (the median when optics groups differ).
+    pixel_sizes_angstrom
+        ``(N,)`` each particle's own pixel size in Å (its optics group's), or ``None``.
+    has_ctf
+        ``False`` for CTF-free data (a table without defocus values, whatever its voltage).
+    contrast_sign
+        ``(N,)`` ``+1`` where the molecule is white in the stored image (RELION's convention),
+        ``-1`` where it is dark (cryoSPARC's ``blob/sign``); ``None`` means all ``+1``.
     """
 
     path: Path
@@ -49,12 +56,20 @@ class ParticleTable:
     box_size: int | None = None
     pixel_sizes_angstrom: np.ndarray | None = None
     extra: dict[str, np.ndarray] = field(default_factory=dict)
+    has_ctf: bool = True
+    contrast_sign: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.ctf["defocus_u_angstrom"])
 
-    def ctf_params(self) -> CTFParams:
-        return CTFParams(**{k: torch.tensor(self.ctf[k], dtype=torch.float32) for k in CTF_FIELDS})
+    def ctf_params(self, pixel_scale: float = 1.0) -> CTFParams:
+        """CTF parameters of every particle, with each particle's pixel size times ``pixel_scale``
+        (the downsampling factor) when the table knows it."""
+        px = self.pixel_sizes_angstrom
+        return CTFParams(
+            **{k: torch.tensor(self.ctf[k], dtype=torch.float32) for k in CTF_FIELDS},
+            pixel_size_angstrom=None if px is None else torch.tensor(px * pixel_scale, dtype=torch.float32),
+        )
 
     def pose(self) -> Pose | None:
         if self.rotations is None:

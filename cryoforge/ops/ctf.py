@@ -1,4 +1,4 @@
-"""Contrast transfer function, RELION / CTFFIND convention (``CTF(0) = -w``)."""
+"""Contrast transfer function, RELION / CTFFIND convention (``CTF(0) = +w``, molecule white)."""
 
 from __future__ import annotations
 
@@ -28,12 +28,14 @@ def ctf_2d(
 
     ``Δf(θ) = (dU + dV)/2 + (dU − dV)/2 · cos(2(θ − θ_ast))``,
     ``χ = π λ Δf s² − (π/2) Cs λ³ s⁴ + φ``,
-    ``CTF = −sqrt(1 − w²) sin χ − w cos χ``, times ``exp(−B s² / 4)`` when a B-factor is given.
+    ``CTF = +sqrt(1 − w²) sin χ + w cos χ`` (RELION's sign: ``CTF(0) = +w``),
+    times ``exp(−B s² / 4)`` when a B-factor is given.
 
     Parameters
     ----------
     freqs_per_angstrom
-        ``(N, 2)`` frequencies ``(kx, ky)`` in Å⁻¹.
+        ``(N, 2)`` frequencies ``(kx, ky)`` in Å⁻¹ shared by the batch, or ``(B, N, 2)`` per
+        particle (each particle's own pixel size).
     defocus_u_angstrom, defocus_v_angstrom, astigmatism_angle_deg, voltage_kv, cs_mm,
     amplitude_contrast, phase_shift_deg, bfactor_angstrom2
         ``(B,)`` per-particle parameters (units in the names).
@@ -58,7 +60,7 @@ def ctf_2d(
     w = col(amplitude_contrast)
     phi = col(phase_shift_deg) * (math.pi / 180)
     chi = math.pi * lam * defocus * s2 - 0.5 * math.pi * cs * lam**3 * s2 * s2 + phi
-    ctf = -torch.sqrt(1 - w * w) * torch.sin(chi) - w * torch.cos(chi)
+    ctf = torch.sqrt(1 - w * w) * torch.sin(chi) + w * torch.cos(chi)
     if bfactor_angstrom2 is not None:
         ctf = ctf * torch.exp(-col(bfactor_angstrom2) * s2 / 4)
     return ctf

@@ -62,6 +62,84 @@ def project_real_space(volume: torch.Tensor, rotation: torch.Tensor) -> torch.Te
     return torch.stack(out)
 
 
+def oversampled_spectrum(volume: torch.Tensor, oversample: int = 2) -> torch.Tensor:
+    """Centred 3D spectrum of a zero-padded, gridding-corrected map, for trilinear slicing.
+
+    The map is padded to ``N = oversample · L`` and divided by the Fourier transform of the
+    trilinear kernel (``sinc²`` per axis), so that trilinear interpolation of the result at any
+    frequency approximates the map's exact transform ``Σ_r v(r) exp(−2πi k·r)`` (``/ L``, the
+    volume convention of :mod:`cryoforge.ops.fft`).
+
+    Parameters
+    ----------
+    volume
+        ``(L, L, L)`` real map ``[z, y, x]``.
+
+    Returns
+    -------
+    ``(N, N, N)`` complex128 spectrum ``[kz, ky, kx]``, DC at ``N // 2``, spacing ``1/N``
+    cycles per map pixel.
+    """
+    L = volume.shape[-1]
+    N = oversample * L
+    r = torch.arange(L, dtype=torch.float64, device=volume.device) - L // 2
+    corr = torch.sinc(r / N) ** 2
+    vol = volume.double() / (corr[:, None, None] * corr[None, :, None] * corr[None, None, :])
+    pad = torch.zeros((N, N, N), dtype=torch.float64, device=volume.device)
+    o = N // 2 - L // 2
+    pad[o : o + L, o : o + L, o : o + L] = vol
+    x = torch.fft.ifftshift(pad)
+    return torch.fft.fftshift(torch.fft.fftn(x)) / L
+
+
+def project_fourier(
+    spectrum: torch.Tensor, rotation: torch.Tensor, freqs_2d: torch.Tensor, oversample: int = 2
+) -> torch.Tensor:
+    """Central slices of an :func:`oversampled_spectrum` at image frequencies, zero beyond Nyquist.
+
+    The values are the orthonormal 2D DFTs of the map's projections (Fourier slice theorem): the
+    slice of ``k2`` is the spectrum at ``Rᵀ k2``.
+
+    Parameters
+    ----------
+    spectrum
+        ``(N, N, N)`` from :func:`oversampled_spectrum`.
+    rotation
+        ``(B, 3, 3)``.
+    freqs_2d
+        ``(M, 2)`` image frequencies in cycles/pixel.
+
+    Returns
+    -------
+    ``(B, M)`` complex128.
+    """
+    N = spectrum.shape[-1]
+    k3 = central_slice_coords(rotation.double(), freqs_2d.double())
+    inside = k3.pow(2).sum(-1) < 0.25
+    vals = _trilinear(spectrum, k3 * N + N // 2)
+    return torch.where(inside, vals, torch.zeros_like(vals))
+
+
+def _trilinear(grid: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    """Trilinear samples of a ``[z, y, x]`` grid at ``(..., 3)`` index positions ``(x, y, z)`` (float64)."""
+    N = grid.shape[-1]
+    flat = grid.reshape(-1)
+    base = torch.floor(pos)
+    frac = pos - base
+    base = base.long()
+    out = torch.zeros(pos.shape[:-1], dtype=grid.dtype, device=grid.device)
+    for dx in (0, 1):
+        for dy in (0, 1):
+            for dz in (0, 1):
+                ix, iy, iz = base[..., 0] + dx, base[..., 1] + dy, base[..., 2] + dz
+                w = (frac[..., 0] if dx else 1 - frac[..., 0]) * (frac[..., 1] if dy else 1 - frac[..., 1])
+                w = w * (frac[..., 2] if dz else 1 - frac[..., 2])
+                ok = (ix >= 0) & (ix < N) & (iy >= 0) & (iy < N) & (iz >= 0) & (iz < N)
+                idx = (iz.clamp(0, N - 1) * N + iy.clamp(0, N - 1)) * N + ix.clamp(0, N - 1)
+                out = out + torch.where(ok, flat[idx] * w, torch.zeros((), dtype=grid.dtype))
+    return out
+
+
 def backproject(
     images: torch.Tensor,
     rotation: torch.Tensor,
@@ -82,13 +160,14 @@ def backproject(
     wiener
         Added to the accumulated weight, relative to its mean over the filled voxels.
     shift_px
-        ``(N, 2)`` translations of the images in pixels, undone before gridding.
+        ``(N, 2)`` origins in pixels, RELION's sign (the particle sits at ``−origin``); undone
+        before gridding.
 
     Returns
     -------
     ``(L, L, L)`` real map ``[z, y, x]``.
     """
-    from cryoforge.ops.shift import phase_shift
+    from cryoforge.ops.shift import origin_phase
 
     N, L = images.shape[0], images.shape[-1]
     idx, k2 = half_plane_query(L, images.device)
@@ -98,7 +177,7 @@ def backproject(
         sl = slice(start, start + 256)
         spec = rfft2_images(images[sl].double()).reshape(-1, L * (L // 2 + 1))[:, idx]
         if shift_px is not None:
-            spec = spec * phase_shift(k2.double(), -shift_px[sl].double())
+            spec = spec * origin_phase(k2.double(), shift_px[sl].double()).conj()
         w = torch.ones_like(spec.real) if ctf is None else ctf[sl].double()
         vals, wts = spec * w, w * w
         k3 = central_slice_coords(rotation[sl].double(), k2.double())

@@ -25,6 +25,29 @@ def phase_shift(freqs_2d: torch.Tensor, shift_px: torch.Tensor) -> torch.Tensor:
     return torch.polar(torch.ones_like(phase), phase)
 
 
+def origin_phase(freqs_2d: torch.Tensor, origin_px: torch.Tensor) -> torch.Tensor:
+    """``exp(+2πi k·o)``: places a centred projection where a particle with origin ``o`` sits.
+
+    RELION's meaning of ``rlnOriginX/Y[Angst]`` (and cryoSPARC's ``alignments3D/shift``,
+    cryoDRGN's ``trans``): the particle sits in its box at ``−o``, so the observed image is the
+    centred projection translated by ``−o``. Proven on RELION's own projections
+    (``relion_project``, see ``docs/conventions.md``). Multiply by the conjugate to centre an
+    observed image.
+
+    Parameters
+    ----------
+    freqs_2d
+        ``(N, 2)`` frequencies ``(kx, ky)`` in cycles/pixel.
+    origin_px
+        ``(B, 2)`` origins ``(x, y)`` in pixels, the file's sign.
+
+    Returns
+    -------
+    ``(B, N)`` complex phase factors.
+    """
+    return phase_shift(freqs_2d, -origin_px)
+
+
 def translate_images(images: torch.Tensor, shift_px: torch.Tensor) -> torch.Tensor:
     """Translate ``(B, L, L)`` images by ``(B, 2)`` pixel shifts ``(x, y)`` (periodic, sub-pixel)."""
     from cryoforge.ops.fft import irfft2_images, rfft2_images

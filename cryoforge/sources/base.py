@@ -24,7 +24,11 @@ class StackOptions(Options):
     datadir: str | None = Field(None, description="folder that image paths are relative to")
     downsample_to: int | None = Field(None, ge=8, description="Fourier-crop images to this box (px)")
     normalize: bool = Field(True, description="scale images to zero mean, unit std (from a sample)")
-    invert_contrast: bool = Field(False, description="multiply images by -1")
+    invert_contrast: bool = Field(
+        False,
+        description="multiply images by -1: for stacks whose molecule is dark (raw micrograph "
+        "contrast); RELION/cryoSPARC stacks are white and need nothing",
+    )
     ignore_ctf: bool = Field(False, description="treat the images as CTF-free")
 
 
@@ -63,12 +67,14 @@ class StackSource(Source):
         self.original_pixel_size_angstrom = base_px
         self.pixel_size_angstrom = base_px * self.original_size / self.image_size
         volts = self.table.ctf["voltage_kv"]
-        if np.all(volts == 0) or options.ignore_ctf:
-            self.ctf = None  # CTF-free data (e.g. simulated with --no-ctf)
+        if not self.table.has_ctf or np.all(volts == 0) or options.ignore_ctf:
+            self.ctf = None  # CTF-free data (no defocus in the table, or --no-ctf simulations)
         elif np.any(volts <= 0):
             raise InputFileError(self.path, "voltage must be > 0 for every particle", "rlnVoltage")
         else:
-            self.ctf = self.table.ctf_params()
+            self.ctf = self.table.ctf_params(self.original_size / self.image_size)
+        sign = self.table.contrast_sign
+        self._sign = None if sign is None or np.all(sign > 0) else sign.astype(np.float32)
         self.poses = self.table.pose()
         self._scale, self._offset = 1.0, 0.0
         if options.normalize:
@@ -154,5 +160,7 @@ class StackSource(Source):
             )
         if self.image_size != self.original_size:
             out = fourier_crop(torch.from_numpy(out), self.image_size).numpy()
+        if self._sign is not None:  # cryoSPARC blob/sign: make the molecule white
+            out *= self._sign[index][:, None, None]
         out = (out - self._offset) / self._scale
         return -out if self.options.invert_contrast else out

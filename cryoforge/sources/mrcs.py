@@ -37,7 +37,10 @@ class MrcsSource(StackSource):
         if self.options.ctf:
             cpath = Path(self.options.ctf)
             if cpath.suffix == ".star":
-                ctf = read_star(cpath).ctf
+                ctf_table = read_star(cpath)
+                if not ctf_table.has_ctf:
+                    raise InputFileError(cpath, "no defocus values", "rlnDefocusU")
+                ctf = ctf_table.ctf
             else:
                 arr = load_cryodrgn_ctf(cpath)
                 for i, k in enumerate(CTF_FIELDS[:7]):
