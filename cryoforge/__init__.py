@@ -11,7 +11,8 @@ from cryoforge.config import ComponentConfig, Options, RunConfig, TrainConfig
 from cryoforge.errors import CryoforgeError
 from cryoforge.hookspecs import hookimpl
 from cryoforge.plugins import load_registry
-from cryoforge.roles import Encoder, Imaging, Loss, Source, Volume
+from cryoforge.roles import Encoder, Imaging, Loss, Schedule, Source, Volume
+from cryoforge.schedules.base import Stage
 from cryoforge.types import BuildContext, CTFParams, ParticleBatch, Pose
 
 try:
@@ -25,9 +26,9 @@ def run(
 ):
     """Train as configured; the CLI and scripts (``examples/ablate.py``) both call this.
 
-    Returns the :class:`cryoforge.train.RunResult` with the output paths and final metrics.
+    Returns the :class:`cryoforge.engine.context.RunResult` with the output paths and final metrics.
     """
-    from cryoforge.train import run as _run
+    from cryoforge.engine.run import run as _run
 
     return _run(config, plugins_dirs=plugins_dirs, resume=resume, overwrite=overwrite)
 
@@ -44,7 +45,9 @@ __all__ = [
     "ParticleBatch",
     "Pose",
     "RunConfig",
+    "Schedule",
     "Source",
+    "Stage",
     "TrainConfig",
     "Volume",
     "__version__",

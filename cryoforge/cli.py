@@ -225,7 +225,9 @@ def _names(kw: dict[str, Any]) -> dict[str, str | None]:
 
 @cli.command()
 @component_options
-@click.option("--dry-run", is_flag=True, help="print the resolved config and exit")
+@click.option(
+    "--dry-run", is_flag=True, help="print the resolved config (with the schedule's stages) and exit"
+)
 @click.option("--resume", "resume_dir", type=click.Path(), help="continue the run in this directory")
 @click.option("--overwrite", is_flag=True, help="replace a run already in the output directory")
 def run(
@@ -248,18 +250,26 @@ def run(
         config_file, output_dir = str(cfg_path), resume_dir
     cfg = build_config(config_file, _names(names), overrides, particles, output_dir, demo)
     if dry_run:
-        click.echo(
-            resolve(cfg, load_registry(list(plugins_dirs))).model_dump_json(indent=2, exclude={"plugins"})
-        )
+        click.echo(_dry_run_json(cfg, load_registry(list(plugins_dirs))))
         return
     if demo and not resume_dir:
         from cryoforge.demo import ensure_demo_data
 
         ensure_demo_data(Path(cfg.source.options["path"]).parent)
-    from cryoforge.train import run as run_training
+    from cryoforge.engine.run import run as run_training
 
     result = run_training(cfg, list(plugins_dirs), resume=bool(resume_dir), overwrite=overwrite)
     _print_result(result)
+
+
+def _dry_run_json(config: RunConfig, registry) -> str:
+    """The resolved config as JSON, with the stages of its schedule under ``schedule.stages``."""
+    from cryoforge.engine.stages import schedule_stages
+
+    config = resolve(config, registry)
+    data = json.loads(config.model_dump_json(exclude={"plugins"}))
+    data["schedule"]["stages"] = [s.model_dump(mode="json") for s in schedule_stages(config, registry)]
+    return json.dumps(data, indent=2, ensure_ascii=False)
 
 
 def _print_result(result) -> None:

@@ -19,7 +19,7 @@ from cryoforge.errors import ConfigError
 if TYPE_CHECKING:
     from cryoforge.registry import Registry
 
-ROLES = ("source", "encoder", "volume", "imaging", "loss")
+ROLES = ("source", "encoder", "volume", "imaging", "loss", "schedule")
 
 
 class Options(BaseModel):
@@ -72,6 +72,9 @@ class RunConfig(BaseModel):
     volume: ComponentConfig = Field(default_factory=lambda: ComponentConfig(name="fouriernet"))
     imaging: ComponentConfig = Field(default_factory=lambda: ComponentConfig(name="cryoai"))
     loss: ComponentConfig = Field(default_factory=lambda: ComponentConfig(name="symmetrized"))
+    schedule: ComponentConfig = Field(
+        default_factory=lambda: ComponentConfig(name="cryoai"), description="what trains when: the stages"
+    )
     train: TrainConfig = Field(default_factory=TrainConfig)
     output_dir: str = "runs/cryoforge"
     ground_truth_map: str | None = Field(None, description=".mrc used for FSC plots")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +23,13 @@ def evaluate_files(
     gt_poses_path: str | None,
     out_dir: Path,
 ) -> dict[str, Any]:
-    """Compute FSC/resolution and pose errors from files; write ``fsc.png`` and ``metrics.json``."""
+    """Compute FSC/resolution and pose errors from files; write ``fsc.png`` and ``metrics.json``.
+
+    Resolutions follow :meth:`cryoforge.evaluate.FSCReport.summary`: ``resolution_{t}_angstrom``
+    and ``_px`` (the Nyquist limit when the FSC never drops below ``t``, NaN, written as ``null``,
+    when it is below ``t`` from the first shell), ``_bound`` (``None``, ``"nyquist"`` or
+    ``"not_reached"``) and ``_text``; :func:`metric_rows` formats them for a table.
+    """
     vol, px = read_map(map_path)
     m = torch.from_numpy(vol)
     metrics: dict[str, Any] = {"pixel_size_angstrom": px}
@@ -73,3 +81,42 @@ def evaluate_files(
         metrics["fsc_plot"] = str(out_dir / "fsc.png")
     write_json(out_dir / "metrics.json", metrics)
     return metrics
+
+
+_RESOLUTION_KEY = re.compile(r"^(?P<base>.*resolution_[0-9.]+)_(?:angstrom|px|bound|text)$")
+
+
+def metric_rows(metrics: dict[str, Any]) -> list[tuple[str, str]]:
+    """``(name, value)`` rows for a printed metrics table.
+
+    Each resolution reads as one row, ``resolution_{t}`` (with its ``halfmap_`` prefix if any),
+    from the summary's ``_text`` and ``_px`` keys: ``"7.2 Å, 2.40 px"``,
+    ``"≤ 6.0 Å (Nyquist), 2.00 px"`` or ``"not reached (> 96.0 Å)"``. Other floats get 4
+    significant digits; keys starting with ``_`` are left out.
+
+    Parameters
+    ----------
+    metrics
+        As returned by :func:`evaluate_files`.
+
+    Returns
+    -------
+    Rows in the order of ``metrics``.
+    """
+    rows: list[tuple[str, str]] = []
+    for key, value in metrics.items():
+        if key.startswith("_"):
+            continue
+        m = _RESOLUTION_KEY.match(key)
+        if m and f"{m['base']}_text" in metrics:
+            base = m["base"]
+            if any(name == base for name, _ in rows):
+                continue
+            px = metrics.get(f"{base}_px")
+            text = str(metrics[f"{base}_text"])
+            if isinstance(px, float) and math.isfinite(px):
+                text += f", {px:.2f} px"
+            rows.append((base, text))
+        else:
+            rows.append((key, f"{value:.4g}" if isinstance(value, float) else str(value)))
+    return rows

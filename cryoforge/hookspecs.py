@@ -41,5 +41,10 @@ def cryoforge_register_losses() -> list[type]:
 
 
 @hookspec
+def cryoforge_register_schedules() -> list[type]:
+    """Return training schedules: stages over steps (subclasses of ``cryoforge.Schedule``)."""
+
+
+@hookspec
 def cryoforge_register_commands(cli: Any) -> None:
     """Add subcommands to the ``cryoforge`` click group ``cli``."""

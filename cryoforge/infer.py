@@ -7,17 +7,14 @@ from pathlib import Path
 import numpy as np
 
 from cryoforge.config import load_config_file
+from cryoforge.engine.batches import infer_poses
+from cryoforge.engine.build import build_pipeline
+from cryoforge.engine.checkpoint import load_checkpoint
+from cryoforge.engine.context import CHECKPOINT
+from cryoforge.engine.run import pick_device, prepare
 from cryoforge.errors import InputFileError
 from cryoforge.io.star import write_star
 from cryoforge.io.table import ParticleTable
-from cryoforge.train import (
-    CHECKPOINT,
-    build_pipeline,
-    infer_poses,
-    load_checkpoint,
-    pick_device,
-    prepare,
-)
 from cryoforge.types import BuildContext
 
 

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from cryoforge.losses.views import VIEWS
+from cryoforge.ops.filters import lowpass_disk
 from cryoforge.roles import Encoder, Imaging, Loss, Volume
 from cryoforge.types import ParticleBatch, Pose
 
@@ -44,14 +45,16 @@ class Pipeline(nn.Module):
         if unknown:
             raise ValueError(f"loss {loss.name!r} asks for unknown views {unknown}; known: {list(VIEWS)}")
 
-    def forward(self, batch: ParticleBatch, known_pose: Pose | None = None) -> StepOutput:
+    def forward(self, batch: ParticleBatch, known_pose: Pose | None = None, band: float = 1.0) -> StepOutput:
         """Render every view the loss asks for and let the loss choose.
 
-        With ``known_pose`` the encoder is bypassed and only the identity view is used.
+        With ``known_pose`` the encoder is bypassed and only the identity view is used. ``band``
+        (a fraction of Nyquist) low-passes the predicted and observed images before the loss
+        compares them (:func:`cryoforge.ops.filters.lowpass_disk`); the encoder sees the full images.
         """
         if known_pose is not None:
             pred = self.imaging(self.volume, known_pose, batch.ctf)
-            err = self.loss.per_particle(pred, batch.images)[None]
+            err = self.loss.per_particle(lowpass_disk(pred, band), lowpass_disk(batch.images, band))[None]
             zeros = torch.zeros(err.shape[1], dtype=torch.long, device=err.device)
             return StepOutput(err.mean(), err.detach(), zeros, known_pose)
         assert self.encoder is not None
@@ -61,7 +64,7 @@ class Pipeline(nn.Module):
             images = view.transform(batch.images)
             pose = self.encoder(images)
             pred = self.imaging(self.volume, pose, batch.ctf)
-            errors.append(self.loss.per_particle(pred, images))
+            errors.append(self.loss.per_particle(lowpass_disk(pred, band), lowpass_disk(images, band)))
             poses.append(view.pose_to_original(Pose(pose.rotation.detach(), pose.shift_angstrom.detach())))
         err = torch.stack(errors)
         loss, winner = self.loss.reduce(err)

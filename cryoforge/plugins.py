@@ -35,6 +35,7 @@ DEFAULT_PLUGINS = (
     "cryoforge.volumes",
     "cryoforge.imaging",
     "cryoforge.losses",
+    "cryoforge.schedules",
 )
 
 HOOK_KIND = {
@@ -43,6 +44,7 @@ HOOK_KIND = {
     "cryoforge_register_volumes": "volume",
     "cryoforge_register_imaging": "imaging",
     "cryoforge_register_losses": "loss",
+    "cryoforge_register_schedules": "schedule",
 }
 
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from cryoforge.errors import PluginError
 
-KINDS = ("source", "encoder", "volume", "imaging", "loss")
+KINDS = ("source", "encoder", "volume", "imaging", "loss", "schedule")
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ built as ``cls(options, ctx)`` with ``ctx`` a :class:`cryoforge.types.BuildConte
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 import torch
@@ -15,6 +15,9 @@ from torch import nn
 
 from cryoforge.config import Options
 from cryoforge.types import BuildContext, CTFParams, Pose
+
+if TYPE_CHECKING:
+    from cryoforge.schedules.base import Stage
 
 
 class Component:
@@ -116,10 +119,26 @@ class Loss(Component, nn.Module, ABC):
     def reduce(self, errors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
 
 
+class Schedule(Component, ABC):
+    """What trains when: the stages of a run, executed in order by the engine.
+
+    :meth:`stages` returns :class:`cryoforge.schedules.base.Stage` values; each names the engine
+    runner that executes it (``kind``), its pose estimator, frequency band and budget.
+    """
+
+    def __init__(self, options: Options, ctx: BuildContext) -> None:
+        self._init_component(options, ctx)
+
+    @abstractmethod
+    def stages(self) -> list[Stage]:
+        """The stages in the order they run; names are unique within the schedule."""
+
+
 BASES: dict[str, type] = {
     "source": Source,
     "encoder": Encoder,
     "volume": Volume,
     "imaging": Imaging,
     "loss": Loss,
+    "schedule": Schedule,
 }

@@ -14,6 +14,7 @@ temporary folder.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -191,7 +192,42 @@ def check_source(cls: type, options: dict[str, Any]) -> None:
         assert len(src.ctf) == n, f"source {cls.name!r}: CTF table length {len(src.ctf)} != {n}"
 
 
-CHECKS = {"encoder": check_encoder, "volume": check_volume, "imaging": check_imaging, "loss": check_loss}
+def check_schedule(
+    cls: type, options: dict[str, Any] | None = None, kinds: Iterable[str] | None = None
+) -> None:
+    """``stages()`` is a non-empty list of ``Stage`` with unique names, known kinds, bands in (0, 1].
+
+    ``kinds`` are the stage kinds the engine runs (``cryoforge.engine.RUNNERS``); ``None`` skips
+    that check.
+    """
+    from cryoforge.schedules.base import Stage
+
+    sched = cls(cls.Options.model_validate(options or {}), _ctx())
+    stages = sched.stages()
+    assert isinstance(stages, list) and stages, (
+        f"schedule {cls.name!r}: stages() must return a non-empty list"
+    )
+    for s in stages:
+        assert isinstance(s, Stage), f"schedule {cls.name!r}: {s!r} is not a cryoforge.Stage"
+        assert all(0 < b <= 1 for b in s.band), f"schedule {cls.name!r}: stage {s.name!r} band {s.band}"
+        assert s.max_steps is None or s.max_steps >= 1, f"schedule {cls.name!r}: stage {s.name!r} max_steps"
+        assert s.epochs is None or s.epochs >= 0, f"schedule {cls.name!r}: stage {s.name!r} epochs"
+    names = [s.name for s in stages]
+    assert len(set(names)) == len(names), f"schedule {cls.name!r}: stage names not unique: {names}"
+    if kinds is not None:
+        known = set(kinds)
+        unknown = [s.kind for s in stages if s.kind not in known]
+        assert not unknown, f"schedule {cls.name!r}: unknown stage kinds {unknown} (known: {sorted(known)})"
+    assert sched.stages() == stages, f"schedule {cls.name!r}: stages() differs between calls"
+
+
+CHECKS = {
+    "encoder": check_encoder,
+    "volume": check_volume,
+    "imaging": check_imaging,
+    "loss": check_loss,
+    "schedule": check_schedule,
+}
 
 
 def check_component(kind: str, cls: type, options: dict[str, Any] | None = None, **kwargs: Any) -> None:

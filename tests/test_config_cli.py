@@ -60,6 +60,7 @@ def test_example_config_is_the_default(registry):
     a, b = resolve(ex, registry), resolve(RunConfig(), registry)
     for role in ("encoder", "volume", "imaging", "loss"):
         assert getattr(a, role) == getattr(b, role), role
+    assert a.schedule.name == "cryoai"  # the paper's recipe, whatever the default schedule
 
 
 def test_cli_version_and_plugins():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from cryoforge.engine import RUNNERS
 from cryoforge.plugins import load_registry
 from cryoforge.testing import check_component
 
@@ -15,7 +16,7 @@ SMALL = {("encoder", "vgg"): {"channels": [8, 16], "head_hidden": [32]}}
 @pytest.mark.parametrize("kind,name", PARAMS, ids=[f"{k}-{n}" for k, n in PARAMS])
 def test_contract(kind, name, tmp_path):
     cls = _REG.get(kind, name)
-    kwargs = {"tmp_path": tmp_path} if kind == "volume" else {}
+    kwargs = {"volume": {"tmp_path": tmp_path}, "schedule": {"kinds": RUNNERS}}.get(kind, {})
     check_component(kind, cls, SMALL.get((kind, name)), **kwargs)
 
 

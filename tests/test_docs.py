@@ -12,7 +12,7 @@ DOCS = Path(__file__).resolve().parents[1] / "docs"
 def test_every_hook_is_documented():
     text = (DOCS / "plugins.md").read_text()
     hooks = [n for n in dir(hookspecs) if n.startswith("cryoforge_")]
-    assert len(hooks) == 6
+    assert len(hooks) == 7
     missing = [h for h in hooks if f"`{h}" not in text]
     assert not missing, f"undocumented hooks in docs/plugins.md: {missing}"
 

@@ -146,6 +146,7 @@ def backproject(
     ctf: torch.Tensor | None = None,
     wiener: float = 1e-2,
     shift_px: torch.Tensor | None = None,
+    weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Known-pose Fourier reconstruction (trilinear gridding with a Wiener-like filter).
 
@@ -162,6 +163,9 @@ def backproject(
     shift_px
         ``(N, 2)`` origins in pixels, RELION's sign (the particle sits at ``−origin``); undone
         before gridding.
+    weights
+        ``(N,)`` non-negative weight of each image (soft pose assignment: one image may appear
+        several times with the probabilities of its poses), or ``None`` for 1.
 
     Returns
     -------
@@ -180,6 +184,9 @@ def backproject(
             spec = spec * origin_phase(k2.double(), shift_px[sl].double()).conj()
         w = torch.ones_like(spec.real) if ctf is None else ctf[sl].double()
         vals, wts = spec * w, w * w
+        if weights is not None:
+            p = weights[sl].double().reshape(-1, 1)
+            vals, wts = vals * p, wts * p
         k3 = central_slice_coords(rotation[sl].double(), k2.double())
         for sign, v in ((1.0, vals), (-1.0, vals.conj())):
             _splat(num, den, sign * k3 * L + L // 2, v, wts, L)

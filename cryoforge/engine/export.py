@@ -1,0 +1,89 @@
+"""Exports: the map (``map.mrc``) and a pose per particle (``poses.star``), now and then and at the end."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cryoforge.engine.batches import infer_poses
+from cryoforge.engine.callbacks import Callback, Exported, StepInfo
+from cryoforge.engine.context import RunContext
+from cryoforge.io.mrc import write_mrc
+from cryoforge.io.star import write_star
+from cryoforge.io.table import CTF_FIELDS, ParticleTable
+from cryoforge.roles import Source
+from cryoforge.types import Pose
+from cryoforge.volumes.base import CONTRAST_HINT, density_is_mostly_negative, volume_to_map
+
+log = logging.getLogger("cryoforge")
+
+
+def export(ctx: RunContext) -> Exported:
+    """Write the map and the poses, then tell the callbacks (``on_export``).
+
+    The poses come from the encoder (inferred in dataset order) or, without one, from the shared
+    pose table ``ctx.poses`` when a stage left one; with neither, no ``poses.star`` is written.
+    """
+    source, index = ctx.source, ctx.index
+    vmap = volume_to_map(ctx.pipeline.volume, source.image_size)
+    ctx.result.map_path = ctx.run_dir / "map.mrc"
+    write_mrc(ctx.result.map_path, vmap.numpy(), source.pixel_size_angstrom)
+    pose = ctx.poses
+    if ctx.pipeline.encoder is not None:
+        batch = max(256, ctx.config.train.batch_size)
+        pose = infer_poses(ctx.pipeline, source, index, batch, ctx.device)
+    if pose is not None:
+        ctx.result.star_path = ctx.run_dir / "poses.star"
+        write_star(ctx.result.star_path, pose_table(source, index, pose, ctx.result.star_path))
+    exported = Exported(vmap, ctx.result.map_path, pose, ctx.result.star_path if pose is not None else None)
+    ctx.emit("on_export", exported)
+    return exported
+
+
+def pose_table(source: Source, index: np.ndarray, pose: Pose, path: Path) -> ParticleTable:
+    """The particles ``index`` with their CTF and ``pose``, in the source's original box and pixels."""
+    table = getattr(source, "table", None)  # stack-backed sources; any Source works without
+    if table is not None:
+        ctf = {k: v[index] for k, v in table.ctf.items()}
+    elif source.ctf is not None:
+        ctf = {k: getattr(source.ctf, k)[torch.as_tensor(index)].double().numpy() for k in CTF_FIELDS}
+    else:
+        ctf = {k: np.zeros(len(index)) for k in CTF_FIELDS}
+    names = getattr(source, "absolute_image_names", None)
+    return ParticleTable(
+        path=path,
+        image_names=names(index) if names is not None else None,
+        ctf=ctf,
+        rotations=pose.rotation.double().numpy(),
+        shifts_angstrom=pose.shift_angstrom.double().numpy(),
+        pixel_size_angstrom=getattr(source, "original_pixel_size_angstrom", source.pixel_size_angstrom),
+        box_size=getattr(source, "original_size", source.image_size),
+        has_ctf=source.ctf is not None,
+    )
+
+
+class ExportCallback(Callback):
+    """Exports every ``every_s`` seconds (outside the training clock) and at the end of the run.
+
+    At the end it also warns (``RunResult.warnings``) when the map is mostly negative density.
+    """
+
+    def __init__(self, every_s: float) -> None:
+        self.every_s = every_s
+        self.last = time.perf_counter()
+
+    def on_step(self, ctx: RunContext, info: StepInfo) -> None:
+        if time.perf_counter() - self.last > self.every_s:
+            with ctx.clock.paused():
+                export(ctx)
+            self.last = time.perf_counter()
+
+    def on_run_end(self, ctx: RunContext) -> None:
+        exported = export(ctx)
+        if density_is_mostly_negative(exported.map):
+            log.warning(CONTRAST_HINT)
+            ctx.result.warnings.append(CONTRAST_HINT)

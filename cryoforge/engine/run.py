@@ -1,0 +1,267 @@
+"""The entry point: resolve, set up the run directory and devices, run the schedule's stages.
+
+``run(config)`` trains one model on every particle, or two independent ones on the two halves
+(``train.half_sets``) and compares them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from cryoforge.config import RunConfig, resolve
+from cryoforge.engine.batches import infer_poses
+from cryoforge.engine.build import build_pipeline, optimizer_factory
+from cryoforge.engine.callbacks import Callback
+from cryoforge.engine.checkpoint import CheckpointCallback, load_checkpoint, restore
+from cryoforge.engine.context import Clock, RunContext, RunResult
+from cryoforge.engine.evaluation import EvaluationCallback
+from cryoforge.engine.export import ExportCallback
+from cryoforge.engine.progress import ProgressCallback
+from cryoforge.engine.stages import run_stages, schedule_stages
+from cryoforge.engine.tensorboard import TensorBoardCallback
+from cryoforge.errors import ConfigError
+from cryoforge.evaluate import align_map, fsc_report, plot_fsc, pose_errors, write_json
+from cryoforge.io.atomic import atomic_path
+from cryoforge.io.mrc import read_map, write_mrc
+from cryoforge.plugins import build_registry, get_plugin_manager, plugin_versions
+from cryoforge.registry import Registry
+from cryoforge.roles import Source
+from cryoforge.types import BuildContext
+
+log = logging.getLogger("cryoforge")
+
+# ----------------------------------------------------------------------------- set-up
+
+
+def pick_device(name: str) -> torch.device:
+    """``train.device`` as a device: ``auto`` is CUDA when available, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"train.device: {name!r} requested but CUDA is not available")
+    return torch.device(name)
+
+
+def distributed() -> tuple[int, int]:
+    """(rank, world size); initialises the process group when launched by torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend)
+    return (dist.get_rank(), world) if world > 1 else (0, 1)
+
+
+def setup_logging(run_dir: Path, rank: int) -> None:
+    """Log to ``run_dir/run.log`` on rank 0 (replacing the handler of an earlier run)."""
+    log.setLevel(logging.INFO)
+    for h in list(log.handlers):
+        if getattr(h, "_cryoforge", False):
+            log.removeHandler(h)
+            h.close()
+    if rank == 0:
+        fh = logging.FileHandler(run_dir / "run.log")
+        fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        fh._cryoforge = True  # type: ignore[attr-defined]
+        log.addHandler(fh)
+
+
+def prepare(config: RunConfig, plugins_dirs: list[str] | None = None) -> tuple[RunConfig, Registry, Source]:
+    """Resolve the config against the registry and open the source (no training)."""
+    pm = get_plugin_manager(plugins_dirs)
+    registry = build_registry(pm)
+    config = resolve(config, registry)
+    config = config.model_copy(update={"plugins": plugin_versions(pm)})
+    source = registry.build("source", config.source.name, config.source.options)
+    return config, registry, source
+
+
+def write_run_files(config: RunConfig, run_dir: Path) -> None:
+    """``config.json`` (resolved, without plugins) and ``plugins.json`` (plugin → version)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with atomic_path(run_dir / "config.json") as tmp:
+        tmp.write_text(config.model_dump_json(indent=2, exclude={"plugins"}))
+    with atomic_path(run_dir / "plugins.json") as tmp:
+        tmp.write_text(json.dumps(config.plugins, indent=2))
+
+
+def make_callbacks(config: RunConfig, run_dir: Path, rank: int) -> list[Callback]:
+    """The callbacks of a run, in calling order; none on ranks other than 0 (they write nothing)."""
+    if rank != 0:
+        return []
+    tc = config.train
+    callbacks: list[Callback] = [
+        CheckpointCallback(tc.checkpoint_every_steps, tc.checkpoint_every_s),
+        ExportCallback(tc.export_every_s),
+        EvaluationCallback(),
+    ]
+    tensorboard = TensorBoardCallback.open(run_dir) if tc.tensorboard else None
+    if tensorboard is not None:
+        callbacks.append(tensorboard)
+    callbacks.append(ProgressCallback(tc.progress))
+    return callbacks
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def train_one(
+    config: RunConfig,
+    registry: Registry,
+    source: Source,
+    index: np.ndarray,
+    run_dir: Path,
+    resume: bool = False,
+) -> RunResult:
+    """Train one model on the particles ``index`` of ``source``; outputs go to ``run_dir``."""
+    tc = config.train
+    rank, world = distributed()
+    device = pick_device(tc.device)
+    if world > 1 and device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    setup_logging(run_dir, rank)
+    torch.manual_seed(tc.seed)
+    bctx = BuildContext(source.image_size, source.pixel_size_angstrom)
+    pipeline = build_pipeline(config, registry, bctx).to(device)
+    if tc.gt_poses and source.poses is None:
+        raise ConfigError("train.gt_poses: the source has no poses")
+    if tc.compile:  # in place: the state dict keeps its keys
+        for module in (pipeline.volume, pipeline.encoder):
+            if module is not None:
+                module.compile()
+    stages = schedule_stages(config, registry, bctx)
+    ctx = RunContext(
+        config,
+        registry,
+        source,
+        index,
+        run_dir,
+        device,
+        pipeline,
+        optimizer_factory(config),
+        rank=rank,
+        world=world,
+    )
+    if resume and ctx.checkpoint_path.is_file():
+        restore(ctx, load_checkpoint(ctx.checkpoint_path))
+        log.info(
+            "resumed from %s at stage %d, step %d", ctx.checkpoint_path, ctx.state["stage"], ctx.state["step"]
+        )
+    log.info(
+        "training %s on %d particles (L=%d, %.3f Å/px) on %s, schedule %s (%d stages)",
+        config.volume.name,
+        len(index),
+        bctx.image_size,
+        bctx.pixel_size_angstrom,
+        device,
+        config.schedule.name,
+        len(stages),
+    )
+    ctx.callbacks = make_callbacks(config, run_dir, rank)
+    ctx.clock = Clock(ctx.state["elapsed_s"])
+    try:
+        run_stages(ctx, stages)
+        ctx.emit("on_run_end")
+    finally:
+        for cb in ctx.callbacks:
+            cb.close()
+    ctx.result.pipeline = pipeline
+    return ctx.result
+
+
+# ----------------------------------------------------------------------------- entry point
+
+
+def run(
+    config: RunConfig, plugins_dirs: list[str] | None = None, resume: bool = False, overwrite: bool = False
+) -> RunResult:
+    """Train as configured; see :class:`RunResult`.
+
+    A directory that already holds a run is continued with ``resume`` and replaced only with
+    ``overwrite``; otherwise it is left untouched and a :class:`ConfigError` says so.
+    """
+    config, registry, source = prepare(config, plugins_dirs)
+    run_dir = Path(config.output_dir)
+    if (run_dir / "config.json").is_file() and not (resume or overwrite):
+        raise ConfigError(
+            f"{run_dir}: already holds a run (continue it with --resume {run_dir}, "
+            "replace it with --overwrite, or choose another --output-dir)"
+        )
+    schedule_stages(config, registry, BuildContext(source.image_size, source.pixel_size_angstrom))
+    rank, _ = distributed()
+    if rank == 0:
+        write_run_files(config, run_dir)
+    index = np.arange(len(source))
+    try:
+        if not config.train.half_sets:
+            return train_one(config, registry, source, index, run_dir, resume)
+        halves = split_halves(len(source), config.train.seed)
+        results = []
+        for i, h in enumerate(halves):
+            half_dir = run_dir / f"half{i + 1}"
+            half_dir.mkdir(parents=True, exist_ok=True)
+            if rank == 0:
+                write_index(half_dir / "particles.txt", h)
+            # independent halves: disjoint particles *and* different seeds (weights, batches)
+            half_config = config.model_copy(
+                update={"train": config.train.model_copy(update={"seed": config.train.seed + 1000 * (i + 1)})}
+            )
+            results.append(train_one(half_config, registry, source, h, half_dir, resume))
+        return combine_halves(results, source, halves, config, run_dir) if rank == 0 else results[0]
+    finally:
+        if dist.is_initialized():
+            dist.barrier()
+            dist.destroy_process_group()
+
+
+# ----------------------------------------------------------------------------- half sets
+
+
+def split_halves(n: int, seed: int) -> list[np.ndarray]:
+    """Two disjoint, sorted random halves of ``range(n)`` (the gold-standard split)."""
+    perm = np.random.default_rng(seed).permutation(n)
+    return [np.sort(perm[: n // 2]), np.sort(perm[n // 2 :])]
+
+
+def write_index(path: Path, index: np.ndarray) -> None:
+    """A particle index list, one 0-based index per line (cryoDRGN's ``--ind`` text form)."""
+    with atomic_path(path) as tmp:
+        tmp.write_text("".join(f"{i}\n" for i in index))
+
+
+def combine_halves(
+    results: list[RunResult], source: Source, halves: list[np.ndarray], config: RunConfig, run_dir: Path
+) -> RunResult:
+    """Align half-map 2 onto half-map 1 and report the FSC at 0.143.
+
+    Both encoders predict poses for the same images (half 1); the best global rotation between
+    these pose sets (both hands) brings map 2 into map 1's frame.
+    """
+    device = pick_device(config.train.device)
+    m1, _ = read_map(results[0].map_path)
+    m2, _ = read_map(results[1].map_path)
+    m1t, m2t = torch.from_numpy(m1), torch.from_numpy(m2)
+    p1, p2 = (r.pipeline for r in results)
+    if p1.encoder is not None:
+        sample = halves[0][: min(len(halves[0]), 2000)]
+        r1 = infer_poses(p1, source, sample, 256, device).rotation
+        r2 = infer_poses(p2, source, sample, 256, device).rotation
+        pe = pose_errors(r2, r1)
+        al = align_map(m2t, m1t, pe["_A"], pe["mirrored"])
+    else:
+        al = align_map(m2t, m1t, torch.eye(3), False)
+    rep = fsc_report(m1t, al.aligned, source.pixel_size_angstrom)
+    result = RunResult(run_dir, map_path=run_dir / "map.mrc", fsc_plot=run_dir / "fsc_halves.png")
+    write_mrc(result.map_path, ((m1t + al.aligned) / 2).numpy(), source.pixel_size_angstrom)
+    plot_fsc({"half 1 vs half 2": rep}, result.fsc_plot)
+    result.metrics = {"halfmap_" + k: v for k, v in rep.summary((0.5, 0.143)).items()}
+    result.metrics["halves_mirrored"] = al.mirrored
+    write_json(run_dir / "metrics.json", result.metrics)
+    return result

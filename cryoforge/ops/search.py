@@ -1,0 +1,126 @@
+"""Pose search against a voxel map: rotation grids, batched slices and likelihood scores.
+
+Everything here is a pure function of tensors. The score of image ``i`` against projection ``j``
+(CTF included) is the squared error ``‖Y_i − C_i P_j‖²`` up to the image's own constant
+``‖Y_i‖²``, computed for all pairs as two matrix products: ``−2 Re((C·conj Y) @ P)`` and
+``C² @ |P|²``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from cryoforge.ops.rotations import euler_relion_to_matrix
+
+
+def fibonacci_directions(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n`` near-uniform directions on the sphere as RELION (rot, tilt) angles in degrees.
+
+    Returns
+    -------
+    rot_deg, tilt_deg
+        ``(n,)`` each; the viewing directions ``(cos rot sin tilt, sin rot sin tilt, cos tilt)``.
+    """
+    i = torch.arange(n, dtype=torch.float64) + 0.5
+    cos_tilt = 1 - 2 * i / n
+    golden = math.pi * (3 - math.sqrt(5))
+    rot = torch.remainder(i * golden, 2 * math.pi)
+    return torch.rad2deg(rot), torch.rad2deg(torch.arccos(cos_tilt))
+
+
+def so3_grid(n_directions: int, n_inplane: int) -> torch.Tensor:
+    """A near-uniform grid of ``n_directions · n_inplane`` rotations (RELION matrices).
+
+    Directions come from a Fibonacci sphere and in-plane angles (psi) are evenly spaced; the grid
+    spacing is about ``sqrt(4π / n_directions)`` rad in direction and ``360° / n_inplane`` in
+    psi (768 × 48 ≈ 7.3° × 7.5°).
+
+    Returns
+    -------
+    ``(n_directions · n_inplane, 3, 3)`` float64.
+    """
+    rot, tilt = fibonacci_directions(n_directions)
+    psi = torch.arange(n_inplane, dtype=torch.float64) * (360.0 / n_inplane)
+    R = euler_relion_to_matrix(
+        rot[:, None].expand(-1, n_inplane).reshape(-1),
+        tilt[:, None].expand(-1, n_inplane).reshape(-1),
+        psi[None, :].expand(n_directions, -1).reshape(-1),
+    )
+    return R
+
+
+def grid_spacing_deg(n_directions: int, n_inplane: int) -> float:
+    """Typical spacing in degrees of :func:`so3_grid` (the larger of its two spacings)."""
+    return max(math.degrees(math.sqrt(4 * math.pi / n_directions)), 360.0 / n_inplane)
+
+
+def local_rotations(step_deg: float, n: int = 1) -> torch.Tensor:
+    """Small rotations ``exp(ω)`` for ``ω`` on a cubic grid ``{−n..n}³ · step`` (identity first).
+
+    Returns
+    -------
+    ``((2n+1)³, 3, 3)`` float64; right-multiplying a pose by them perturbs it locally.
+    """
+    r = torch.arange(-n, n + 1, dtype=torch.float64) * math.radians(step_deg)
+    w = torch.stack(torch.meshgrid(r, r, r, indexing="ij"), -1).reshape(-1, 3)
+    order = torch.argsort(w.norm(dim=1), stable=True)
+    w = w[order]
+    theta = w.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    k = w / theta
+    K = torch.zeros(len(w), 3, 3, dtype=torch.float64)
+    K[:, 0, 1], K[:, 0, 2], K[:, 1, 2] = -k[:, 2], k[:, 1], -k[:, 0]
+    K = K - K.transpose(1, 2)
+    s, c = theta.sin()[..., None], theta.cos()[..., None]
+    return torch.eye(3, dtype=torch.float64) + s * K + (1 - c) * (K @ K)
+
+
+def pair_errors(
+    images_ft: torch.Tensor, ctf: torch.Tensor | None, projections: torch.Tensor
+) -> torch.Tensor:
+    """``‖Y_i − C_i P_j‖² − ‖Y_i‖²`` for every image ``i`` and projection ``j``.
+
+    Parameters
+    ----------
+    images_ft
+        ``(B, M)`` complex image spectra at ``M`` frequencies.
+    ctf
+        ``(B, M)`` real CTF values, or ``None`` (CTF-free).
+    projections
+        ``(J, M)`` complex central slices at the same frequencies.
+
+    Returns
+    -------
+    ``(B, J)`` real errors (float32).
+    """
+    a = images_ft if ctf is None else images_ft * ctf
+    a = torch.cat([a.real, a.imag], 1).float()
+    p = torch.cat([projections.real, projections.imag], 1).float()
+    cross = a @ p.T
+    power = projections.real.pow(2) + projections.imag.pow(2)
+    c2 = torch.ones_like(images_ft.real) if ctf is None else ctf * ctf
+    return c2.float() @ power.float().T - 2 * cross
+
+
+def pair_errors_batched(
+    images_ft: torch.Tensor, ctf: torch.Tensor | None, projections: torch.Tensor
+) -> torch.Tensor:
+    """Like :func:`pair_errors` but each image has its own candidates.
+
+    Parameters
+    ----------
+    images_ft, ctf
+        ``(B, M)``.
+    projections
+        ``(B, K, M)`` complex: ``K`` candidate slices per image.
+
+    Returns
+    -------
+    ``(B, K)`` errors.
+    """
+    a = images_ft if ctf is None else images_ft * ctf
+    cross = torch.einsum("bm,bkm->bk", a.conj(), projections).real
+    c2 = torch.ones_like(images_ft.real) if ctf is None else ctf * ctf
+    power = projections.real.pow(2) + projections.imag.pow(2)
+    return torch.einsum("bm,bkm->bk", c2, power) - 2 * cross
