@@ -272,6 +272,11 @@ def _dry_run_json(config: RunConfig, registry) -> str:
     return json.dumps(data, indent=2, ensure_ascii=False)
 
 
+def _is_truth_metric(key: str) -> bool:
+    """Metrics computed against a ground truth (known poses or map), labelled as such."""
+    return key.startswith(("rot_", "trans_", "resolution_", "mirrored", "map_mirrored"))
+
+
 def _print_result(result) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -280,10 +285,13 @@ def _print_result(result) -> None:
     for label, p in (("map", result.map_path), ("poses", result.star_path), ("FSC plot", result.fsc_plot)):
         if p:
             table.add_row(label, str(p))
-    for k, v in result.metrics.items():
-        if not k.startswith("_"):
-            table.add_row(k, f"{v:.4g}" if isinstance(v, float) else str(v))
+    from cryoforge.evaluate_cli import metric_rows
+
+    for k, v in metric_rows(result.metrics):
+        table.add_row(f"{k} (vs ground truth)" if _is_truth_metric(k) else k, v)
     Console(width=120).print(table)
+    if result.map_path:
+        click.echo(f"open the map: chimerax {result.map_path}")
     for w in getattr(result, "warnings", []):
         click.echo(f"Warning: {w}", err=True)
 
@@ -409,8 +417,10 @@ def evaluate(map_path, ref_path, half2_path, poses_path, gt_poses_path, out_dir)
     from rich.table import Table
 
     table = Table("metric", "value", title="cryoforge evaluate")
-    for k, v in metrics.items():
-        table.add_row(k, f"{v:.4g}" if isinstance(v, float) else str(v))
+    from cryoforge.evaluate_cli import metric_rows
+
+    for k, v in metric_rows(metrics):
+        table.add_row(k, v)
     Console(width=120).print(table)
 
 

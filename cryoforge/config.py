@@ -73,7 +73,8 @@ class RunConfig(BaseModel):
     imaging: ComponentConfig = Field(default_factory=lambda: ComponentConfig(name="cryoai"))
     loss: ComponentConfig = Field(default_factory=lambda: ComponentConfig(name="symmetrized"))
     schedule: ComponentConfig = Field(
-        default_factory=lambda: ComponentConfig(name="cryoai"), description="what trains when: the stages"
+        default_factory=lambda: ComponentConfig(name="abinit"),
+        description="what trains when: the stages (abinit: search, fit, amortize; cryoai: the paper's)",
     )
     train: TrainConfig = Field(default_factory=TrainConfig)
     output_dir: str = "runs/cryoforge"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cryoforge.config import ComponentConfig, RunConfig, TrainConfig
+from cryoforge.config import RunConfig
 from cryoforge.simulate import SimulationSettings, simulate
 
 DEMO_SETTINGS = dict(
@@ -18,20 +18,19 @@ DEMO_SETTINGS = dict(
 )
 
 
+DEMO_CONFIG = Path(__file__).parent / "data" / "demo.toml"
+"""The shipped default configuration (``examples/demo.toml`` is the same file)."""
+
+
 def demo_config(run_dir: Path) -> RunConfig:
-    """The cryoAI pipeline with CPU-sized encoder/volume and a ~10 minute budget."""
+    """``demo.toml`` on the demo dataset in ``run_dir/data``, with the ground truth for metrics."""
+    from cryoforge.config import load_config_file
+
     data = run_dir / "data"
-    return RunConfig(
-        source=ComponentConfig(name="star", options={"path": str(data / "particles.star")}),
-        encoder=ComponentConfig(
-            name="vgg", options={"channels": [16, 32, 64, 64], "head_hidden": [256, 128]}
-        ),
-        volume=ComponentConfig(name="fouriernet", options={"hidden_dim": 64}),
-        imaging=ComponentConfig(name="cryoai"),
-        loss=ComponentConfig(name="symmetrized"),
-        train=TrainConfig(epochs=0, max_time_s=540, batch_size=32, lr_encoder=1e-3, export_every_s=60),
-        output_dir=str(run_dir),
-        ground_truth_map=str(data / "map.mrc"),
+    config = load_config_file(DEMO_CONFIG)
+    source = config.source.model_copy(update={"options": {"path": str(data / "particles.star")}})
+    return config.model_copy(
+        update={"source": source, "output_dir": str(run_dir), "ground_truth_map": str(data / "map.mrc")}
     )
 
 

@@ -3,7 +3,7 @@
 Importing the package registers the built-in stage runners (:data:`RUNNERS`).
 """
 
-from cryoforge.engine import loop  # noqa: F401  (registers the "gradient" runner)
+from cryoforge.engine import amortize, loop, search  # noqa: F401  (register the built-in runners)
 from cryoforge.engine.stages import RUNNERS, register_runner
 
 __all__ = ["RUNNERS", "register_runner"]

@@ -128,6 +128,16 @@ class RunContext:
         for cb in self.callbacks:
             getattr(cb, hook)(self, *args)
 
+    def table_pose(self, index: np.ndarray) -> Pose:
+        """Rows of the pose table :attr:`poses` for the dataset positions ``index``."""
+        if self.poses is None:
+            raise ConfigError(
+                "a stage reads the pose table, but no earlier stage left one (add a search stage)"
+            )
+        order = np.argsort(self.index, kind="stable")
+        rows = order[np.searchsorted(self.index, index, sorter=order)]
+        return self.poses.index(torch.as_tensor(rows))
+
     def stage_state(self, stage: Stage) -> dict[str, Any]:
         """The checkpointed progress of ``stage`` (an empty dict when it has not started)."""
         return self.state["stages"].setdefault(stage.name, {})

@@ -25,15 +25,16 @@ log = logging.getLogger("cryoforge")
 def export(ctx: RunContext) -> Exported:
     """Write the map and the poses, then tell the callbacks (``on_export``).
 
-    The poses come from the encoder (inferred in dataset order) or, without one, from the shared
-    pose table ``ctx.poses`` when a stage left one; with neither, no ``poses.star`` is written.
+    The poses come from the shared pose table ``ctx.poses`` when a stage left one (a search or
+    refinement: the semi-amortized result), else from the encoder (inferred in dataset order);
+    with neither, no ``poses.star`` is written.
     """
     source, index = ctx.source, ctx.index
     vmap = volume_to_map(ctx.pipeline.volume, source.image_size)
     ctx.result.map_path = ctx.run_dir / "map.mrc"
     write_mrc(ctx.result.map_path, vmap.numpy(), source.pixel_size_angstrom)
     pose = ctx.poses
-    if ctx.pipeline.encoder is not None:
+    if pose is None and ctx.pipeline.encoder is not None:
         batch = max(256, ctx.config.train.batch_size)
         pose = infer_poses(ctx.pipeline, source, index, batch, ctx.device)
     if pose is not None:

@@ -4,18 +4,29 @@ from __future__ import annotations
 
 import math
 from contextlib import nullcontext
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
+from pydantic import Field
 
-from cryoforge.config import TrainConfig
+from cryoforge.config import Options, TrainConfig
 from cryoforge.engine.batches import make_batch
 from cryoforge.engine.callbacks import StepInfo
 from cryoforge.engine.context import RunContext
 from cryoforge.engine.stages import register_runner
 from cryoforge.errors import TrainingDiverged
 from cryoforge.schedules.base import Stage
+
+
+class GradientOptions(Options):
+    """Settings of a ``gradient`` stage (``Stage.options``)."""
+
+    poses: Literal["encoder", "table"] = Field(
+        "encoder",
+        description="'encoder': the encoder predicts the poses (cryoAI); 'table': fit the volume "
+        "to the pose table an earlier stage left (the encoder is not used)",
+    )
 
 
 def stage_budget(stage: Stage, tc: TrainConfig, n_batches: int) -> tuple[int, int | None]:
@@ -70,6 +81,11 @@ def train_gradient(ctx: RunContext, stage: Stage) -> None:
         When the loss is not finite (the last checkpoint is left as it was).
     """
     tc, state, world, rank = ctx.config.train, ctx.state, ctx.world, ctx.rank
+    opts = GradientOptions.model_validate(stage.options)
+    if opts.poses == "table" and ctx.poses is None:
+        ctx.table_pose(ctx.index[:1])  # raises the one-line error
+    if opts.poses == "encoder" and not tc.gt_poses:
+        ctx.poses = None  # the encoder owns the poses from here on; an older table is stale
     prog = _progress(ctx, stage)
     ctx.use_encoder(stage.encoder)
     optimizer = ctx.take_optimizer(stage)
@@ -100,8 +116,11 @@ def train_gradient(ctx: RunContext, stage: Stage) -> None:
                 continue
             batch = make_batch(ctx.source, chunk, ctx.device)
             band = stage.band_at(stage_fraction(prog["step"], total_steps, prog["elapsed_s"], tc.max_time_s))
+            known = batch.pose if tc.gt_poses else None
+            if opts.poses == "table":
+                known = ctx.table_pose(chunk).to(ctx.device)
             with amp:
-                out = model(batch, batch.pose if tc.gt_poses else None, band)
+                out = model(batch, known, band)
             loss = out.loss
             if not torch.isfinite(loss):
                 raise TrainingDiverged(_diverged(ctx, stage, float(loss.item()), prog["epoch"]))

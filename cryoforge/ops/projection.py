@@ -121,23 +121,16 @@ def project_fourier(
 
 
 def _trilinear(grid: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-    """Trilinear samples of a ``[z, y, x]`` grid at ``(..., 3)`` index positions ``(x, y, z)`` (float64)."""
+    """Trilinear samples of a complex ``[z, y, x]`` grid at ``(..., 3)`` index positions ``(x, y, z)``.
+
+    Outside the grid is zero. Uses ``grid_sample`` on the (real, imaginary) channels in float32.
+    """
     N = grid.shape[-1]
-    flat = grid.reshape(-1)
-    base = torch.floor(pos)
-    frac = pos - base
-    base = base.long()
-    out = torch.zeros(pos.shape[:-1], dtype=grid.dtype, device=grid.device)
-    for dx in (0, 1):
-        for dy in (0, 1):
-            for dz in (0, 1):
-                ix, iy, iz = base[..., 0] + dx, base[..., 1] + dy, base[..., 2] + dz
-                w = (frac[..., 0] if dx else 1 - frac[..., 0]) * (frac[..., 1] if dy else 1 - frac[..., 1])
-                w = w * (frac[..., 2] if dz else 1 - frac[..., 2])
-                ok = (ix >= 0) & (ix < N) & (iy >= 0) & (iy < N) & (iz >= 0) & (iz < N)
-                idx = (iz.clamp(0, N - 1) * N + iy.clamp(0, N - 1)) * N + ix.clamp(0, N - 1)
-                out = out + torch.where(ok, flat[idx] * w, torch.zeros((), dtype=grid.dtype))
-    return out
+    vol = torch.stack([grid.real, grid.imag]).float()[None]  # (1, 2, N, N, N)
+    g = (pos.float() * (2.0 / (N - 1)) - 1).reshape(1, 1, 1, -1, 3)
+    out = F.grid_sample(vol, g, mode="bilinear", padding_mode="zeros", align_corners=True)
+    out = out.reshape(2, *pos.shape[:-1]).double()
+    return torch.complex(out[0], out[1])
 
 
 def backproject(
@@ -171,29 +164,80 @@ def backproject(
     -------
     ``(L, L, L)`` real map ``[z, y, x]``.
     """
-    from cryoforge.ops.shift import origin_phase
-
     N, L = images.shape[0], images.shape[-1]
     idx, k2 = half_plane_query(L, images.device)
-    num = torch.zeros(L**3, dtype=torch.complex128, device=images.device)
-    den = torch.zeros(L**3, dtype=torch.float64, device=images.device)
+    acc = BackprojectionSums.zeros(L, images.device)
     for start in range(0, N, 256):
         sl = slice(start, start + 256)
         spec = rfft2_images(images[sl].double()).reshape(-1, L * (L // 2 + 1))[:, idx]
+        acc.add(
+            spec,
+            k2,
+            rotation[sl],
+            None if ctf is None else ctf[sl],
+            None if shift_px is None else shift_px[sl],
+            None if weights is None else weights[sl],
+        )
+    return acc.volume(wiener)
+
+
+class BackprojectionSums:
+    """Running sums ``Σ w·C·Y`` and ``Σ w·C²`` on a ``L³`` Fourier grid, for streamed batches.
+
+    ``add`` grids a batch of image spectra; ``volume`` divides with a Wiener-like term and
+    returns the map. Nothing else is kept, so memory does not grow with the number of images.
+    """
+
+    def __init__(self, num: torch.Tensor, den: torch.Tensor, L: int) -> None:
+        self.num, self.den, self.L = num, den, L
+
+    @classmethod
+    def zeros(cls, L: int, device: torch.device | str | None = None) -> BackprojectionSums:
+        return cls(
+            torch.zeros(L**3, dtype=torch.complex128, device=device),
+            torch.zeros(L**3, dtype=torch.float64, device=device),
+            L,
+        )
+
+    def add(
+        self,
+        spectra: torch.Tensor,
+        freqs_2d: torch.Tensor,
+        rotation: torch.Tensor,
+        ctf: torch.Tensor | None = None,
+        shift_px: torch.Tensor | None = None,
+        weights: torch.Tensor | None = None,
+    ) -> None:
+        """Grid ``(B, M)`` image spectra at ``(M, 2)`` frequencies (cycles/px of the ``L`` grid).
+
+        ``ctf`` is ``(B, M)``; ``shift_px`` ``(B, 2)`` origins (RELION's sign); ``weights``
+        ``(B,)``.
+        """
+        from cryoforge.ops.shift import origin_phase
+
+        L = self.L
+        spec = spectra.to(torch.complex128)
+        k2 = freqs_2d.double()
         if shift_px is not None:
-            spec = spec * origin_phase(k2.double(), shift_px[sl].double()).conj()
-        w = torch.ones_like(spec.real) if ctf is None else ctf[sl].double()
+            spec = spec * origin_phase(k2, shift_px.double()).conj()
+        w = torch.ones_like(spec.real) if ctf is None else ctf.double()
         vals, wts = spec * w, w * w
         if weights is not None:
-            p = weights[sl].double().reshape(-1, 1)
+            p = weights.double().reshape(-1, 1)
             vals, wts = vals * p, wts * p
-        k3 = central_slice_coords(rotation[sl].double(), k2.double())
+        k3 = central_slice_coords(rotation.double(), k2)
         for sign, v in ((1.0, vals), (-1.0, vals.conj())):
-            _splat(num, den, sign * k3 * L + L // 2, v, wts, L)
-    filled = den > 0
-    reg = wiener * den[filled].mean()
-    spec3 = torch.where(filled, num / (den + reg), torch.zeros_like(num)).reshape(L, L, L)
-    return fourier_to_volume(spec3).float()
+            _splat(self.num, self.den, sign * k3 * L + L // 2, v, wts, L)
+
+    def volume(self, wiener: float = 1e-2) -> torch.Tensor:
+        """``(L, L, L)`` real map ``[z, y, x]``: ``Σ w C Y / (Σ w C² + wiener · mean)``."""
+        L = self.L
+        filled = self.den > 0
+        if not filled.any():
+            return torch.zeros(L, L, L)
+        reg = wiener * self.den[filled].mean()
+        spec3 = torch.where(filled, self.num / (self.den + reg), torch.zeros_like(self.num)).reshape(L, L, L)
+        return fourier_to_volume(spec3).float()
 
 
 def _splat(

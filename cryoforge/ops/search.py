@@ -76,9 +76,7 @@ def local_rotations(step_deg: float, n: int = 1) -> torch.Tensor:
     return torch.eye(3, dtype=torch.float64) + s * K + (1 - c) * (K @ K)
 
 
-def pair_errors(
-    images_ft: torch.Tensor, ctf: torch.Tensor | None, projections: torch.Tensor
-) -> torch.Tensor:
+def pair_errors(images_ft: torch.Tensor, ctf: torch.Tensor | None, projections: torch.Tensor) -> torch.Tensor:
     """``‖Y_i − C_i P_j‖² − ‖Y_i‖²`` for every image ``i`` and projection ``j``.
 
     Parameters

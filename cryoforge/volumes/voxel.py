@@ -30,8 +30,8 @@ class VoxelVolume(Volume):
     def __init__(self, options: Options, ctx: BuildContext) -> None:
         super().__init__(options, ctx)
         n = options.size or ctx.image_size
-        g = torch.Generator().manual_seed(0)
-        self.grid = torch.nn.Parameter(torch.randn(1, 2, n, n, n, generator=g) * options.init_std)
+        # torch's global generator: seeded by train.seed, so independent runs differ
+        self.grid = torch.nn.Parameter(torch.randn(1, 2, n, n, n) * options.init_std)
 
     def _field(self, k: torch.Tensor) -> torch.Tensor:
         n = self.grid.shape[-1]

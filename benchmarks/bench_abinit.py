@@ -1,0 +1,226 @@
+"""Ab initio benchmark: configurations × molecules × seeds, budgets in steps and iterations.
+
+For each run it simulates the molecule (L=32, 5,000 particles, SNR 1, CTF, 15,000 Å median
+defocus, like the demo), runs ``cryoforge.run`` with ``examples/demo.toml`` plus the configuration's
+overrides, and records the wall time, the time at which FSC-0.5 vs the truth first reached 4, 3 and
+2.5 px (from ``history.jsonl``, training clock), and the final median rotation error and FSC-0.5.
+Results are appended to ``benchmarks/results/abinit.jsonl``; the table is printed and the
+resolution-vs-time plot written to ``docs/abinit_resolution.png``.
+
+Run one at a time on a 2-core machine (two torch processes slow each other down)::
+
+    python benchmarks/bench_abinit.py --configs default --molecules 4AKE --seeds 0 1 2
+    python benchmarks/bench_abinit.py --table       # print the table of what was measured
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
+RESULTS = ROOT / "benchmarks" / "results" / "abinit.jsonl"
+
+# molecule → (model or map, pixel size in Å at L=32): the box holds the particle with margin
+MOLECULES = {
+    "4AKE": ("builtin", 3.0),  # adenylate kinase, 214 residues (the demo)
+    "4E43": (SHARED / "structures" / "4E43.pdb", 3.0),  # HIV protease, C2 homodimer
+    "19HC": (SHARED / "structures" / "19HC.pdb", 4.0),  # nine-haem cytochrome c, pseudo-symmetric pair
+    "3PWP": (SHARED / "structures" / "3PWP.pdb", 6.0),  # TCR-pMHC, 95 kDa, radius 73 Å
+    "70S": (SHARED / "relion_project" / "clean70SRibosome_vol.npy", 8.125),  # ribosome map, 65 px at 4 Å
+}
+
+# configuration → overrides of examples/demo.toml
+CONFIGS: dict[str, dict] = {
+    "default": {},
+    "cryoai": {  # the paper's single stage (baseline), CPU widths, a step budget
+        "schedule.name": "cryoai",
+        "train.max_steps": 3000,
+    },
+    # mechanisms removed one at a time (poses and map only: no amortization)
+    "search-only": {"schedule.amortize_steps": 0},
+    "hard-assignment": {"schedule.search": {"keep": 1}, "schedule.amortize_steps": 0},
+    "no-refinement": {"schedule.search": {"refine_steps_deg": []}, "schedule.amortize_steps": 0},
+    "no-marching": {"schedule.search": {"band_px": [8.0, 8.0]}, "schedule.amortize_steps": 0},
+}
+
+
+def simulate_molecule(name: str, folder: Path, seed: int, n: int = 5000, snr: float | None = 1.0) -> Path:
+    """Simulate ``name`` into ``folder`` (particles.star, map.mrc); return the star."""
+    import numpy as np
+    import torch
+
+    from cryoforge.engine.evaluation import resample_map
+    from cryoforge.io.mrc import write_mrc
+    from cryoforge.simulate import SimulationSettings, simulate
+
+    src, px = MOLECULES[name]
+    settings = SimulationSettings(
+        n_particles=n, box_size=32, pixel_size_angstrom=px, snr=snr, seed=seed, defocus_median_angstrom=15000
+    )
+    if src == "builtin":
+        return simulate(None, folder, settings).star
+    if str(src).endswith(".npy"):
+        vol = torch.from_numpy(np.load(src))  # 65³ at 4 Å/px → Fourier-cropped to 32³
+        folder.mkdir(parents=True, exist_ok=True)
+        write_mrc(folder / "input.mrc", resample_map(vol, 32).numpy().astype(np.float32), px)
+        src = folder / "input.mrc"
+    return simulate(src, folder, settings).star
+
+
+def run_one(config: str, molecule: str, seed: int, work: Path, n: int, snr: float | None) -> dict:
+    from cryoforge.config import apply_override, load_config_file
+    from cryoforge.engine.run import run
+
+    data = work / f"{molecule}_s{seed}"
+    if not (data / "particles.star").is_file():
+        simulate_molecule(molecule, data, seed, n, snr)
+    cfg = load_config_file(ROOT / "examples" / "demo.toml")
+    over = {
+        "source.path": str(data / "particles.star"),
+        "output_dir": str(work / f"run_{config}_{molecule}_s{seed}"),
+        "ground_truth_map": str(data / "map.mrc"),
+        "train.seed": seed,
+        "train.progress": False,
+        "train.tensorboard": False,
+        "train.export_every_s": 20,
+        **CONFIGS[config],
+    }
+    for k, v in over.items():
+        cfg = apply_override(cfg, k, v)
+    t0 = time.perf_counter()
+    res = run(cfg, overwrite=True)
+    wall = time.perf_counter() - t0
+    hist = [json.loads(line) for line in (Path(cfg.output_dir) / "history.jsonl").read_text().splitlines()]
+    reached = {}
+    for px in (4.0, 3.0, 2.5):
+        hit = [h for h in hist if (h.get("resolution_0.5_px") or math.inf) <= px]
+        reached[f"t_fsc_{px}px_s"] = hit[0]["elapsed_s"] if hit else None
+        reached[f"steps_fsc_{px}px"] = hit[0]["steps"] if hit else None
+    m = res.metrics
+    infer = {}
+    if CONFIGS[config].get("schedule.amortize_steps", 1) and cfg.schedule.name == "abinit":
+        infer = amortized_inference(molecule, seed, work, Path(cfg.output_dir), n, snr)
+    return {
+        **infer,
+        "config": config,
+        "molecule": molecule,
+        "seed": seed,
+        "n": n,
+        "snr": snr,
+        "wall_s": wall,
+        "train_s": m.get("elapsed_s"),
+        "steps": m.get("steps"),
+        "rot_median_deg": m.get("rot_median_deg"),
+        "mirrored": m.get("mirrored"),
+        "fsc_0.5_px": m.get("resolution_0.5_px"),
+        "fsc_0.5_text": m.get("resolution_0.5_text"),
+        **reached,
+        "history": [(h["elapsed_s"], h.get("resolution_0.5_px"), h.get("rot_median_deg")) for h in hist],
+    }
+
+
+def amortized_inference(
+    molecule: str, seed: int, work: Path, run_dir: Path, n: int, snr: float | None
+) -> dict:
+    """``cryoforge infer`` on ``n`` fresh particles of the molecule: median error, no search."""
+    import torch
+
+    from cryoforge.evaluate import pose_errors
+    from cryoforge.infer import infer_run
+    from cryoforge.io.star import read_star
+
+    fresh = work / f"{molecule}_fresh_s{seed}"
+    if not (fresh / "particles.star").is_file():
+        simulate_molecule(molecule, fresh, seed + 100, n, snr)
+    t0 = time.perf_counter()
+    out = infer_run(run_dir, str(fresh / "particles.star"), str(run_dir / "fresh_inferred.star"))
+    wall = time.perf_counter() - t0
+    pe = pose_errors(
+        torch.tensor(read_star(out).rotations), torch.tensor(read_star(fresh / "particles.star").rotations)
+    )
+    return {"infer_fresh_rot_median_deg": pe["rot_median_deg"], "infer_fresh_wall_s": wall}
+
+
+def table(rows: list[dict]) -> str:
+    head = (
+        "| config | molecule | seed | wall (s) | t FSC≤4 / 3 / 2.5 px (s) | median rot err (°) "
+        "| FSC-0.5 | hand | infer on 5k fresh: median err (°) |"
+    )
+    out = [head, "|" + "---|" * 9]
+    for r in rows:
+        t = " / ".join(
+            "—" if r[f"t_fsc_{p}px_s"] is None else f"{r[f't_fsc_{p}px_s']:.0f}" for p in (4.0, 3.0, 2.5)
+        )
+        hand = "mirror (reported)" if r["mirrored"] else "correct"
+        out.append(
+            f"| {r['config']} | {r['molecule']} | {r['seed']} | {r['wall_s']:.0f} | {t} | "
+            f"{r['rot_median_deg']:.2f} | {r['fsc_0.5_text']} | {hand} | "
+            + (
+                "—"
+                if r.get("infer_fresh_rot_median_deg") is None
+                else f"{r['infer_fresh_rot_median_deg']:.1f}"
+            )
+            + " |"
+        )
+    return "\n".join(out)
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for r in rows:
+        pts = [(t, px) for t, px, _ in r["history"] if px is not None]
+        if pts:
+            ax.plot(*zip(*pts, strict=True), marker=".", label=f"{r['config']} {r['molecule']} s{r['seed']}")
+    ax.axhline(2.5, color="grey", ls="--", lw=0.8)
+    ax.set_xlabel("training time (s, 2 CPU cores)")
+    ax.set_ylabel("FSC-0.5 vs truth (px; Nyquist = 2)")
+    ax.set_ylim(1.8, 12)
+    ax.legend(fontsize=6, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--configs", nargs="+", default=["default"], choices=list(CONFIGS))
+    ap.add_argument("--molecules", nargs="+", default=["4AKE"], choices=list(MOLECULES))
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0])
+    ap.add_argument("-n", type=int, default=5000, help="particles")
+    ap.add_argument("--snr", type=float, default=1.0, help="<= 0: no noise")
+    ap.add_argument("--work", type=Path, default=None, help="folder for data and runs (default: temporary)")
+    ap.add_argument("--table", action="store_true", help="only print the table of saved results")
+    args = ap.parse_args()
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    if not args.table:
+        work = args.work or Path(tempfile.mkdtemp(prefix="bench_abinit_"))
+        try:
+            for mol in args.molecules:
+                for seed in args.seeds:
+                    for config in args.configs:
+                        row = run_one(config, mol, seed, work, args.n, args.snr if args.snr > 0 else None)
+                        with open(RESULTS, "a") as fh:
+                            fh.write(json.dumps(row) + "\n")
+                        print(table([row]).splitlines()[-1], flush=True)
+        finally:
+            if args.work is None:
+                shutil.rmtree(work, ignore_errors=True)
+    rows = [json.loads(line) for line in RESULTS.read_text().splitlines()] if RESULTS.is_file() else []
+    print(table(rows))
+    if rows:
+        plot(rows, ROOT / "docs" / "abinit_resolution.png")
+
+
+if __name__ == "__main__":
+    main()

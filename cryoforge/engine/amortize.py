@@ -1,0 +1,154 @@
+"""The amortization stage (kind ``"amortize"``): teach the encoder the poses a search found.
+
+cryoAI's point is an encoder that gives every particle's pose in one pass. A search stage finds
+the poses of the training particles; this stage trains the encoder to predict them, so that
+``cryoforge infer`` on new particles of the same molecule needs no search. The encoder is trained
+on every view the loss declares (for the symmetrized loss: the image and its copy rotated by π,
+whose target is the table pose mapped by the view), with the chordal loss
+``‖R_pred − R_table‖²_F`` plus the squared origin error in pixels.
+
+Training images are the particles themselves and, with ``synthetic_fraction > 0``, fresh
+projections of the current map at random poses with the CTFs of random particles and white noise
+at the data's estimated SNR: unlimited examples, so the encoder generalises instead of memorising.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import numpy as np
+import torch
+from pydantic import Field
+
+from cryoforge.config import Options
+from cryoforge.engine.batches import make_batch
+from cryoforge.engine.callbacks import StepInfo
+from cryoforge.engine.context import RunContext
+from cryoforge.engine.stages import register_runner
+from cryoforge.errors import TrainingDiverged
+from cryoforge.losses.views import VIEWS
+from cryoforge.ops.rotations import random_rotations
+from cryoforge.schedules.base import Stage
+from cryoforge.types import ParticleBatch, Pose
+
+log = logging.getLogger("cryoforge")
+
+
+class AmortizeOptions(Options):
+    """Settings of an ``amortize`` stage (``Stage.options``)."""
+
+    lr: float | None = Field(None, gt=0, description="encoder learning rate (None: train.lr_encoder)")
+    synthetic_fraction: float = Field(
+        0.5, ge=0, le=1, description="share of each batch made of fresh projections of the map"
+    )
+    shift_weight: float = Field(0.01, ge=0, description="weight of the origin error (px²)")
+
+
+def chordal_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """``(B,)`` squared Frobenius distance between rotation matrices ``(B, 3, 3)``."""
+    return (pred - target).pow(2).sum((-1, -2))
+
+
+def synthetic_batch(
+    ctx: RunContext, n: int, noise_std: float, gen: torch.Generator
+) -> tuple[ParticleBatch, Pose]:
+    """``n`` projections of the current map at random poses, CTFs of random particles, noise."""
+    N = len(ctx.index)
+    pick = ctx.index[torch.randint(N, (n,), generator=gen).numpy()]
+    template = make_batch(ctx.source, pick, ctx.device)
+    pose = Pose(random_rotations(n, gen).float().to(ctx.device), torch.zeros(n, 2, device=ctx.device))
+    with torch.no_grad():
+        clean = ctx.pipeline.imaging(ctx.pipeline.volume, pose, template.ctf)
+        noisy = clean + noise_std * torch.randn(clean.shape, generator=gen).to(clean)
+    return ParticleBatch(noisy, template.ctf, template.index), pose
+
+
+@torch.no_grad()
+def estimate_noise_std(ctx: RunContext, n: int = 256) -> float:
+    """Pixel noise σ of the data: the residual of the map's projections at the table's poses."""
+    idx = ctx.index[: min(n, len(ctx.index))]
+    batch = make_batch(ctx.source, idx, ctx.device)
+    pred = ctx.pipeline.imaging(ctx.pipeline.volume, ctx.table_pose(idx).to(ctx.device), batch.ctf)
+    return float((batch.images - pred).std())
+
+
+@register_runner("amortize")
+def run_amortize(ctx: RunContext, stage: Stage) -> None:
+    """Supervised encoder training on the pose table (and synthetic views); the volume is kept."""
+    opts = AmortizeOptions.model_validate(stage.options)
+    tc = ctx.config.train
+    prog = ctx.stage_state(stage)
+    for key, value in (("step", 0), ("epoch", 0)):
+        prog.setdefault(key, value)
+    ctx.use_encoder(stage.encoder)
+    encoder = ctx.pipeline.encoder
+    if encoder is None:
+        return
+    ctx.table_pose(ctx.index[:1])  # a clear error without a pose table
+    total = (
+        stage.max_steps
+        or tc.max_steps
+        or max(1, (stage.epochs or tc.epochs or 1)) * math.ceil(len(ctx.index) / tc.batch_size)
+    )
+    optimizer = torch.optim.Adam(encoder.parameters(), lr=opts.lr or tc.lr_encoder)
+    resumed, ctx.resumed_optimizer = ctx.resumed_optimizer, None
+    if resumed is not None and resumed[0] == stage.name:
+        optimizer.load_state_dict(resumed[1])
+    ctx.optimizer, ctx.optimizer_stage = optimizer, stage.name
+    noise = prog.get("noise_std") or estimate_noise_std(ctx)
+    prog["noise_std"] = noise
+    views = [VIEWS[v] for v in ctx.pipeline.loss.views]
+    px = ctx.source.pixel_size_angstrom
+    n_syn = round(tc.batch_size * opts.synthetic_fraction)
+    n_real = max(1, tc.batch_size - n_syn)
+    n_batches = math.ceil(len(ctx.index) / n_real)
+    while prog["step"] < total:
+        perm = np.random.default_rng(tc.seed + 7919 * (prog["epoch"] + 1)).permutation(ctx.index)
+        for b in range(prog["step"] % n_batches, n_batches):
+            gen = torch.Generator().manual_seed(tc.seed * 1_000_003 + prog["step"])
+            chunk = perm[b * n_real : (b + 1) * n_real]
+            batch = make_batch(ctx.source, chunk, ctx.device)
+            images, target = batch.images, ctx.table_pose(chunk).to(ctx.device)
+            if n_syn:
+                syn, syn_pose = synthetic_batch(ctx, n_syn, noise, gen)
+                images = torch.cat([images, syn.images])
+                target = Pose(
+                    torch.cat([target.rotation, syn_pose.rotation]),
+                    torch.cat([target.shift_angstrom, syn_pose.shift_angstrom]),
+                )
+            loss = images.new_zeros(())
+            for view in views:
+                pred = encoder(view.transform(images))
+                want = view.pose_to_original(target)  # each view's map is an involution
+                err = chordal_loss(pred.rotation, want.rotation)
+                err = (
+                    err
+                    + opts.shift_weight * (pred.shift_angstrom - want.shift_angstrom).pow(2).sum(-1) / px**2
+                )
+                loss = loss + err.mean() / len(views)
+            if not torch.isfinite(loss):
+                raise TrainingDiverged(
+                    f"encoder loss became {float(loss)} in stage {stage.name!r}; lower its lr"
+                )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if tc.grad_clip:
+                torch.nn.utils.clip_grad_norm_(encoder.parameters(), tc.grad_clip)
+            optimizer.step()
+            prog["step"] += 1
+            ctx.state["step"] += 1
+            ctx.state["elapsed_s"] = ctx.clock.elapsed()
+            lv = float(loss.detach())
+            logged = ctx.state["step"] % tc.log_every == 0
+            if logged:
+                ctx.result.history.append(
+                    {"step": ctx.state["step"], "loss": lv, "elapsed_s": ctx.state["elapsed_s"]}
+                )
+            ctx.emit(
+                "on_step",
+                StepInfo(stage, ctx.state["step"], prog["step"], total, prog["epoch"], lv, 0.0, 1.0, logged),
+            )
+            if prog["step"] >= total:
+                return
+        prog["epoch"] += 1
