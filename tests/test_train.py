@@ -69,6 +69,19 @@ def test_known_poses_fit_demo_to_near_nyquist(demo_noisy, tmp_path):
     assert res.metrics["resolution_0.5_px"] < 2.6  # Nyquist is 2 px
     assert not res.metrics["map_mirrored"]
     assert (tmp_path / "gt" / "fsc.png").is_file() and (tmp_path / "gt" / "map.mrc").is_file()
+    assert not res.warnings  # our stacks are white: the map is positive density
+
+
+def test_dark_data_get_a_one_line_contrast_hint(demo_noisy, tmp_path):
+    """Inverted (dark) particles fit a negative map: the run says so and names the option."""
+    c = config_for(
+        demo_noisy / "particles.star",
+        tmp_path / "dark",
+        **{"train.gt_poses": True, "train.epochs": 0, "train.max_steps": 60, "source.invert_contrast": True},
+    )
+    res = run(c)
+    assert len(res.warnings) == 1 and "source.invert_contrast" in res.warnings[0]
+    assert "\n" not in res.warnings[0]
 
 
 @pytest.mark.slow

@@ -49,7 +49,7 @@ class AbinitSchedule(Schedule):
 
 
 class StagedSchedule(Schedule):
-    """Stages declared in the config: ``[[schedule.options.stages]]`` tables, run in order."""
+    """Stages declared in the config: a list of stage tables, schedule.options.stages, run in order."""
 
     name = "staged"
 
