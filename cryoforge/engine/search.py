@@ -21,7 +21,6 @@ after every iteration, so a killed run resumes where it stopped.
 from __future__ import annotations
 
 import logging
-import math
 import time
 
 import torch
@@ -170,13 +169,17 @@ def global_iteration(
 
 def refine_locally(
     ctx: RunContext, rotation: torch.Tensor, volume: torch.Tensor, step_deg: float, batch: int
-) -> torch.Tensor:
-    """Best of the ``3³`` local perturbations ``δ R`` of each pose against ``volume`` at full size."""
+) -> tuple[torch.Tensor, float]:
+    """Best of the ``3³`` local perturbations ``δ R`` of each pose against ``volume`` at full size.
+
+    Returns the refined ``(N, 3, 3)`` rotations and the mean squared residual per frequency.
+    """
     source, L = ctx.source, ctx.source.image_size
     flat, freqs = half_plane_query(L)
     spec = oversampled_spectrum(volume.double(), 2)
     loc = local_rotations(step_deg, 1)
     out = torch.empty_like(rotation)
+    residual = 0.0
     n = max(1, batch // 4)
     for s in range(0, len(ctx.index), n):
         part = ctx.index[s : s + n]
@@ -187,8 +190,10 @@ def refine_locally(
         cand = loc[None] @ rotation[s : s + n, None]
         P = project_fourier(spec, cand.reshape(-1, 3, 3), freqs).reshape(len(part), len(loc), -1)
         e = pair_errors_batched(Y, C, P)
-        out[s : s + n] = cand[torch.arange(len(part)), e.argmin(1)]
-    return out
+        best = e.min(1)
+        out[s : s + n] = cand[torch.arange(len(part)), best.indices]
+        residual += float((best.values + Y.abs().pow(2).sum(1)).sum()) / Y.shape[1]
+    return out, residual / len(ctx.index)
 
 
 def full_size_map(ctx: RunContext, rotation: torch.Tensor, wiener: float, batch: int) -> torch.Tensor:
@@ -250,10 +255,10 @@ def run_search(ctx: RunContext, stage: Stage) -> None:
     while prog["refined"] < len(opts.refine_steps_deg):
         j = prog["refined"]
         volume = full_size_map(ctx, rotation, opts.wiener, opts.batch)
-        rotation = refine_locally(ctx, rotation, volume, opts.refine_steps_deg[j], opts.batch)
+        rotation, residual = refine_locally(ctx, rotation, volume, opts.refine_steps_deg[j], opts.batch)
         ctx.poses = Pose(rotation.float(), torch.zeros(N, 2))
         prog["refined"] = j + 1
-        _step(ctx, stage, opts.iterations + j + 1, total, math.nan, 1.0, N, t0)
+        _step(ctx, stage, opts.iterations + j + 1, total, residual, 1.0, N, t0)
 
 
 def _step(
