@@ -40,7 +40,7 @@ MOLECULES = {
 CONFIGS: dict[str, dict] = {
     "default": {},
     "cryoai": {  # the paper's single stage (baseline), CPU widths, a step budget
-        "schedule.name": "cryoai",
+        "schedule": {"name": "cryoai", "options": {}},
         "train.max_steps": 3000,
     },
     # mechanisms removed one at a time (poses and map only: no amortization)
@@ -159,8 +159,9 @@ def table(rows: list[dict]) -> str:
             "—" if r[f"t_fsc_{p}px_s"] is None else f"{r[f't_fsc_{p}px_s']:.0f}" for p in (4.0, 3.0, 2.5)
         )
         hand = "mirror (reported)" if r["mirrored"] else "correct"
+        snr = "" if r.get("snr") == 1.0 else f" (SNR {r.get('snr')})"
         out.append(
-            f"| {r['config']} | {r['molecule']} | {r['seed']} | {r['wall_s']:.0f} | {t} | "
+            f"| {r['config']}{snr} | {r['molecule']} | {r['seed']} | {r['wall_s']:.0f} | {t} | "
             f"{r['rot_median_deg']:.2f} | {r['fsc_0.5_text']} | {hand} | "
             + (
                 "—"
