@@ -30,6 +30,7 @@ def child(spec: dict) -> dict:
             "source": ComponentConfig(name="star", options={"path": spec["particles"]}),
             "volume": ComponentConfig(name=spec["volume"]),
             "loss": ComponentConfig(name=spec["loss"]),
+            "schedule": ComponentConfig(name="cryoai"),  # the representations under cryoAI's loop
             "ground_truth_map": spec["gt_map"],
             "train": base.train.model_copy(
                 update={
