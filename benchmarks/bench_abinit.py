@@ -51,8 +51,11 @@ CONFIGS: dict[str, dict] = {
 }
 
 
+BOX = 32  # set by --box; the physical box stays the same (pixel size × 32 / box)
+
+
 def simulate_molecule(name: str, folder: Path, seed: int, n: int = 5000, snr: float | None = 1.0) -> Path:
-    """Simulate ``name`` into ``folder`` (particles.star, map.mrc); return the star."""
+    """Simulate ``name`` into ``folder`` (particles.star, map.mrc) at ``BOX`` px; return the star."""
     import numpy as np
     import torch
 
@@ -61,15 +64,16 @@ def simulate_molecule(name: str, folder: Path, seed: int, n: int = 5000, snr: fl
     from cryoforge.simulate import SimulationSettings, simulate
 
     src, px = MOLECULES[name]
+    px = px * 32 / BOX
     settings = SimulationSettings(
-        n_particles=n, box_size=32, pixel_size_angstrom=px, snr=snr, seed=seed, defocus_median_angstrom=15000
+        n_particles=n, box_size=BOX, pixel_size_angstrom=px, snr=snr, seed=seed, defocus_median_angstrom=15000
     )
     if src == "builtin":
         return simulate(None, folder, settings).star
     if str(src).endswith(".npy"):
         vol = torch.from_numpy(np.load(src))  # 65³ at 4 Å/px → Fourier-cropped to 32³
         folder.mkdir(parents=True, exist_ok=True)
-        write_mrc(folder / "input.mrc", resample_map(vol, 32).numpy().astype(np.float32), px)
+        write_mrc(folder / "input.mrc", resample_map(vol, BOX).numpy().astype(np.float32), px)
         src = folder / "input.mrc"
     return simulate(src, folder, settings).star
 
@@ -114,6 +118,7 @@ def run_one(config: str, molecule: str, seed: int, work: Path, n: int, snr: floa
         "seed": seed,
         "n": n,
         "snr": snr,
+        "box": BOX,
         "wall_s": wall,
         "train_s": m.get("elapsed_s"),
         "steps": m.get("steps"),
@@ -160,6 +165,7 @@ def table(rows: list[dict]) -> str:
         )
         hand = "mirror (reported)" if r["mirrored"] else "correct"
         snr = "" if r.get("snr") == 1.0 else f" (SNR {r.get('snr')})"
+        snr += "" if r.get("box", 32) == 32 else f" (L={r['box']})"
         out.append(
             f"| {r['config']}{snr} | {r['molecule']} | {r['seed']} | {r['wall_s']:.0f} | {t} | "
             f"{r['rot_median_deg']:.2f} | {r['fsc_0.5_text']} | {hand} | "
@@ -201,8 +207,11 @@ def main() -> None:
     ap.add_argument("-n", type=int, default=5000, help="particles")
     ap.add_argument("--snr", type=float, default=1.0, help="<= 0: no noise")
     ap.add_argument("--work", type=Path, default=None, help="folder for data and runs (default: temporary)")
+    ap.add_argument("--box", type=int, default=32, help="L in px (pixel size scaled to keep the box in Å)")
     ap.add_argument("--table", action="store_true", help="only print the table of saved results")
     args = ap.parse_args()
+    global BOX
+    BOX = args.box
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     if not args.table:
         work = args.work or Path(tempfile.mkdtemp(prefix="bench_abinit_"))
