@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
 
 import torch
 from pydantic import Field
@@ -167,46 +168,59 @@ def global_iteration(
     return index, weights, noise
 
 
-def refine_locally(
-    ctx: RunContext, rotation: torch.Tensor, volume: torch.Tensor, step_deg: float, batch: int
-) -> tuple[torch.Tensor, float]:
-    """Best of the ``3³`` local perturbations ``δ R`` of each pose against ``volume`` at full size.
-
-    Returns the refined ``(N, 3, 3)`` rotations and the mean squared residual per frequency.
-    """
+def _full_size_batches(
+    ctx: RunContext, batch: int
+) -> Iterator[tuple[slice, torch.Tensor, torch.Tensor | None]]:
+    """Stream ``(rows, spectra (B, M), CTF (B, M) or None)`` of all particles at the data's size."""
     source, L = ctx.source, ctx.source.image_size
     flat, freqs = half_plane_query(L)
-    spec = oversampled_spectrum(volume.double(), 2)
-    loc = local_rotations(step_deg, 1)
-    out = torch.empty_like(rotation)
-    residual = 0.0
-    n = max(1, batch // 4)
-    for s in range(0, len(ctx.index), n):
-        part = ctx.index[s : s + n]
-        imgs = torch.from_numpy(source.read_images(part)).double()
-        Y = rfft2_images(imgs).reshape(len(part), -1)[:, flat]
-        ctf = None if source.ctf is None else source.ctf.index(torch.as_tensor(part))
-        C = ctf_values(ctf, freqs, 1.0, source.pixel_size_angstrom)
-        cand = loc[None] @ rotation[s : s + n, None]
-        P = project_fourier(spec, cand.reshape(-1, 3, 3), freqs).reshape(len(part), len(loc), -1)
-        e = pair_errors_batched(Y, C, P)
-        best = e.min(1)
-        out[s : s + n] = cand[torch.arange(len(part)), best.indices]
-        residual += float((best.values + Y.abs().pow(2).sum(1)).sum()) / Y.shape[1]
-    return out, residual / len(ctx.index)
-
-
-def full_size_map(ctx: RunContext, rotation: torch.Tensor, wiener: float, batch: int) -> torch.Tensor:
-    """Backprojection of all particles at the data's size with one rotation each (streamed)."""
-    source, L = ctx.source, ctx.source.image_size
-    flat, freqs = half_plane_query(L)
-    acc = BackprojectionSums.zeros(L)
     for s in range(0, len(ctx.index), batch):
         part = ctx.index[s : s + batch]
         imgs = torch.from_numpy(source.read_images(part)).double()
         Y = rfft2_images(imgs).reshape(len(part), -1)[:, flat]
         ctf = None if source.ctf is None else source.ctf.index(torch.as_tensor(part))
-        acc.add(Y, freqs, rotation[s : s + batch], ctf_values(ctf, freqs, 1.0, source.pixel_size_angstrom))
+        yield slice(s, s + len(part)), Y, ctf_values(ctf, freqs, 1.0, source.pixel_size_angstrom)
+
+
+def refine_locally(
+    ctx: RunContext,
+    rotation: torch.Tensor,
+    volume: torch.Tensor,
+    step_deg: float,
+    batch: int,
+    wiener: float | None = None,
+) -> tuple[torch.Tensor, float, torch.Tensor | None]:
+    """Best of the ``3³`` local perturbations ``δ R`` of each pose against ``volume`` at full size.
+
+    Returns the refined ``(N, 3, 3)`` rotations, the mean squared residual per frequency and,
+    when ``wiener`` is given, the backprojection at the refined rotations, gridded in the same
+    pass over the images (``None`` otherwise).
+    """
+    L = ctx.source.image_size
+    _, freqs = half_plane_query(L)
+    spec = oversampled_spectrum(volume.double(), 2)
+    loc = local_rotations(step_deg, 1)
+    out = torch.empty_like(rotation)
+    acc = None if wiener is None else BackprojectionSums.zeros(L)
+    residual = 0.0
+    for rows, Y, C in _full_size_batches(ctx, max(1, batch // 4)):
+        cand = loc[None] @ rotation[rows, None]
+        P = project_fourier(spec, cand.reshape(-1, 3, 3), freqs).reshape(len(Y), len(loc), -1)
+        best = pair_errors_batched(Y, C, P).min(1)
+        out[rows] = cand[torch.arange(len(Y)), best.indices]
+        residual += float((best.values + Y.abs().pow(2).sum(1)).sum()) / Y.shape[1]
+        if acc is not None:
+            acc.add(Y, freqs, out[rows], C)
+    return out, residual / len(ctx.index), None if acc is None else acc.volume(wiener)
+
+
+def full_size_map(ctx: RunContext, rotation: torch.Tensor, wiener: float, batch: int) -> torch.Tensor:
+    """Backprojection of all particles at the data's size with one rotation each (streamed)."""
+    L = ctx.source.image_size
+    _, freqs = half_plane_query(L)
+    acc = BackprojectionSums.zeros(L)
+    for rows, Y, C in _full_size_batches(ctx, max(1, batch // 4)):  # the batches refine_locally grids
+        acc.add(Y, freqs, rotation[rows], C)
     return acc.volume(wiener)
 
 
@@ -252,10 +266,14 @@ def run_search(ctx: RunContext, stage: Stage) -> None:
             prog["iteration"] = it + 1
             _step(ctx, stage, prog["iteration"], total, noise, band / (size / 2), N, t0)
     rotation = ctx.poses.rotation.double()
-    while prog["refined"] < len(opts.refine_steps_deg):
+    steps = opts.refine_steps_deg
+    volume = full_size_map(ctx, rotation, opts.wiener, opts.batch) if prog["refined"] < len(steps) else None
+    while prog["refined"] < len(steps):
         j = prog["refined"]
-        volume = full_size_map(ctx, rotation, opts.wiener, opts.batch)
-        rotation, residual = refine_locally(ctx, rotation, volume, opts.refine_steps_deg[j], opts.batch)
+        last = j == len(steps) - 1  # the map after the last step is not needed here
+        rotation, residual, volume = refine_locally(
+            ctx, rotation, volume, steps[j], opts.batch, None if last else opts.wiener
+        )
         ctx.poses = Pose(rotation.float(), torch.zeros(N, 2))
         prog["refined"] = j + 1
         _step(ctx, stage, opts.iterations + j + 1, total, residual, 1.0, N, t0)
