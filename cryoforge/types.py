@@ -66,6 +66,35 @@ class CTFParams:
     def __len__(self) -> int:
         return int(self.defocus_u_angstrom.shape[0])
 
+    def pixel_sizes(self, default_angstrom: float, like: torch.Tensor) -> torch.Tensor:
+        """``(B, 1)`` each particle's pixel size in Å (``default_angstrom`` when unknown), as ``like``."""
+        if self.pixel_size_angstrom is not None:
+            return self.pixel_size_angstrom.to(like.device, like.dtype).reshape(-1, 1)
+        return torch.full((len(self), 1), default_angstrom, dtype=like.dtype, device=like.device)
+
+    def values_at(
+        self, freqs_px: torch.Tensor, default_pixel_size_angstrom: float, pixel_scale: float = 1.0
+    ) -> torch.Tensor:
+        """``(B, M)`` CTF at ``(M, 2)`` frequencies in cycles/px, each particle at its own pixel size.
+
+        ``pixel_scale`` multiplies the pixel sizes (a Fourier crop's factor, original / cropped
+        box). Computed in the dtype of ``freqs_px``.
+        """
+        from cryoforge.ops.ctf import ctf_2d
+
+        px = self.pixel_sizes(default_pixel_size_angstrom, freqs_px) * pixel_scale
+        return ctf_2d(
+            freqs_px[None] / px[..., None],
+            self.defocus_u_angstrom,
+            self.defocus_v_angstrom,
+            self.astigmatism_angle_deg,
+            self.voltage_kv,
+            self.cs_mm,
+            self.amplitude_contrast,
+            self.phase_shift_deg,
+            self.bfactor_angstrom2,
+        )
+
     @staticmethod
     def cat(parts: list[CTFParams]) -> CTFParams:
         out = {}

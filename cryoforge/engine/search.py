@@ -32,7 +32,6 @@ from cryoforge.engine.callbacks import StepInfo
 from cryoforge.engine.checkpoint import save_checkpoint
 from cryoforge.engine.context import RunContext
 from cryoforge.engine.stages import register_runner
-from cryoforge.ops.ctf import ctf_2d
 from cryoforge.ops.fft import fourier_crop, rfft2_images
 from cryoforge.ops.grids import half_plane_query
 from cryoforge.ops.projection import BackprojectionSums, oversampled_spectrum, project_fourier
@@ -65,28 +64,12 @@ class SearchOptions(Options):
 def ctf_values(
     ctf: CTFParams | None, freqs: torch.Tensor, pixel_scale: float, default_px: float
 ) -> torch.Tensor | None:
-    """``(B, M)`` CTF at ``freqs`` (cycles/px of the cropped grid), each particle at its own pixel size.
+    """``(B, M)`` float64 CTF at ``freqs`` (cycles/px of the cropped grid), or ``None`` CTF-free.
 
     ``pixel_scale`` is the crop factor (original box / cropped box) applied to the particle pixel
     sizes (or to ``default_px`` when the CTF carries none).
     """
-    if ctf is None:
-        return None
-    if ctf.pixel_size_angstrom is not None:
-        px = ctf.pixel_size_angstrom.double().reshape(-1, 1, 1) * pixel_scale
-    else:
-        px = torch.full((len(ctf), 1, 1), default_px * pixel_scale, dtype=torch.float64)
-    return ctf_2d(
-        freqs.double()[None] / px,
-        ctf.defocus_u_angstrom.double(),
-        ctf.defocus_v_angstrom.double(),
-        ctf.astigmatism_angle_deg.double(),
-        ctf.voltage_kv.double(),
-        ctf.cs_mm.double(),
-        ctf.amplitude_contrast.double(),
-        ctf.phase_shift_deg.double(),
-        ctf.bfactor_angstrom2.double(),
-    )
+    return None if ctf is None else ctf.values_at(freqs.double(), default_px, pixel_scale)
 
 
 class _Spectra:

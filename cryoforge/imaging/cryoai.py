@@ -10,7 +10,6 @@ import torch
 from pydantic import Field
 
 from cryoforge.config import Options
-from cryoforge.ops.ctf import ctf_2d
 from cryoforge.ops.fft import irfft2_images
 from cryoforge.ops.grids import half_plane_query
 from cryoforge.ops.shift import origin_phase
@@ -40,24 +39,13 @@ class CryoAIImaging(Imaging):
 
     def pixel_sizes(self, ctf: CTFParams | None, batch: int) -> torch.Tensor:
         """``(B, 1)`` pixel size of each particle's image in Å (its optics group's, else the data's)."""
-        if ctf is not None and ctf.pixel_size_angstrom is not None:
-            return ctf.pixel_size_angstrom.to(self.freqs.device, self.freqs.dtype).reshape(-1, 1)
+        if ctf is not None:
+            return ctf.pixel_sizes(self.ctx.pixel_size_angstrom, self.freqs)
         return torch.full((batch, 1), self.ctx.pixel_size_angstrom, device=self.freqs.device)
 
     def ctf_values(self, ctf: CTFParams) -> torch.Tensor:
         """``(B, M)`` CTF at the queried frequencies, at each particle's own pixel size."""
-        px = self.pixel_sizes(ctf, len(ctf))
-        return ctf_2d(
-            self.freqs[None] / px[..., None],
-            ctf.defocus_u_angstrom,
-            ctf.defocus_v_angstrom,
-            ctf.astigmatism_angle_deg,
-            ctf.voltage_kv,
-            ctf.cs_mm,
-            ctf.amplitude_contrast,
-            ctf.phase_shift_deg,
-            ctf.bfactor_angstrom2,
-        )
+        return ctf.values_at(self.freqs, self.ctx.pixel_size_angstrom)
 
     def forward(self, volume: Volume, pose: Pose, ctf: CTFParams | None) -> torch.Tensor:
         L = self.ctx.image_size
