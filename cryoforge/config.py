@@ -42,13 +42,13 @@ class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     epochs: int = Field(20, ge=0, description="passes over the data (0 = only the time budget)")
     max_time_s: float | None = Field(None, gt=0, description="stop after this wall-clock time")
-    batch_size: int = Field(32, ge=1)
+    batch_size: int = Field(32, ge=1, description="particles per optimizer step on each process")
     lr_encoder: float = Field(1e-3, gt=0, description="Adam learning rate of the encoder")
     lr_volume: float | None = Field(
         None, gt=0, description="Adam learning rate of the volume (None: the volume's recommended_lr)"
     )
     grad_clip: float | None = Field(1.0, gt=0, description="max gradient norm (None: off)")
-    seed: int = 0
+    seed: int = Field(0, description="random seed of weights, batch order and half-set split")
     device: str = Field("auto", description="'auto', 'cpu', 'cuda' or 'cuda:N'")
     amp: bool = Field(False, description="bfloat16 autocast (CUDA only)")
     compile: bool = Field(False, description="torch.compile the encoder and volume")

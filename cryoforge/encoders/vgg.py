@@ -56,13 +56,18 @@ class VGGEncoder(Encoder):
     name = "vgg"
 
     class Options(Options):
-        channels: list[int] = Field(default_factory=lambda: [64, 128, 256, 512, 512])
-        n_filters: int = Field(5, ge=1)
-        filter_size: int = Field(11, ge=1)
-        sigma_min_px: float = Field(0.1, gt=0)
-        sigma_max_px: float = Field(10.0, gt=0)
-        head_hidden: list[int] = Field(default_factory=lambda: [512, 256])
-        batch_norm: bool = True
+        channels: list[int] = Field(
+            default_factory=lambda: [64, 128, 256, 512, 512],
+            description="output channels of each DoubleConv block (each halves the image size)",
+        )
+        n_filters: int = Field(5, ge=1, description="Gaussian low-pass filters stacked as input channels")
+        filter_size: int = Field(11, ge=1, description="side of each Gaussian filter kernel in pixels")
+        sigma_min_px: float = Field(0.1, gt=0, description="σ of the narrowest Gaussian filter in pixels")
+        sigma_max_px: float = Field(10.0, gt=0, description="σ of the widest Gaussian filter in pixels")
+        head_hidden: list[int] = Field(
+            default_factory=lambda: [512, 256], description="hidden widths of the rotation and shift heads"
+        )
+        batch_norm: bool = Field(True, description="batch normalisation after each convolution")
         predict_shift: bool = Field(True, description="train the shift head (else shifts are 0)")
 
     def __init__(self, options: Options, ctx: BuildContext) -> None:

@@ -35,13 +35,17 @@ class Stage(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    name: str = Field(min_length=1)
-    kind: str = Field(min_length=1)
-    encoder: str | None = None
-    band: tuple[BandEdge, BandEdge] = (1.0, 1.0)
-    max_steps: int | None = Field(None, ge=1)
-    epochs: int | None = Field(None, ge=0)
-    options: dict[str, Any] = Field(default_factory=dict)
+    name: str = Field(min_length=1, description="unique within the schedule")
+    kind: str = Field(min_length=1, description="the engine runner: gradient, search, amortize, ...")
+    encoder: str | None = Field(
+        None, description="pose estimator of this stage (None: the configured encoder)"
+    )
+    band: tuple[BandEdge, BandEdge] = Field(
+        (1.0, 1.0), description="(start, end) frequency band, fraction of Nyquist, widened over the stage"
+    )
+    max_steps: int | None = Field(None, ge=1, description="step budget (None: train.max_steps)")
+    epochs: int | None = Field(None, ge=0, description="epoch budget (None: train.epochs)")
+    options: dict[str, Any] = Field(default_factory=dict, description="settings of the stage's runner")
 
     def band_at(self, fraction: float) -> float:
         """The band edge (fraction of Nyquist) after ``fraction`` ∈ [0, 1] of the stage."""

@@ -24,11 +24,11 @@ class FourierNet(Volume):
     name = "fouriernet"
 
     class Options(Options):
-        hidden_dim: int = Field(256, ge=4)
-        modulant_layers: int = Field(3, ge=0)
-        envelope_layers: int = Field(2, ge=0)
-        omega_0_modulant: float = Field(40.0, gt=0)
-        omega_0_envelope: float = Field(30.0, gt=0)
+        hidden_dim: int = Field(256, ge=4, description="width of both SIRENs' hidden layers")
+        modulant_layers: int = Field(3, ge=0, description="hidden layers of the modulant SIREN")
+        envelope_layers: int = Field(2, ge=0, description="hidden layers of the envelope SIREN")
+        omega_0_modulant: float = Field(40.0, gt=0, description="SIREN frequency ω0 of the modulant")
+        omega_0_envelope: float = Field(30.0, gt=0, description="SIREN frequency ω0 of the envelope")
 
     def __init__(self, options: Options, ctx: BuildContext) -> None:
         super().__init__(options, ctx)
