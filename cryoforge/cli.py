@@ -127,18 +127,51 @@ def plugins_list(kind: str | None, as_json: bool, plugins_dirs: tuple[str, ...])
 
 
 @plugins.command("show")
-@click.argument("kind", type=click.Choice(list(ROLES)))
-@click.argument("name")
+@click.argument("kind", type=click.Choice([*ROLES, "train"]))
+@click.argument("name", required=False)
+@click.option("--json", "as_json", is_flag=True, help="the options' JSON schema instead of a table")
 @plugins_dir_option
-def plugins_show(kind: str, name: str, plugins_dirs: tuple[str, ...]) -> None:
-    """A component's docstring and its options (JSON schema with defaults)."""
-    from cryoforge.plugins import load_registry
+def plugins_show(kind: str, name: str | None, as_json: bool, plugins_dirs: tuple[str, ...]) -> None:
+    """A component's docstring and a table of its options: name, type, default, description.
 
-    cls = load_registry(list(plugins_dirs)).get(kind, name)
-    click.echo(f"{kind} {name!r} ({cls.__module__}.{cls.__qualname__})\n")
-    click.echo((cls.__doc__ or "").strip() + "\n")
-    click.echo("Options:")
-    click.echo(json.dumps(cls.Options.model_json_schema(), indent=2))
+    \b
+    Examples:
+      cryoforge plugins show volume fouriernet
+      cryoforge plugins show train          (the train.* settings)
+    """
+    from cryoforge.option_docs import option_rows
+
+    if kind == "train":
+        from cryoforge.config import TrainConfig
+
+        model, title, doc = TrainConfig, "train.* settings (-o train.NAME VALUE)", TrainConfig.__doc__
+    else:
+        if not name:
+            raise click.UsageError(f"give the {kind} NAME (see: cryoforge plugins list --kind {kind})")
+        from cryoforge.plugins import load_registry
+
+        cls = load_registry(list(plugins_dirs)).get(kind, name)
+        model, doc = cls.Options, cls.__doc__
+        title = f"{kind} {name!r} ({cls.__module__}.{cls.__qualname__}); set with -o {kind}.NAME VALUE"
+    if as_json:
+        click.echo(json.dumps(model.model_json_schema(), indent=2))
+        return
+    import inspect
+
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    console = Console(width=None if sys.stdout.isatty() else 160, highlight=False)
+    console.print(escape(title))
+    console.print(escape(inspect.cleandoc(doc or "")) + "\n")
+    table = Table("option", "type", "default", "description", title="Options", title_justify="left")
+    for r in option_rows(model):
+        table.add_row(*(escape(x) for x in (r.name, r.type, r.default, r.description)))
+    if not table.row_count:
+        console.print("Options: none")
+        return
+    console.print(table)
 
 
 # ----------------------------------------------------------------------------- config / run
