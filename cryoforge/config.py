@@ -61,6 +61,9 @@ class TrainConfig(BaseModel):
     gt_poses: bool = Field(False, description="use the source's known poses (no encoder)")
     tensorboard: bool = Field(True, description="write TensorBoard scalars when installed")
     progress: bool = Field(True, description="show a progress bar")
+    pictures: bool = Field(
+        True, description="write slices.png, progress.png and report.html at each export and at the end"
+    )
 
 
 class RunConfig(BaseModel):

@@ -23,6 +23,7 @@ from cryoforge.engine.checkpoint import CheckpointCallback, load_checkpoint, res
 from cryoforge.engine.context import Clock, RunContext, RunResult
 from cryoforge.engine.evaluation import EvaluationCallback
 from cryoforge.engine.export import ExportCallback
+from cryoforge.engine.pictures import PicturesCallback, write_halves_report
 from cryoforge.engine.progress import ProgressCallback
 from cryoforge.engine.stages import run_stages, schedule_stages
 from cryoforge.engine.tensorboard import TensorBoardCallback
@@ -101,6 +102,8 @@ def make_callbacks(config: RunConfig, run_dir: Path, rank: int) -> list[Callback
         ExportCallback(tc.export_every_s),
         EvaluationCallback(),
     ]
+    if tc.pictures:
+        callbacks.append(PicturesCallback())  # after the evaluation, whose metrics it shows
     tensorboard = TensorBoardCallback.open(run_dir) if tc.tensorboard else None
     if tensorboard is not None:
         callbacks.append(tensorboard)
@@ -264,4 +267,6 @@ def combine_halves(
     result.metrics = {"halfmap_" + k: v for k, v in rep.summary((0.5, 0.143)).items()}
     result.metrics["halves_mirrored"] = al.mirrored
     write_json(run_dir / "metrics.json", result.metrics)
+    if config.train.pictures:
+        write_halves_report(result, results, ((m1t + al.aligned) / 2).numpy(), source.pixel_size_angstrom)
     return result
