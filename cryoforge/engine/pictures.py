@@ -138,7 +138,7 @@ class PicturesCallback(Callback):
         if (ctx.run_dir / "map.mrc").is_file():
             notes.append(f"Open the map: chimerax {ctx.run_dir / 'map.mrc'}")
         notes += [f"Warning: {w}" for w in ctx.result.warnings]
-        run_report(ctx.run_dir, ctx.result.metrics, pictures, f"cryoforge run {ctx.run_dir.name}", notes)
+        run_report(ctx.run_dir, ctx.result.metrics, pictures, f"cryoforge report: {ctx.run_dir.name}", notes)
 
 
 def write_halves_report(
@@ -170,4 +170,6 @@ def write_halves_report(
         ("half-map FSC", "fsc_halves.png"),
     ]
     notes = [f"Open the map: chimerax {run_dir / 'map.mrc'}"] + [f"Warning: {w}" for w in result.warnings]
-    return run_report(run_dir, result.metrics, pictures, f"cryoforge run {run_dir.name} (half sets)", notes)
+    return run_report(
+        run_dir, result.metrics, pictures, f"cryoforge report: {run_dir.name} (half sets)", notes
+    )

@@ -118,7 +118,8 @@ def render_report(
         parts.append(_table(sorted(plugins.items()), ("plugin", "version")))
     if config is not None:
         parts.append("<h2>Resolved configuration</h2>")
-        parts.append(f"<pre>{html.escape(json.dumps(config, indent=2, ensure_ascii=False))}</pre>")
+        text = json.dumps(config, indent=2, ensure_ascii=False)
+        parts.append(f"<pre>{html.escape(text, quote=False)}</pre>")
     parts.append(f"<script>{_SCRIPT}</script></body></html>")
     return "\n".join(parts)
 
