@@ -305,28 +305,43 @@ def _dry_run_json(config: RunConfig, registry) -> str:
     return json.dumps(data, indent=2, ensure_ascii=False)
 
 
-def _is_truth_metric(key: str) -> bool:
-    """Metrics computed against a ground truth (known poses or map), labelled as such."""
-    return key.startswith(("rot_", "trans_", "resolution_", "mirrored", "map_mirrored"))
-
-
 def _print_result(result) -> None:
-    from rich.console import Console
-    from rich.table import Table
+    """The end-of-run summary: the files that exist, the metrics (ground-truth ones labelled as
+    such; they exist only when a truth was given), warnings, and last how to open the map.
 
-    table = Table("output", "value", title=f"cryoforge run: {result.run_dir}")
-    for label, p in (("map", result.map_path), ("poses", result.star_path), ("FSC plot", result.fsc_plot)):
-        if p:
-            table.add_row(label, str(p))
-    from cryoforge.evaluate_cli import metric_rows
+    A rich table on a terminal; plain ``label  value`` lines otherwise (logs are never cut)."""
+    from cryoforge.report.metrics import labelled_rows
 
-    for k, v in metric_rows(result.metrics):
-        table.add_row(f"{k} (vs ground truth)" if _is_truth_metric(k) else k, v)
-    Console(width=120).print(table)
-    if result.map_path:
-        click.echo(f"open the map: chimerax {result.map_path}")
+    run_dir = Path(result.run_dir)
+    files = [
+        ("map", result.map_path),
+        ("poses", result.star_path),
+        ("FSC plot", result.fsc_plot),
+        ("report", run_dir / "report.html"),
+        ("slices", run_dir / "slices.png"),
+        ("progress plot", run_dir / "progress.png"),
+    ]
+    rows = [(label, str(p)) for label, p in files if p and Path(p).is_file()]
+    rows += labelled_rows(result.metrics)
+    title = f"cryoforge run: {run_dir}"
+    if sys.stdout.isatty():
+        from rich.console import Console
+        from rich.markup import escape
+        from rich.table import Table
+
+        table = Table("output", "value", title=escape(title))
+        for label, value in rows:
+            table.add_row(escape(label), escape(value))
+        Console().print(table)
+    else:
+        width = max((len(label) for label, _ in rows), default=0)
+        click.echo(title)
+        for label, value in rows:
+            click.echo(f"  {label:<{width}}  {value}")
     for w in getattr(result, "warnings", []):
         click.echo(f"Warning: {w}", err=True)
+    if result.map_path and Path(result.map_path).is_file():
+        click.echo(f"open the map: chimerax {result.map_path}")
 
 
 @cli.command()

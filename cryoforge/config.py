@@ -60,7 +60,12 @@ class TrainConfig(BaseModel):
     half_sets: bool = Field(False, description="two independent runs on the two halves")
     gt_poses: bool = Field(False, description="use the source's known poses (no encoder)")
     tensorboard: bool = Field(True, description="write TensorBoard scalars when installed")
-    progress: bool = Field(True, description="show a progress bar")
+    progress: bool = Field(
+        True, description="show progress: a bar on a terminal, else plain log lines every log_every_s"
+    )
+    log_every_s: float = Field(
+        30.0, gt=0, description="seconds between plain progress lines when stdout is not a terminal"
+    )
     pictures: bool = Field(
         True, description="write slices.png, progress.png and report.html at each export and at the end"
     )

@@ -107,7 +107,7 @@ def make_callbacks(config: RunConfig, run_dir: Path, rank: int) -> list[Callback
     tensorboard = TensorBoardCallback.open(run_dir) if tc.tensorboard else None
     if tensorboard is not None:
         callbacks.append(tensorboard)
-    callbacks.append(ProgressCallback(tc.progress))
+    callbacks.append(ProgressCallback(tc.progress, tc.log_every_s))
     return callbacks
 
 
