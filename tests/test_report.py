@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
@@ -15,6 +16,7 @@ from PIL import Image
 
 from cryoforge.config import RunConfig, apply_override
 from cryoforge.evaluate import FSCReport, plot_fsc
+from cryoforge.io.mrc import read_map
 from cryoforge.report.progress_plot import ResolutionSeries, plot_progress
 from cryoforge.report.slices import extent_angstrom, plot_slices
 from cryoforge.train import run
@@ -71,13 +73,34 @@ def test_a_run_writes_pictures_and_a_self_contained_report(tiny_run):
 
 def test_half_sets_write_a_report_per_half_and_one_for_the_run(tiny, tmp_path):
     out = tmp_path / "h"
-    run(_config(tiny, out, **{"train.half_sets": True, "train.max_steps": 3}))
+    run(_config(tiny, out, **{"train.half_sets": True, "train.max_steps": 2}))
     for d in (out, out / "half1", out / "half2"):
         assert (d / "report.html").is_file() and (d / "slices.png").is_file(), d
     page = (out / "report.html").read_text(encoding="utf-8")
     assert page.count('<img src="data:image/png;base64,') == 3  # slices, progress, half-map FSC
     assert "halfmap_resolution_0.143" in page and "half1/report.html" in page
     assert "halfmap_resolution_0.143 (vs ground truth)" not in page
+
+
+def test_half_sets_in_lockstep_measure_the_halfmap_fsc_at_each_export(tiny, tmp_path):
+    """Exports every 0.01 s of training: both halves pause at each export, so both half maps
+    exist there and the run folder's history gets a half-map resolution per export, then the
+    final one. Pausing and continuing from the checkpoint changes nothing: the half maps equal
+    those of halves trained one after the other."""
+    over = {"train.half_sets": True, "train.max_steps": 3, "train.epochs": 100, "train.pictures": False}
+    run(_config(tiny, tmp_path / "lock", **over, **{"train.export_every_s": 0.01}))
+    history = [json.loads(ln) for ln in (tmp_path / "lock" / "history.jsonl").read_text().splitlines()]
+    assert len(history) >= 3, history  # exports with both halves at the same time, and the end
+    times = [h["elapsed_s"] for h in history]
+    assert times == sorted(times) and times[0] == pytest.approx(0.01)
+    assert all("halfmap_resolution_0.143_angstrom" in h for h in history)
+    for i in (1, 2):
+        assert "resumed from" in (tmp_path / "lock" / f"half{i}" / "run.log").read_text()
+    run(_config(tiny, tmp_path / "seq", **over))
+    for i in (1, 2):
+        a = read_map(tmp_path / "lock" / f"half{i}" / "map.mrc")[0]
+        b = read_map(tmp_path / "seq" / f"half{i}" / "map.mrc")[0]
+        np.testing.assert_array_equal(a, b)
 
 
 def _capture_figure(monkeypatch) -> list:

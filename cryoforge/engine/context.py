@@ -37,6 +37,7 @@ class RunResult:
     history: list[dict[str, float]] = field(default_factory=list)
     pipeline: Pipeline | None = None
     warnings: list[str] = field(default_factory=list)
+    paused: bool = False  # stopped at a pause time (half sets in lockstep), to be continued
 
 
 class Clock:

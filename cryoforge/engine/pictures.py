@@ -19,7 +19,7 @@ from cryoforge.engine.callbacks import Callback, Exported
 from cryoforge.engine.context import RunContext, RunResult
 from cryoforge.report.html import write_report
 from cryoforge.report.metrics import is_truth_metric
-from cryoforge.report.progress_plot import ResolutionSeries, plot_progress, resolution_series
+from cryoforge.report.progress_plot import plot_progress, resolution_series
 from cryoforge.report.slices import plot_slices
 
 log = logging.getLogger("cryoforge")
@@ -141,35 +141,48 @@ class PicturesCallback(Callback):
         run_report(ctx.run_dir, ctx.result.metrics, pictures, f"cryoforge report: {ctx.run_dir.name}", notes)
 
 
-def write_halves_report(
-    result: RunResult, halves: list[RunResult], avg_map: np.ndarray, pixel_size_angstrom: float
+def write_halves_pictures(
+    run_dir: Path,
+    metrics: dict[str, Any],
+    avg_map: np.ndarray,
+    pixel_size_angstrom: float,
+    halves: list[RunResult],
+    final: bool,
+    warnings: list[str] | None = None,
 ) -> Path:
-    """The half-set run folder's pictures and report: the average map, both halves' losses, the
-    half-map FSC (``fsc_halves.png``) and its 0.143 resolution at the end of training."""
-    run_dir = result.run_dir
+    """The half-set run folder's pictures and report: the average map, half 1's loss, the
+    half-map FSC-0.143 resolution at each export (``history.jsonl``), ``fsc_halves.png``."""
     plot_slices(avg_map, pixel_size_angstrom, run_dir / SLICES, "average of the half maps")
-    L = avg_map.shape[-1]
-    series = ResolutionSeries(HALF_LABEL)
-    res = result.metrics.get(HALF_KEY)
-    if res is not None:
-        end = max((h.history[-1]["elapsed_s"] for h in halves if h.history), default=0.0)
-        series.elapsed_s.append(float(end))
-        series.angstrom.append(float(res))
-    h1 = halves[0].history
+    h1 = halves[0].history if halves else []
     plot_progress(
         [e["elapsed_s"] for e in h1],
         [e["loss"] for e in h1],
         run_dir / PROGRESS,
-        series,
+        resolution_series(run_dir / "history.jsonl", HALF_KEY, HALF_LABEL),
         pixel_size_angstrom,
-        L,
+        avg_map.shape[-1],
     )
     pictures = [
-        ("average map: central slices and projections", SLICES),
-        ("loss of half 1 and the final half-map resolution", PROGRESS),
+        ("average of the half maps: central slices and projections", SLICES),
+        ("loss of half 1; half-map resolution at each export", PROGRESS),
         ("half-map FSC", "fsc_halves.png"),
     ]
-    notes = [f"Open the map: chimerax {run_dir / 'map.mrc'}"] + [f"Warning: {w}" for w in result.warnings]
-    return run_report(
-        run_dir, result.metrics, pictures, f"cryoforge report: {run_dir.name} (half sets)", notes
+    state = "finished" if final else "in progress (both halves at the same training time)"
+    notes = [f"Half-set run {state}.", f"Open the map: chimerax {run_dir / 'map.mrc'}"]
+    notes += [f"Warning: {w}" for w in warnings or []]
+    return run_report(run_dir, metrics, pictures, f"cryoforge report: {run_dir.name} (half sets)", notes)
+
+
+def write_halves_report(
+    result: RunResult, halves: list[RunResult], avg_map: np.ndarray, pixel_size_angstrom: float
+) -> Path:
+    """The final half-set pictures and report; the last point of the resolution is the final one."""
+    from cryoforge.engine.halves import append_history
+
+    res = result.metrics.get(HALF_KEY)
+    if res is not None:
+        end = max((h.history[-1]["elapsed_s"] for h in halves if h.history), default=0.0)
+        append_history(result.run_dir, {HALF_KEY: float(res), "elapsed_s": float(end)})
+    return write_halves_pictures(
+        result.run_dir, result.metrics, avg_map, pixel_size_angstrom, halves, True, result.warnings
     )

@@ -23,6 +23,7 @@ from cryoforge.engine.checkpoint import CheckpointCallback, load_checkpoint, res
 from cryoforge.engine.context import Clock, RunContext, RunResult
 from cryoforge.engine.evaluation import EvaluationCallback
 from cryoforge.engine.export import ExportCallback
+from cryoforge.engine.halves import PauseCallback, Paused, train_halves
 from cryoforge.engine.pictures import PicturesCallback, write_halves_report
 from cryoforge.engine.progress import ProgressCallback
 from cryoforge.engine.stages import run_stages, schedule_stages
@@ -121,8 +122,13 @@ def train_one(
     index: np.ndarray,
     run_dir: Path,
     resume: bool = False,
+    pause_at_s: float | None = None,
 ) -> RunResult:
-    """Train one model on the particles ``index`` of ``source``; outputs go to ``run_dir``."""
+    """Train one model on the particles ``index`` of ``source``; outputs go to ``run_dir``.
+
+    With ``pause_at_s``, training stops after the first step at that training time, exported and
+    checkpointed, with ``paused`` set in the result (continue with ``resume``).
+    """
     tc = config.train
     rank, world = distributed()
     device = pick_device(tc.device)
@@ -168,10 +174,17 @@ def train_one(
         len(stages),
     )
     ctx.callbacks = make_callbacks(config, run_dir, rank)
+    if pause_at_s is not None and rank == 0:  # the pause exports: no periodic export of its own
+        for cb in ctx.callbacks:
+            if isinstance(cb, ExportCallback):
+                cb.every_s = float("inf")
+        ctx.callbacks.append(PauseCallback(pause_at_s))
     ctx.clock = Clock(ctx.state["elapsed_s"])
     try:
         run_stages(ctx, stages)
         ctx.emit("on_run_end")
+    except Paused:
+        ctx.result.paused = True
     finally:
         for cb in ctx.callbacks:
             cb.close()
@@ -198,7 +211,7 @@ def run(
             "replace it with --overwrite, or choose another --output-dir)"
         )
     schedule_stages(config, registry, BuildContext(source.image_size, source.pixel_size_angstrom))
-    rank, _ = distributed()
+    rank, world = distributed()
     if rank == 0:
         write_run_files(config, run_dir)
     index = np.arange(len(source))
@@ -206,17 +219,17 @@ def run(
         if not config.train.half_sets:
             return train_one(config, registry, source, index, run_dir, resume)
         halves = split_halves(len(source), config.train.seed)
-        results = []
         for i, h in enumerate(halves):
             half_dir = run_dir / f"half{i + 1}"
             half_dir.mkdir(parents=True, exist_ok=True)
             if rank == 0:
                 write_index(half_dir / "particles.txt", h)
-            # independent halves: disjoint particles *and* different seeds (weights, batches)
-            half_config = config.model_copy(
-                update={"train": config.train.model_copy(update={"seed": config.train.seed + 1000 * (i + 1)})}
-            )
-            results.append(train_one(half_config, registry, source, h, half_dir, resume))
+
+        def train_half(cfg, index, half_dir, res, pause_at_s):
+            return train_one(cfg, registry, source, index, half_dir, res, pause_at_s)
+
+        # independent halves (disjoint particles, different seeds) in lockstep: see engine/halves.py
+        results = train_halves(config, halves, run_dir, resume, train_half, rank, world)
         return combine_halves(results, source, halves, config, run_dir) if rank == 0 else results[0]
     finally:
         if dist.is_initialized():

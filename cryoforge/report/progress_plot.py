@@ -132,7 +132,7 @@ def plot_progress(
     ax_res.set_xlabel("training time (s)")
     ax_res.set_ylabel("resolution (Å)")
     ax_res.set_title(resolution.label if resolution else "resolution", fontsize=10)
-    fig.tight_layout()
+    fig.subplots_adjust(left=0.08, right=0.98, bottom=0.13, top=0.9, wspace=0.25)
     with atomic_path(Path(path)) as tmp:
         fig.savefig(tmp, dpi=80, format="png")
     plt.close(fig)
