@@ -107,8 +107,7 @@ class PicturesCallback(Callback):
         self._progress(ctx)
         self._report(ctx, final=False)
 
-    def on_run_end(self, ctx: RunContext) -> None:
-        self._progress(ctx)
+    def on_run_end(self, ctx: RunContext) -> None:  # the final export drew the pictures
         self._report(ctx, final=True)
 
     def _progress(self, ctx: RunContext) -> None:
