@@ -101,6 +101,8 @@ def train_halves(
     if world > 1:  # the pause is decided on rank 0 alone: no lockstep across processes
         return [train(half_config(config, i), halves[i], dirs[i], resume, None) for i in range(2)]
     start = min(_elapsed(d) for d in dirs) if resume else 0.0
+    if not resume and rank == 0:  # a new run (or --overwrite): the half-map history starts afresh
+        (run_dir / "history.jsonl").unlink(missing_ok=True)
     mark = every * (math.floor(start / every) + 1)
     results: list[RunResult | None] = [None, None]
     first = [True, True]

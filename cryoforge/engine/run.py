@@ -225,7 +225,9 @@ def run(
             if rank == 0:
                 write_index(half_dir / "particles.txt", h)
 
-        def train_half(cfg, index, half_dir, res, pause_at_s):
+        def train_half(
+            cfg: RunConfig, index: np.ndarray, half_dir: Path, res: bool, pause_at_s: float | None
+        ) -> RunResult:
             return train_one(cfg, registry, source, index, half_dir, res, pause_at_s)
 
         # independent halves (disjoint particles, different seeds) in lockstep: see engine/halves.py
