@@ -38,10 +38,10 @@ def hms(seconds: float) -> str:
 def progress_line(info: StepInfo, elapsed_s: float) -> str:
     """One plain progress line: stage, steps (of the budget), loss, throughput, training time."""
     budget = f"/{info.total_steps}" if info.total_steps else ""
+    rate = f"{info.images_per_s:.0f} img/s, " if info.images_per_s > 0 else ""  # 0: not measured
     return (
         f"{time.strftime('%Y-%m-%d %H:%M:%S')} stage {info.stage.name}: step {info.stage_step}{budget} "
-        f"(run step {info.step}), loss {info.loss:.5g}, {info.images_per_s:.0f} img/s, "
-        f"training time {hms(elapsed_s)}"
+        f"(run step {info.step}), loss {info.loss:.5g}, {rate}training time {hms(elapsed_s)}"
     )
 
 

@@ -105,24 +105,26 @@ def plot_progress(
         if ok:
             ax_res.plot([t for t, _ in ok], [a for _, a in ok], "o-", color="C1", label=resolution.label)
             last = ok[-1][1]
-            ax_res.annotate(f"{last:.1f} Å", ok[-1], textcoords="offset points", xytext=(4, 4), fontsize=8)
+            at_nyquist = pixel_size_angstrom is not None and last <= 2 * pixel_size_angstrom * (1 + 1e-6)
+            text = f"≤ {last:.1f} Å (Nyquist)" if at_nyquist else f"{last:.1f} Å"  # as metrics.json says
+            ax_res.annotate(text, ok[-1], textcoords="offset points", xytext=(-4, 6), ha="right", fontsize=8)
         if worse and box_a:
             ax_res.plot(worse, [box_a] * len(worse), "v", color="C3", label=f"not reached (> {box_a:.0f} Å)")
         if pixel_size_angstrom:
             nyq = 2 * pixel_size_angstrom
             ax_res.axhline(nyq, ls="--", lw=0.8, color="gray")
             ax_res.text(
-                1.0,
+                0.02,
                 nyq,
-                f"Nyquist {nyq:.1f} Å ",
+                f"Nyquist {nyq:.1f} Å",
                 fontsize=7,
                 color="gray",
-                va="bottom",
-                ha="right",
+                va="top",
+                ha="left",
                 transform=ax_res.get_yaxis_transform(),
             )
         if box_a:
-            ax_res.set_ylim(box_a * 1.05, (2 * pixel_size_angstrom) * 0.9)  # better is up; never past the box
+            ax_res.set_ylim(box_a * 1.05, (2 * pixel_size_angstrom) * 0.7)  # better is up; never past the box
         else:
             ax_res.invert_yaxis()
         ax_res.legend(fontsize=8, loc="lower right")
