@@ -6,8 +6,10 @@ again; written stars open their images from any folder; subsets; output-folder o
 
 from __future__ import annotations
 
+import json
 import logging
 import pickle
+import shutil
 
 import numpy as np
 import pytest
@@ -344,3 +346,68 @@ def test_output_dir_spelling_and_out_alias(tiny, tmp_path):
         assert r.exit_code == 0, r.output
         assert (e / "metrics.json").is_file()
     assert "-d, --output-dir, --out" in CliRunner().invoke(cli, ["simulate", "--help"]).output
+
+
+# ----------------------------------------------------------------------------- portable runs
+
+SMALL = {
+    "schedule.name": "cryoai",
+    "encoder.channels": [8, 16],
+    "encoder.head_hidden": [32],
+    "volume.hidden_dim": 32,
+    "train.batch_size": 8,
+    "train.tensorboard": False,
+    "train.progress": False,
+}
+
+
+def _small(*args: str) -> list[str]:
+    out = list(args)
+    for k, v in SMALL.items():
+        out += ["-o", k, json.dumps(v)]
+    return out
+
+
+def test_runs_are_portable_and_cs_inputs_get_a_cs(tiny, tmp_path, monkeypatch):
+    """Started from folder A with relative paths; resumed and inferred from folder B."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    (a / "data").mkdir(parents=True)
+    b.mkdir()
+    for f in ("star", "mrcs", "cs"):
+        shutil.copy(tiny[f], a / "data" / tiny[f].name)
+    (a / "r").mkdir()
+    shutil.copy(tiny["map"], a / "r" / "truth.mrc")  # a file of the run's own
+    (a / "keep.txt").write_text("0 3 5 6 7 9 10 11 12 20\n")
+    monkeypatch.chdir(a)
+    steps = ["-o", "train.max_steps", "2", "-o", "train.checkpoint_every_steps", "1"]
+    args = ["run", "--particles", "data/particles.cs", "-d", "r", "--ind", "keep.txt", "--first", "8"]
+    r = CliRunner().invoke(cli, _small(*args, "-o", "ground_truth_map", "r/truth.mrc", *steps))
+    assert r.exit_code == 0, r.output
+    cfg = json.loads((a / "r" / "config.json").read_text())
+    assert cfg["source"]["options"]["path"] == str(a / "data" / "particles.cs")  # input: absolute
+    assert cfg["source"]["options"]["ind"] == str(a / "keep.txt")
+    assert cfg["output_dir"] == "." and cfg["ground_truth_map"] == "truth.mrc"  # the run's own: relative
+    kept = [0, 3, 5, 6, 7, 9, 10, 11]
+    cs = np.load(a / "r" / "poses.cs")
+    assert cs["uid"].tolist() == np.load(a / "data" / "particles.cs")["uid"][kept].tolist()
+    assert len(read_star(a / "r" / "poses.star")) == 8
+    monkeypatch.chdir(b)
+    r = CliRunner().invoke(cli, ["run", "--resume", "../a/r"])
+    assert r.exit_code == 0, r.output
+    assert "resumed from" in (a / "r" / "run.log").read_text()
+    r = CliRunner().invoke(cli, ["infer", "../a/r"])
+    assert r.exit_code == 0, r.output
+    assert "inferred_poses.cs" in r.output
+    inferred = a / "r" / "inferred_poses.star"
+    assert len(read_star(inferred)) == 8 and len(np.load(inferred.with_suffix(".cs"))) == 8
+    r = CliRunner().invoke(
+        cli, ["infer", "../a/r", "--particles", "../a/data/particles.star", "--out", "x.star"]
+    )
+    assert r.exit_code == 0, r.output
+    assert len(read_star(b / "x.star")) == 24  # another particle file: the run's subset does not apply
+    r = CliRunner().invoke(cli, ["infer", "../a/r", "--first", "3", "--out", "y.star"])
+    assert r.exit_code == 0 and len(read_star(b / "y.star")) == 3
+    monkeypatch.chdir(tmp_path)  # the written star opens its images from anywhere
+    src = source_for(a / "r" / "inferred_poses.star")
+    direct = source_for(a / "data" / "particles.star")
+    assert np.array_equal(src.read_images(np.arange(8)), direct.read_images(np.array(kept)))
