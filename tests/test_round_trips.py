@@ -411,3 +411,28 @@ def test_runs_are_portable_and_cs_inputs_get_a_cs(tiny, tmp_path, monkeypatch):
     src = source_for(a / "r" / "inferred_poses.star")
     direct = source_for(a / "data" / "particles.star")
     assert np.array_equal(src.read_images(np.arange(8)), direct.read_images(np.array(kept)))
+
+
+def test_cs_fields_with_a_relion_column_reach_the_star(cryodrgn):
+    from cryoforge.io.cs_overlay import cs_star_columns
+
+    arr = read_cs_array(cryodrgn / "cryosparc_P12_J24_001_particles.cs")
+    cols = cs_star_columns(arr)
+    assert set(np.unique(cols["rlnRandomSubset"])) == {1, 2}
+    assert np.array_equal(cols["rlnRandomSubset"], arr["alignments3D/split"].astype(int) + 1)
+    loc = np.zeros(
+        2,
+        [
+            ("location/micrograph_path", "S20"),
+            ("location/center_x_frac", "<f4"),
+            ("location/center_y_frac", "<f4"),
+            ("location/micrograph_shape", "<u4", (2,)),
+        ],
+    )
+    loc["location/micrograph_path"] = [b">J3/mic_001.mrc", b"J3/mic_002.mrc"]
+    loc["location/center_x_frac"], loc["location/center_y_frac"] = [0.25, 0.5], [0.5, 0.75]
+    loc["location/micrograph_shape"] = [4000, 3000]  # (ny, nx)
+    cols = cs_star_columns(loc)
+    assert cols["rlnMicrographName"].tolist() == ["J3/mic_001.mrc", "J3/mic_002.mrc"]
+    assert cols["rlnCoordinateX"].tolist() == [750.0, 1500.0]
+    assert cols["rlnCoordinateY"].tolist() == [2000.0, 3000.0]

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from cryoforge.errors import InputFileError
-from cryoforge.io.cs_overlay import cs_with_poses, read_cs_array, write_cs_array
+from cryoforge.io.cs_overlay import cs_star_columns, cs_with_poses, read_cs_array, write_cs_array
 from cryoforge.io.star import write_star
 from cryoforge.io.star_document import overlay_poses, read_star_document, write_star_document
 from cryoforge.io.table import CTF_FIELDS, ParticleTable
@@ -88,11 +88,14 @@ def write_pose_files(star_path: Path, source: Source, index: np.ndarray, pose: P
         )
         write_star_document(star_path, out)
         return [star_path]
-    write_star(star_path, pose_table(source, index, pose, star_path))
-    if suffix == ".cs":
-        arr = read_cs_array(in_path)
-        rows = _input_rows(source, index, len(arr), Path(in_path))
-        cs_path = star_path.with_suffix(".cs")
-        write_cs_array(cs_path, cs_with_poses(arr, rows, rotations, shifts))
-        return [star_path, cs_path]
-    return [star_path]
+    table = pose_table(source, index, pose, star_path)
+    if suffix != ".cs":
+        write_star(star_path, table)
+        return [star_path]
+    arr = read_cs_array(in_path)
+    rows = _input_rows(source, index, len(arr), Path(in_path))
+    table.extra.update(cs_star_columns(arr[rows]))  # micrograph, coordinates, half set
+    write_star(star_path, table)
+    cs_path = star_path.with_suffix(".cs")
+    write_cs_array(cs_path, cs_with_poses(arr, rows, rotations, shifts))
+    return [star_path, cs_path]

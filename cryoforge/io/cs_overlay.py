@@ -74,3 +74,26 @@ def write_cs_array(path: str | Path, arr: np.ndarray) -> None:
     """Write a structured array as a ``.cs`` file (NumPy format) atomically."""
     with atomic_path(path, suffix=".npy") as tmp, open(tmp, "wb") as fh:
         np.save(fh, arr, allow_pickle=False)
+
+
+def cs_star_columns(arr: np.ndarray) -> dict[str, np.ndarray]:
+    """RELION columns for the cryoSPARC fields that have one (beyond CTF, pixel size and poses).
+
+    ``location/micrograph_path`` → ``rlnMicrographName``; ``location/center_x_frac`` and
+    ``center_y_frac`` times ``location/micrograph_shape`` (ny, nx) → ``rlnCoordinateX/Y`` (pixels
+    of the micrograph); ``alignments3D/split`` (0/1) → ``rlnRandomSubset`` (1/2).
+    """
+    names = arr.dtype.names or ()
+    out: dict[str, np.ndarray] = {}
+    if "location/micrograph_path" in names:
+        paths = arr["location/micrograph_path"]
+        out["rlnMicrographName"] = np.array(
+            [(p.decode() if isinstance(p, bytes) else str(p)).lstrip(">") for p in paths]
+        )
+    if {"location/center_x_frac", "location/center_y_frac", "location/micrograph_shape"} <= set(names):
+        shape = np.asarray(arr["location/micrograph_shape"], dtype=np.float64)
+        out["rlnCoordinateX"] = np.asarray(arr["location/center_x_frac"], np.float64) * shape[:, 1]
+        out["rlnCoordinateY"] = np.asarray(arr["location/center_y_frac"], np.float64) * shape[:, 0]
+    if "alignments3D/split" in names:
+        out["rlnRandomSubset"] = np.asarray(arr["alignments3D/split"], dtype=np.int64) + 1
+    return out

@@ -199,7 +199,8 @@ def table_document(table: ParticleTable) -> StarDocument:
         cols["rlnOriginXAngst"], cols["rlnOriginYAngst"] = f6(sh[:, 0]), f6(sh[:, 1])
     for k, v in table.extra.items():
         if k.startswith("rln") and k not in cols:
-            cols[k] = [str(x) for x in v]
+            v = np.asarray(v)
+            cols[k] = f6(v) if np.issubdtype(v.dtype, np.floating) else [str(x) for x in v]
     lines = [" ".join(row) for row in zip(*cols.values(), strict=True)]
     return StarDocument([optics, StarBlock("particles", list(cols), lines)], RELION31_VERSION)
 
