@@ -196,7 +196,13 @@ def build_config(
 
         config = demo_config(Path(output_dir or "demo_run"))
     if config_file:
-        config = load_config_file(config_file)
+        cfg_path = Path(config_file)
+        if cfg_path.name == "config.json" and (cfg_path.parent / "plugins.json").is_file():
+            from cryoforge.engine.portable import load_run_config
+
+            config = load_run_config(cfg_path.parent)  # a run's own config: paths from its folder
+        else:
+            config = load_config_file(config_file)
     if base is not None:
         config = base
     if particles:

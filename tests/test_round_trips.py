@@ -436,3 +436,32 @@ def test_cs_fields_with_a_relion_column_reach_the_star(cryodrgn):
     assert cols["rlnMicrographName"].tolist() == ["J3/mic_001.mrc", "J3/mic_002.mrc"]
     assert cols["rlnCoordinateX"].tolist() == [750.0, 1500.0]
     assert cols["rlnCoordinateY"].tolist() == [2000.0, 3000.0]
+
+
+def test_a_runs_config_json_repeats_it_from_anywhere(tiny, tmp_path, monkeypatch):
+    from cryoforge.cli import build_config
+    from cryoforge.engine.portable import portable_json
+    from cryoforge.plugins import load_registry
+
+    run_dir = tmp_path / "r"
+    (run_dir / "data").mkdir(parents=True)
+    shutil.copy(tiny["map"], run_dir / "data" / "map.mrc")
+    cfg = build_config(
+        None,
+        {},
+        (("ground_truth_map", str(run_dir / "data" / "map.mrc")),),
+        str(tiny["star"]),
+        str(run_dir),
+        False,
+    )
+    (run_dir / "config.json").write_text(portable_json(cfg, load_registry(), run_dir))
+    (run_dir / "plugins.json").write_text("{}")
+    data = json.loads((run_dir / "config.json").read_text())
+    assert data["ground_truth_map"] == "data/map.mrc" and data["output_dir"] == "."
+    moved = tmp_path / "moved"
+    shutil.move(run_dir, moved)  # the folder can move: its own files go with it
+    monkeypatch.chdir(tiny["star"].parent)
+    again = build_config(str(moved / "config.json"), {}, (), None, str(tmp_path / "r2"), False)
+    assert again.ground_truth_map == str(moved / "data" / "map.mrc")
+    assert again.source.options["path"] == str(tiny["star"].absolute())
+    assert again.output_dir == str(tmp_path / "r2")
