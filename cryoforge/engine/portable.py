@@ -38,12 +38,17 @@ def _path_slots(data: dict[str, Any], registry: Registry) -> Iterator[tuple[dict
                 yield options, opt
 
 
-def absolute_inputs(config: RunConfig, registry: Registry, base: Path | None = None) -> RunConfig:
-    """``config`` with every path option absolute (relative ones taken from ``base``, default cwd)."""
-    base = Path.cwd() if base is None else base
+def absolute_inputs(config: RunConfig, registry: Registry, *bases: Path) -> RunConfig:
+    """``config`` with every path option absolute.
+
+    A relative path is taken from the first of ``bases`` (default: the cwd) where it exists, else
+    from the first.
+    """
+    bases = bases or (Path.cwd(),)
     data = config.model_dump()
     for container, key in _path_slots(data, registry):
-        container[key] = os.path.normpath(os.path.join(base, container[key]))
+        options = [os.path.normpath(os.path.join(b, container[key])) for b in bases]
+        container[key] = next((o for o in options if os.path.exists(o)), options[0])
     return RunConfig.model_validate(data)
 
 
@@ -73,5 +78,7 @@ def load_run_config(run_dir: str | Path, plugins_dirs: list[str] | None = None) 
     if not path.is_file():
         raise InputFileError(path, "no config.json: not a cryoforge run directory", "RUN_DIR")
     config = load_config_file(path)
-    config = absolute_inputs(config, load_registry(plugins_dirs), Path(os.path.abspath(run_dir)))
+    # relative paths are the run's own files; a config.json written before runs were portable
+    # named inputs relative to the folder the run started from, tried second
+    config = absolute_inputs(config, load_registry(plugins_dirs), Path(os.path.abspath(run_dir)), Path.cwd())
     return config.model_copy(update={"output_dir": os.path.abspath(run_dir)})
