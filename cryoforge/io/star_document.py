@@ -355,13 +355,15 @@ def overlay_poses(
             raise ValueError(f"{lab}: {len(vals)} values for {len(rows)} rows")
         if lab not in labels:
             labels.append(lab)
-    src_pos = {lab: parts.labels.index(lab) for lab in labels if lab in parts.labels}
+    # per output column: the new values, or where the value is in the input row
+    getters = [
+        (new_values[lab], 0) if lab in new_values else (None, parts.labels.index(lab)) for lab in labels
+    ]
+    src = parts.lines
     lines = []
-    for k, r in enumerate(rows):
-        tok = parts.row(int(r))
-        lines.append(
-            " ".join(new_values[lab][k] if lab in new_values else tok[src_pos[lab]] for lab in labels)
-        )
+    for k, r in enumerate(rows.tolist()):
+        tok = split_tokens(src[r])
+        lines.append(" ".join([tok[j] if vals is None else vals[k] for vals, j in getters]))
     out = StarBlock("particles" if doc.is_relion30 else parts.name, labels, lines)
     target = parts if doc.is_relion30 else doc.particles
     blocks = [out if b is target else b for b in blocks]
