@@ -11,7 +11,7 @@ from __future__ import annotations
 from importlib.metadata import PackageNotFoundError, version
 
 DIST_NAME = "cryoforge-em"
-"""The distribution name: ``pip install cryoforge-em``; plugins depend on it."""
+"""The distribution name pip and ``importlib.metadata`` see (not yet on PyPI); plugins depend on it."""
 
 UNKNOWN_VERSION = "0.0.0"
 """Reported when the package runs from a source tree that was never installed."""
