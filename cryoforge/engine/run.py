@@ -25,6 +25,7 @@ from cryoforge.engine.evaluation import EvaluationCallback
 from cryoforge.engine.export import ExportCallback
 from cryoforge.engine.halves import PauseCallback, Paused, train_halves
 from cryoforge.engine.pictures import PicturesCallback, write_halves_report
+from cryoforge.engine.portable import absolute_inputs, portable_json
 from cryoforge.engine.progress import ProgressCallback
 from cryoforge.engine.stages import run_stages, schedule_stages
 from cryoforge.engine.tensorboard import TensorBoardCallback
@@ -84,11 +85,17 @@ def prepare(config: RunConfig, plugins_dirs: list[str] | None = None) -> tuple[R
     return config, registry, source
 
 
-def write_run_files(config: RunConfig, run_dir: Path) -> None:
-    """``config.json`` (resolved, without plugins) and ``plugins.json`` (plugin → version)."""
+def write_run_files(config: RunConfig, run_dir: Path, registry: Registry | None = None) -> None:
+    """``config.json`` (resolved, without plugins) and ``plugins.json`` (plugin → version).
+
+    With the ``registry``, ``config.json`` is portable (:func:`~cryoforge.engine.portable.portable_json`).
+    """
     run_dir.mkdir(parents=True, exist_ok=True)
     with atomic_path(run_dir / "config.json") as tmp:
-        tmp.write_text(config.model_dump_json(indent=2, exclude={"plugins"}))
+        if registry is None:
+            tmp.write_text(config.model_dump_json(indent=2, exclude={"plugins"}))
+        else:
+            tmp.write_text(portable_json(config, registry, run_dir))
     with atomic_path(run_dir / "plugins.json") as tmp:
         tmp.write_text(json.dumps(config.plugins, indent=2))
 
@@ -204,6 +211,7 @@ def run(
     ``overwrite``; otherwise it is left untouched and a :class:`ConfigError` says so.
     """
     config, registry, source = prepare(config, plugins_dirs)
+    config = absolute_inputs(config, registry)  # the run no longer depends on the cwd
     run_dir = Path(config.output_dir)
     if (run_dir / "config.json").is_file() and not (resume or overwrite):
         raise ConfigError(
@@ -213,7 +221,7 @@ def run(
     schedule_stages(config, registry, BuildContext(source.image_size, source.pixel_size_angstrom))
     rank, world = distributed()
     if rank == 0:
-        write_run_files(config, run_dir)
+        write_run_files(config, run_dir, registry)
     index = np.arange(len(source))
     try:
         if not config.train.half_sets:
