@@ -17,7 +17,7 @@ from cryoforge.config import (
     parse_value,
     resolve,
 )
-from cryoforge.errors import CryoforgeError, InputFileError
+from cryoforge.errors import ConfigError, CryoforgeError, InputFileError
 
 
 class CryoforgeGroup(click.Group):
@@ -244,6 +244,10 @@ def run(
     from cryoforge.plugins import load_registry
 
     if resume_dir:
+        if overwrite:
+            raise ConfigError("--resume and --overwrite: give one of them")
+        if output_dir and Path(output_dir).resolve() != Path(resume_dir).resolve():
+            raise ConfigError(f"--resume {resume_dir} continues in its own folder; drop -d {output_dir}")
         cfg_path = Path(resume_dir) / "config.json"
         if not cfg_path.is_file():
             raise InputFileError(cfg_path, "no config.json: not a cryoforge run directory", "--resume")
@@ -253,9 +257,9 @@ def run(
         click.echo(_dry_run_json(cfg, load_registry(list(plugins_dirs))))
         return
     if demo and not resume_dir:
-        from cryoforge.demo import ensure_demo_data
+        from cryoforge.demo import claim_demo_run
 
-        ensure_demo_data(Path(cfg.source.options["path"]).parent)
+        claim_demo_run(Path(cfg.output_dir), Path(cfg.source.options["path"]).parent, overwrite)
     from cryoforge.engine.run import run as run_training
 
     result = run_training(cfg, list(plugins_dirs), resume=bool(resume_dir), overwrite=overwrite)
@@ -303,11 +307,14 @@ def _print_result(result) -> None:
     "--out", "out_star", type=click.Path(), help="output .star (default RUN_DIR/inferred_poses.star)"
 )
 @click.option("--batch-size", default=512, show_default=True)
-def infer(run_dir: str, particles: str | None, out_star: str | None, batch_size: int) -> None:
+@click.option("--overwrite", is_flag=True, help="replace an existing --out (never an input)")
+def infer(
+    run_dir: str, particles: str | None, out_star: str | None, batch_size: int, overwrite: bool
+) -> None:
     """Predict poses for a whole dataset with a trained encoder (no gradients, dataset order)."""
     from cryoforge.infer import infer_run
 
-    path = infer_run(Path(run_dir), particles, out_star, batch_size)
+    path = infer_run(Path(run_dir), particles, out_star, batch_size, overwrite=overwrite)
     click.echo(f"wrote {path}")
 
 
@@ -373,10 +380,15 @@ def simulate(
         raise click.UsageError("give an INPUT_PATH (.mrc/.pdb/.cif) or --demo")
     if input_path and not Path(input_path).exists():
         raise InputFileError(input_path, "input file not found", "INPUT_PATH")
-    if (Path(out_dir) / "particles.star").is_file() and not overwrite:
-        raise InputFileError(
-            Path(out_dir) / "particles.star", "a dataset is already there (use --overwrite)", "--out"
-        )
+    from cryoforge.io.outputs import refuse_existing, refuse_input_overlap, run_dir_kind
+    from cryoforge.simulate import OUTPUT_NAMES
+
+    if run_dir_kind(out_dir) in ("run", "legacy"):
+        raise InputFileError(out_dir, "is a cryoforge run folder; simulate into another folder", "--out")
+    outputs = [Path(out_dir) / n for n in OUTPUT_NAMES]
+    refuse_input_overlap(outputs, [input_path, like_path], "--out")
+    for p in outputs:
+        refuse_existing(p, "--out", overwrite)
     like = read_like_table(like_path) if like_path else None
     base = dict(DEMO_SETTINGS) if demo else {"n_particles": 1000, "defocus_median_angstrom": 20000.0}
     s = SimulationSettings(
@@ -408,11 +420,14 @@ def simulate(
 @click.option("--poses", "poses_path", type=click.Path(), help="predicted poses (.star)")
 @click.option("--gt-poses", "gt_poses_path", type=click.Path(), help="ground-truth poses (.star)")
 @click.option("--out", "out_dir", default="evaluation", show_default=True, type=click.Path())
-def evaluate(map_path, ref_path, half2_path, poses_path, gt_poses_path, out_dir) -> None:
+@click.option("--overwrite", is_flag=True, help="replace fsc.png / metrics.json already in --out")
+def evaluate(map_path, ref_path, half2_path, poses_path, gt_poses_path, out_dir, overwrite) -> None:
     """FSC and resolution (0.5 / 0.143), pose errors; prints a table, writes fsc.png and metrics.json."""
     from cryoforge.evaluate_cli import evaluate_files
 
-    metrics = evaluate_files(map_path, ref_path, half2_path, poses_path, gt_poses_path, Path(out_dir))
+    metrics = evaluate_files(
+        map_path, ref_path, half2_path, poses_path, gt_poses_path, Path(out_dir), overwrite=overwrite
+    )
     from rich.console import Console
     from rich.table import Table
 
@@ -429,11 +444,12 @@ def evaluate(map_path, ref_path, half2_path, poses_path, gt_poses_path, out_dir)
 @click.option("--out", "out_map", required=True, type=click.Path(), help="output .mrc")
 @click.option("--poses", "poses_pkl", type=click.Path(), help="cryoDRGN pose .pkl (else poses in the file)")
 @click.option("--no-ctf", is_flag=True, help="ignore the CTF")
-def reconstruct(particles: str, out_map: str, poses_pkl: str | None, no_ctf: bool) -> None:
+@click.option("--overwrite", is_flag=True, help="replace an existing --out (never an input)")
+def reconstruct(particles: str, out_map: str, poses_pkl: str | None, no_ctf: bool, overwrite: bool) -> None:
     """Known-pose reconstruction by Fourier backprojection (a reference, not a learned map)."""
     from cryoforge.reconstruct import reconstruct_file
 
-    path = reconstruct_file(Path(particles), Path(out_map), poses_pkl, not no_ctf)
+    path = reconstruct_file(Path(particles), Path(out_map), poses_pkl, not no_ctf, overwrite=overwrite)
     click.echo(f"wrote {path}")
 
 

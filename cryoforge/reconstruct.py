@@ -9,13 +9,19 @@ import torch
 
 from cryoforge.errors import InputFileError
 from cryoforge.io.mrc import write_mrc
+from cryoforge.io.outputs import refuse_existing, refuse_input_overlap, source_input_paths
 from cryoforge.ops.projection import backproject
 from cryoforge.plugins import load_registry
 from cryoforge.sources import SUFFIX_TO_SOURCE
 
 
-def reconstruct_file(particles: Path, out_map: Path, poses_pkl: str | None, use_ctf: bool) -> Path:
-    """Backproject a particle file with its known poses (or a cryoDRGN pose pickle) into a map."""
+def reconstruct_file(
+    particles: Path, out_map: Path, poses_pkl: str | None, use_ctf: bool, overwrite: bool = False
+) -> Path:
+    """Backproject a particle file with its known poses (or a cryoDRGN pose pickle) into a map.
+
+    ``out_map`` must not exist unless ``overwrite``, and is never one of the inputs.
+    """
     name = SUFFIX_TO_SOURCE.get(particles.suffix.lower())
     if name is None:
         raise InputFileError(particles, "expected .star, .cs or .mrcs", "PARTICLES")
@@ -25,6 +31,8 @@ def reconstruct_file(particles: Path, out_map: Path, poses_pkl: str | None, use_
             raise InputFileError(poses_pkl, "--poses goes with a bare .mrcs stack", "--poses")
         opts["poses"] = poses_pkl
     source = load_registry().build("source", name, opts)
+    refuse_input_overlap([out_map], [particles, poses_pkl, *source_input_paths(source)], "--out")
+    refuse_existing(out_map, "--out", overwrite)
     if source.poses is None:
         raise InputFileError(particles, "no poses (give --poses or a file with angles)", "rlnAngleRot")
     index = np.arange(len(source))

@@ -23,6 +23,7 @@ from cryoforge.engine.checkpoint import CheckpointCallback, load_checkpoint, res
 from cryoforge.engine.context import Clock, RunContext, RunResult
 from cryoforge.engine.evaluation import EvaluationCallback
 from cryoforge.engine.export import ExportCallback
+from cryoforge.engine.preflight import check_resume, claim_run_dir, data_signature, preflight
 from cryoforge.engine.progress import ProgressCallback
 from cryoforge.engine.stages import run_stages, schedule_stages
 from cryoforge.engine.tensorboard import TensorBoardCallback
@@ -30,6 +31,7 @@ from cryoforge.errors import ConfigError
 from cryoforge.evaluate import align_map, fsc_report, plot_fsc, pose_errors, write_json
 from cryoforge.io.atomic import atomic_path
 from cryoforge.io.mrc import read_map, write_mrc
+from cryoforge.io.outputs import check_run_dir, refuse_input_overlap, run_output_paths, source_input_paths
 from cryoforge.plugins import build_registry, get_plugin_manager, plugin_versions
 from cryoforge.registry import Registry
 from cryoforge.roles import Source
@@ -185,19 +187,35 @@ def run(
     """Train as configured; see :class:`RunResult`.
 
     A directory that already holds a run is continued with ``resume`` and replaced only with
-    ``overwrite``; otherwise it is left untouched and a :class:`ConfigError` says so.
+    ``overwrite``; a folder that is not a run (no marker, not empty) is never used. Everything is
+    checked (folder, data, device, model, and on ``resume`` the options against the checkpoint)
+    before the first byte is written; then the folder is locked for the run's duration.
     """
-    config, registry, source = prepare(config, plugins_dirs)
-    run_dir = Path(config.output_dir)
-    if (run_dir / "config.json").is_file() and not (resume or overwrite):
-        raise ConfigError(
-            f"{run_dir}: already holds a run (continue it with --resume {run_dir}, "
-            "replace it with --overwrite, or choose another --output-dir)"
-        )
-    schedule_stages(config, registry, BuildContext(source.image_size, source.pixel_size_angstrom))
+    if resume and overwrite:
+        raise ConfigError("--resume and --overwrite: give one of them")
     rank, _ = distributed()
+    run_dir = Path(config.output_dir)
     if rank == 0:
-        write_run_files(config, run_dir)
+        check_run_dir(run_dir, resume, overwrite)
+    config, registry, source = prepare(config, plugins_dirs)
+    bctx = BuildContext(source.image_size, source.pixel_size_angstrom)
+    schedule_stages(config, registry, bctx)
+    refuse_input_overlap(
+        run_output_paths(run_dir), [*source_input_paths(source), config.ground_truth_map], "--output-dir"
+    )
+    pipeline = preflight(config, registry, source, bctx)
+    if resume:
+        check_resume(config, registry, run_dir, source, pipeline)
+    del pipeline
+    with claim_run_dir(run_dir, resume, overwrite, data_signature(source), owner=rank == 0):
+        if rank == 0:
+            write_run_files(config, run_dir)
+        return _train(config, registry, source, run_dir, resume, rank)
+
+
+def _train(
+    config: RunConfig, registry: Registry, source: Source, run_dir: Path, resume: bool, rank: int
+) -> RunResult:
     index = np.arange(len(source))
     try:
         if not config.train.half_sets:
