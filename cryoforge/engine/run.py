@@ -156,6 +156,13 @@ def train_one(
         log.info(
             "resumed from %s at stage %d, step %d", ctx.checkpoint_path, ctx.state["stage"], ctx.state["step"]
         )
+        if ctx.state["stage"] >= len(stages):
+            done = (
+                f"{run_dir}: the run had finished its {len(stages)} stage(s); "
+                "nothing was trained, the outputs were exported again"
+            )
+            log.info(done)
+            ctx.result.warnings.append(done)
     log.info(
         "training %s on %d particles (L=%d, %.3f Å/px) on %s, schedule %s (%d stages)",
         config.volume.name,

@@ -1,0 +1,217 @@
+"""Faults: a kill during a checkpoint write, concurrent starts, a resume with changed options."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from cryoforge.cli import cli
+from cryoforge.engine.checkpoint import load_checkpoint
+from cryoforge.io.atomic import TEMP_TAG
+from cryoforge.io.outputs import LOCK, MARKER
+
+SMALL = {
+    "schedule.name": "cryoai",
+    "encoder.channels": [8, 16],
+    "encoder.head_hidden": [32],
+    "volume.hidden_dim": 32,
+    "train.batch_size": 8,
+    "train.tensorboard": False,
+    "train.progress": False,
+}
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+KILL_DURING_SAVE = '''
+"""Kills its own process in the middle of checkpoint write number $CRYOFORGE_TEST_KILL_SAVE."""
+import os
+import signal
+
+import torch
+
+_save = torch.save
+_calls = [0]
+
+
+def _save_then_die(obj, f, *args, **kwargs):
+    _calls[0] += 1
+    if _calls[0] == int(os.environ.get("CRYOFORGE_TEST_KILL_SAVE", "0")):
+        with open(f, "wb") as fh:  # the temporary file, half written
+            fh.write(b"PK\\x03\\x04 half a checkpoint")
+            fh.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
+    return _save(obj, f, *args, **kwargs)
+
+
+torch.save = _save_then_die
+'''
+
+
+def _cli(*args: object) -> list[str]:
+    return [sys.executable, "-m", "cryoforge.cli", *map(str, args)]
+
+
+def _run_args(star: Path, out: Path, **over) -> list[str]:
+    args: list[object] = ["run", "--particles", star, "-d", out]
+    for k, v in {**SMALL, **over}.items():
+        args += ["-o", k, json.dumps(v)]
+    return _cli(*args)
+
+
+def _sha(*paths: Path) -> list[str]:
+    return [hashlib.sha256(p.read_bytes()).hexdigest() for p in paths]
+
+
+def _temp_files(folder: Path) -> list[Path]:
+    return [p for p in folder.rglob("*") if TEMP_TAG in p.name]
+
+
+def test_kill_during_checkpoint_write_then_resume(tiny, tmp_path):
+    """SIGKILL inside the 3rd checkpoint write: the 2nd checkpoint is intact, the half-written
+    temporary file is removed at the next start, and the resumed run equals an uninterrupted one."""
+    over = {"train.max_steps": 6, "train.checkpoint_every_steps": 1}
+    ref = subprocess.run(
+        _run_args(tiny["star"], tmp_path / "ref", **over), env=ENV, capture_output=True, text=True
+    )
+    assert ref.returncode == 0, ref.stderr
+    plug = tmp_path / "plug"
+    plug.mkdir()
+    (plug / "kill_during_save.py").write_text(KILL_DURING_SAVE)
+    killed = tmp_path / "killed"
+    proc = subprocess.run(
+        [*_run_args(tiny["star"], killed, **over), "--plugins-dir", str(plug)],
+        env={**ENV, "CRYOFORGE_TEST_KILL_SAVE": "3"},
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    left = _temp_files(killed)
+    assert len(left) == 1 and left[0].name.startswith(".checkpoint.pt.")  # the write it was in
+    assert load_checkpoint(killed / "checkpoint.pt")["state"]["step"] == 2  # the last good one
+    assert (killed / LOCK).exists()  # left by the kill; flock died with the process
+    res = subprocess.run(_cli("run", "--resume", killed), env=ENV, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert _temp_files(killed) == [] and not (killed / LOCK).exists()
+    a, b = load_checkpoint(tmp_path / "ref" / "checkpoint.pt"), load_checkpoint(killed / "checkpoint.pt")
+    assert b["state"]["step"] == 6
+    for k, v in a["model"].items():
+        assert torch.allclose(v.float(), b["model"][k].float(), atol=1e-5), k
+
+
+def test_concurrent_starts_into_one_folder(tiny, tmp_path):
+    """The second of two runs started into one folder refuses (the lock), the first finishes."""
+    d = tmp_path / "r"
+    first = subprocess.Popen(
+        _run_args(tiny["star"], d, **{"train.max_steps": 400, "train.checkpoint_every_steps": 50}),
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        t0 = time.time()
+        while not (d / "config.json").is_file() and time.time() - t0 < 120:
+            time.sleep(0.05)
+        assert (d / LOCK).is_file()
+        before = _sha(d / "config.json", d / MARKER)
+        for extra in ([], ["--overwrite"]):
+            second = subprocess.run(
+                [*_run_args(tiny["star"], d, **{"train.max_steps": 2}), *extra],
+                env=ENV,
+                capture_output=True,
+                text=True,
+            )
+            assert second.returncode == 2, second.stderr
+            lines = second.stderr.strip().splitlines()
+            assert len(lines) == 1 and "another cryoforge process" in lines[0] and str(first.pid) in lines[0]
+        resume = subprocess.run(_cli("run", "--resume", d), env=ENV, capture_output=True, text=True)
+        assert resume.returncode == 2 and "another cryoforge process" in resume.stderr
+        assert _sha(d / "config.json", d / MARKER) == before
+        assert first.wait(timeout=300) == 0, first.stderr.read() if first.stderr else ""
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait()
+    assert load_checkpoint(d / "checkpoint.pt")["state"]["step"] == 400
+    assert not (d / LOCK).exists()
+
+
+@pytest.fixture(scope="module")
+def killed_run(tiny, tmp_path_factory) -> Path:
+    """A run of 6 steps killed in its 4th checkpoint write: it resumes from step 3."""
+    base = tmp_path_factory.mktemp("killed")
+    plug = base / "plug"
+    plug.mkdir()
+    (plug / "kill_during_save.py").write_text(KILL_DURING_SAVE)
+    d = base / "r"
+    over = {"train.max_steps": 6, "train.checkpoint_every_steps": 1}
+    r = subprocess.run(
+        [*_run_args(tiny["star"], d, **over), "--plugins-dir", str(plug)],
+        env={**ENV, "CRYOFORGE_TEST_KILL_SAVE": "4"},
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == -signal.SIGKILL, r.stderr
+    assert load_checkpoint(d / "checkpoint.pt")["state"]["step"] == 3
+    return d
+
+
+@pytest.mark.parametrize(
+    "change, field",
+    [
+        (["-o", "volume.hidden_dim", "64"], "volume.hidden_dim"),
+        (["-o", "encoder.channels", "[8, 32]"], "encoder.channels"),
+        (["-o", "train.batch_size", "4"], "train.batch_size"),
+        (["--loss", "l2"], "loss.name"),
+        (["--particles", "OTHER"], "source.path"),
+    ],
+)
+def test_resume_with_changed_options_is_refused_and_the_run_still_resumes(
+    killed_run, tiny, tmp_path, change, field
+):
+    """Refused with one line naming the setting; config.json, checkpoint and marker unchanged;
+    then a plain --resume continues the run to its budget."""
+    d = tmp_path / "r"
+    shutil.copytree(killed_run, d)
+    other = tmp_path / "other"
+    other.mkdir()
+    shutil.copy(tiny["star"], other / "particles.star")
+    shutil.copy(tiny["mrcs"], other / "particles.mrcs")
+    change = [str(other / "particles.star") if c == "OTHER" else c for c in change]
+    files = [d / "config.json", d / "checkpoint.pt", d / MARKER, d / "plugins.json"]
+    before = _sha(*files)
+    res = CliRunner().invoke(cli, ["run", "--resume", str(d), *change])
+    assert res.exit_code == 2, res.output
+    lines = res.output.strip().splitlines()
+    assert len(lines) == 1 and "--resume cannot change" in lines[0] and field in lines[0], lines
+    assert "checkpoint.pt" in lines[0]
+    assert _sha(*files) == before
+    ok = CliRunner().invoke(cli, ["run", "--resume", str(d)])
+    assert ok.exit_code == 0, ok.output
+    assert load_checkpoint(d / "checkpoint.pt")["state"]["step"] == 6
+
+
+def test_resume_refuses_data_that_changed_under_the_run(tmp_path):
+    """Same file name, fewer particles: the run's marker remembers 24 particles."""
+    from cryoforge.testing import write_tiny_dataset
+
+    data = write_tiny_dataset(tmp_path / "sim")
+    d = tmp_path / "r"
+    r = subprocess.run(_run_args(data["star"], d, **{"train.max_steps": 2}), env=ENV, capture_output=True)
+    assert r.returncode == 0, r.stderr
+    write_tiny_dataset(tmp_path / "sim", n=16)  # the same files, rewritten
+    before = _sha(d / "config.json", d / "checkpoint.pt")
+    res = CliRunner().invoke(cli, ["run", "--resume", str(d)])
+    assert res.exit_code == 2, res.output
+    assert "n_particles 24" in res.output and "16" in res.output and len(res.output.strip().splitlines()) == 1
+    assert _sha(d / "config.json", d / "checkpoint.pt") == before
