@@ -68,6 +68,11 @@ def _run_args(star: Path, out: Path, **over) -> list[str]:
     return _cli(*args)
 
 
+def _inproc(cmd: list[str]):
+    """Run a ``_cli(...)`` command line in this process (faster than a subprocess)."""
+    return CliRunner().invoke(cli, cmd[3:])
+
+
 def _sha(*paths: Path) -> list[str]:
     return [hashlib.sha256(p.read_bytes()).hexdigest() for p in paths]
 
@@ -80,10 +85,8 @@ def test_kill_during_checkpoint_write_then_resume(tiny, tmp_path):
     """SIGKILL inside the 3rd checkpoint write: the 2nd checkpoint is intact, the half-written
     temporary file is removed at the next start, and the resumed run equals an uninterrupted one."""
     over = {"train.max_steps": 6, "train.checkpoint_every_steps": 1}
-    ref = subprocess.run(
-        _run_args(tiny["star"], tmp_path / "ref", **over), env=ENV, capture_output=True, text=True
-    )
-    assert ref.returncode == 0, ref.stderr
+    ref = _inproc(_run_args(tiny["star"], tmp_path / "ref", **over))
+    assert ref.exit_code == 0, ref.output
     plug = tmp_path / "plug"
     plug.mkdir()
     (plug / "kill_during_save.py").write_text(KILL_DURING_SAVE)
@@ -99,8 +102,8 @@ def test_kill_during_checkpoint_write_then_resume(tiny, tmp_path):
     assert len(left) == 1 and left[0].name.startswith(".checkpoint.pt.")  # the write it was in
     assert load_checkpoint(killed / "checkpoint.pt")["state"]["step"] == 2  # the last good one
     assert (killed / LOCK).exists()  # left by the kill; flock died with the process
-    res = subprocess.run(_cli("run", "--resume", killed), env=ENV, capture_output=True, text=True)
-    assert res.returncode == 0, res.stderr
+    res = _inproc(_cli("run", "--resume", killed))
+    assert res.exit_code == 0, res.output
     assert _temp_files(killed) == [] and not (killed / LOCK).exists()
     a, b = load_checkpoint(tmp_path / "ref" / "checkpoint.pt"), load_checkpoint(killed / "checkpoint.pt")
     assert b["state"]["step"] == 6
@@ -108,41 +111,82 @@ def test_kill_during_checkpoint_write_then_resume(tiny, tmp_path):
         assert torch.allclose(v.float(), b["model"][k].float(), atol=1e-5), k
 
 
+GATED_LOSS = """
+import os
+import time
+
+import torch
+
+import cryoforge
+
+
+class Gated(cryoforge.Loss):
+    \"\"\"L2 whose first call waits until the file $CRYOFORGE_TEST_GATE exists.\"\"\"
+
+    name = "gated"
+    views = ("identity",)
+
+    class Options(cryoforge.Options):
+        pass
+
+    calls = 0
+
+    def reduce(self, errors):
+        Gated.calls += 1
+        t0 = time.time()
+        while Gated.calls == 1 and not os.path.exists(os.environ["CRYOFORGE_TEST_GATE"]):
+            if time.time() - t0 > 300:
+                raise RuntimeError("gate never opened")
+            time.sleep(0.05)
+        return errors[0].mean(), torch.zeros(errors.shape[1], dtype=torch.long, device=errors.device)
+
+
+@cryoforge.hookimpl
+def cryoforge_register_losses():
+    return [Gated]
+"""
+
+
 def test_concurrent_starts_into_one_folder(tiny, tmp_path):
-    """The second of two runs started into one folder refuses (the lock), the first finishes."""
+    """While a run trains (held at its first step, before any checkpoint), a second start, an
+    --overwrite and a --resume into its folder all refuse naming its pid; the first finishes."""
+    plug = tmp_path / "plug"
+    plug.mkdir()
+    (plug / "gated.py").write_text(GATED_LOSS)
+    gate = tmp_path / "gate"
+    env = {**ENV, "CRYOFORGE_TEST_GATE": str(gate)}
     d = tmp_path / "r"
-    first = subprocess.Popen(
-        _run_args(tiny["star"], d, **{"train.max_steps": 400, "train.checkpoint_every_steps": 50}),
-        env=ENV,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    args = [
+        *_run_args(tiny["star"], d, **{"train.max_steps": 3}),
+        "--plugins-dir",
+        str(plug),
+        "--loss",
+        "gated",
+    ]
+    with open(tmp_path / "first.err", "w") as err:
+        first = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=err)
     try:
         t0 = time.time()
-        while not (d / "config.json").is_file() and time.time() - t0 < 120:
+        while not (d / "run.log").is_file() and time.time() - t0 < 120:
             time.sleep(0.05)
-        assert (d / LOCK).is_file()
-        before = _sha(d / "config.json", d / MARKER)
-        for extra in ([], ["--overwrite"]):
-            second = subprocess.run(
-                [*_run_args(tiny["star"], d, **{"train.max_steps": 2}), *extra],
-                env=ENV,
-                capture_output=True,
-                text=True,
-            )
-            assert second.returncode == 2, second.stderr
-            lines = second.stderr.strip().splitlines()
+        assert (d / LOCK).is_file() and str(first.pid) in (d / LOCK).read_text()
+        before = _sha(d / "config.json", d / MARKER, d / "plugins.json")
+        for extra in ([], ["--overwrite"], ["RESUME"]):
+            resume = _cli("run", "--resume", d, "--plugins-dir", plug)
+            cmd = resume if extra == ["RESUME"] else [*args, *extra]
+            second = _inproc(cmd)  # another process than the first's
+            assert second.exit_code == 2, (extra, second.output)
+            lines = second.output.strip().splitlines()
             assert len(lines) == 1 and "another cryoforge process" in lines[0] and str(first.pid) in lines[0]
-        resume = subprocess.run(_cli("run", "--resume", d), env=ENV, capture_output=True, text=True)
-        assert resume.returncode == 2 and "another cryoforge process" in resume.stderr
-        assert _sha(d / "config.json", d / MARKER) == before
-        assert first.wait(timeout=300) == 0, first.stderr.read() if first.stderr else ""
+        assert _sha(d / "config.json", d / MARKER, d / "plugins.json") == before
+        assert first.poll() is None
+        gate.touch()
+        assert first.wait(timeout=300) == 0, (tmp_path / "first.err").read_text()
     finally:
         if first.poll() is None:
             first.kill()
             first.wait()
-    assert load_checkpoint(d / "checkpoint.pt")["state"]["step"] == 400
+    assert load_checkpoint(d / "checkpoint.pt")["state"]["step"] == 3
     assert not (d / LOCK).exists()
 
 
@@ -207,8 +251,8 @@ def test_resume_refuses_data_that_changed_under_the_run(tmp_path):
 
     data = write_tiny_dataset(tmp_path / "sim")
     d = tmp_path / "r"
-    r = subprocess.run(_run_args(data["star"], d, **{"train.max_steps": 2}), env=ENV, capture_output=True)
-    assert r.returncode == 0, r.stderr
+    r = _inproc(_run_args(data["star"], d, **{"train.max_steps": 2}))
+    assert r.exit_code == 0, r.output
     write_tiny_dataset(tmp_path / "sim", n=16)  # the same files, rewritten
     before = _sha(d / "config.json", d / "checkpoint.pt")
     res = CliRunner().invoke(cli, ["run", "--resume", str(d)])
