@@ -259,3 +259,28 @@ def test_resume_refuses_data_that_changed_under_the_run(tmp_path):
     assert res.exit_code == 2, res.output
     assert "n_particles 24" in res.output and "16" in res.output and len(res.output.strip().splitlines()) == 1
     assert _sha(d / "config.json", d / "checkpoint.pt") == before
+
+
+def test_killed_after_its_last_step_resumes_without_training_one_more(tiny, tmp_path):
+    """Killed in the stage-end checkpoint write, after the last step's checkpoint: the resumed run
+    finds the budget spent and trains no step; the weights are the killed run's."""
+    plug = tmp_path / "plug"
+    plug.mkdir()
+    (plug / "kill_during_save.py").write_text(KILL_DURING_SAVE)
+    d = tmp_path / "r"
+    over = {"train.max_steps": 3, "train.checkpoint_every_steps": 1}
+    proc = subprocess.run(
+        [*_run_args(tiny["star"], d, **over), "--plugins-dir", str(plug)],
+        env={**ENV, "CRYOFORGE_TEST_KILL_SAVE": "4"},  # saves 1-3 at the steps, 4 at the stage end
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    a = load_checkpoint(d / "checkpoint.pt")
+    assert a["state"]["step"] == 3 and a["state"]["stage"] == 0
+    res = _inproc(_cli("run", "--resume", d))
+    assert res.exit_code == 0, res.output
+    b = load_checkpoint(d / "checkpoint.pt")
+    assert b["state"]["step"] == 3 and b["state"]["stage"] == 1
+    for k, v in a["model"].items():
+        assert torch.equal(v, b["model"][k]), k

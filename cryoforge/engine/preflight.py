@@ -172,17 +172,38 @@ def check_resume(
                 "resume needs the run's data",
                 "--resume",
             )
-    model = pipeline.state_dict()
     for path in cks:
-        got = (ck if path == cks[0] else load_checkpoint(path))["model"]
-        missing = sorted(set(model) ^ set(got))
-        wrong = [k for k in model if k in got and tuple(model[k].shape) != tuple(got[k].shape)]
-        if missing or wrong:
-            k = (missing or wrong)[0]
+        _check_shapes(pipeline, config.encoder.name, ck if path == cks[0] else load_checkpoint(path), path)
+
+
+def _split_encoder(sd: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A pipeline state dict as (everything but the encoder, the encoder's own keys)."""
+    rest = {k: v for k, v in sd.items() if not k.startswith("encoder.")}
+    return rest, {k[len("encoder.") :]: v for k, v in sd.items() if k.startswith("encoder.")}
+
+
+def _check_shapes(pipeline: Pipeline, encoder_name: str, ck: dict[str, Any], path: Path) -> None:
+    """The parameters of ``pipeline`` (built from the new options) have the checkpoint's shapes.
+
+    The configured encoder is compared where the checkpoint holds it: in the model, or among
+    the spare encoders when a stage had put its own encoder into the pipeline.
+    """
+    want_rest, want_encoder = _split_encoder(pipeline.state_dict())
+    have_rest, have_encoder = _split_encoder(ck["model"])
+    if (ck.get("state") or {}).get("encoder") is not None:  # a stage's own encoder was in use
+        have_encoder = (ck.get("encoders") or {}).get(encoder_name)
+    pairs = [(want_rest, have_rest, "")]
+    if have_encoder is not None:
+        pairs.append((want_encoder, have_encoder, "encoder."))
+    for want, have, prefix in pairs:
+        odd = sorted(set(want) ^ set(have))
+        wrong = [k for k in want if k in have and tuple(want[k].shape) != tuple(have[k].shape)]
+        if odd or wrong:
+            k = (odd or wrong)[0]
             detail = (
-                f"{k}: {tuple(got[k].shape)} in the checkpoint, {tuple(model[k].shape)} now"
-                if k in got and k in model
-                else f"parameter {k} is in only one of the checkpoint and the model"
+                f"{prefix}{k}: {tuple(have[k].shape)} in the checkpoint, {tuple(want[k].shape)} now"
+                if k in have and k in want
+                else f"parameter {prefix}{k} is in only one of the checkpoint and the model"
             )
             raise InputFileError(path, f"the model does not match the checkpoint ({detail})", "--resume")
 
