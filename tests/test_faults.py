@@ -284,3 +284,18 @@ def test_killed_after_its_last_step_resumes_without_training_one_more(tiny, tmp_
     assert b["state"]["step"] == 3 and b["state"]["stage"] == 1
     for k, v in a["model"].items():
         assert torch.equal(v, b["model"][k]), k
+
+
+def test_half_set_run_resumes_and_refuses_a_changed_model(tiny, tmp_path):
+    """Each half's checkpoint holds its own seed: a plain resume passes, a model change does not."""
+    d = tmp_path / "r"
+    r = _inproc(_run_args(tiny["star"], d, **{"train.max_steps": 2, "train.half_sets": True}))
+    assert r.exit_code == 0, r.output
+    before = _sha(d / "config.json", d / "half1" / "checkpoint.pt", d / "half2" / "checkpoint.pt")
+    bad = _inproc(_cli("run", "--resume", d, "-o", "volume.hidden_dim", "16"))
+    assert bad.exit_code == 2 and "volume.hidden_dim" in bad.output, bad.output
+    assert len(bad.output.strip().splitlines()) == 1
+    assert _sha(d / "config.json", d / "half1" / "checkpoint.pt", d / "half2" / "checkpoint.pt") == before
+    ok = _inproc(_cli("run", "--resume", d))
+    assert ok.exit_code == 0, ok.output
+    assert load_checkpoint(d / "half2" / "checkpoint.pt")["state"]["step"] == 2

@@ -128,9 +128,9 @@ def check_resume(
     """Refuse a resume whose options or data differ from the run's; reads only.
 
     The run's settings come from its checkpoint (what the weights were trained with), else its
-    ``config.json``. Only :data:`RESUMABLE` settings may change; the model built from the new
-    options must have the checkpoint's parameter shapes; the particles must be the run's
-    (same file, count and box).
+    ``config.json`` (half sets: each half's checkpoint holds that half's seed). Only
+    :data:`RESUMABLE` settings may change; the model built from the new options must have the
+    checkpoint's parameter shapes; the particles must be the run's (same file, count and box).
 
     Raises
     ------
@@ -139,13 +139,11 @@ def check_resume(
     """
     cks = checkpoints(run_dir)
     ck = load_checkpoint(cks[0]) if cks else None
-    if ck is not None and isinstance(ck.get("config"), str):
-        stored_from = cks[0]
-        try:
-            stored = RunConfig.model_validate_json(ck["config"])
-        except ValueError:
-            stored_from, stored = run_dir / "config.json", load_config_file(run_dir / "config.json")
-    else:
+    stored_from, stored = run_dir / "config.json", None
+    if ck is not None and cks[0].parent == run_dir and isinstance(ck.get("config"), str):
+        with contextlib.suppress(ValueError):  # (a half's checkpoint holds the half's own seed)
+            stored_from, stored = cks[0], RunConfig.model_validate_json(ck["config"])
+    if stored is None:
         stored_from, stored = run_dir / "config.json", load_config_file(run_dir / "config.json")
     old = _flatten(resolve(stored, registry).model_dump(mode="json", exclude={"plugins"}))
     new = _flatten(config.model_dump(mode="json", exclude={"plugins"}))
