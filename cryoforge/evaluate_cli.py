@@ -36,9 +36,9 @@ def evaluate_files(
     input is never overwritten.
     """
     outputs = [out_dir / "metrics.json"] + ([out_dir / "fsc.png"] if ref_path or half2_path else [])
-    refuse_input_overlap(outputs, [map_path, ref_path, half2_path, poses_path, gt_poses_path], "--out")
+    refuse_input_overlap(outputs, [map_path, ref_path, half2_path, poses_path, gt_poses_path], "--output-dir")
     for p in outputs:
-        refuse_existing(p, "--out", overwrite)
+        refuse_existing(p, "--output-dir", overwrite)
     vol, px = read_map(map_path)
     m = torch.from_numpy(vol)
     metrics: dict[str, Any] = {"pixel_size_angstrom": px}

@@ -130,7 +130,7 @@ def test_simulate_into_a_run_is_refused(run_copy):
     before = checksums(run_copy)
     for extra in ([], ["--overwrite"]):
         r = invoke("simulate", "--demo", "-n", "3", "--out", run_copy, *extra)
-        assert_refused(r, str(run_copy), "[--out]", "run folder")
+        assert_refused(r, str(run_copy), "[--output-dir]", "run folder")
     assert checksums(run_copy) == before
 
 
@@ -156,7 +156,8 @@ def test_existing_outputs_need_overwrite(data, run_copy, tmp_path):
     for args, target in cases:
         before = checksums(sim, run_copy, tmp_path)
         r = invoke(*args)
-        assert_refused(r, target.name, "[--out]", "--overwrite")
+        option = "[--out]" if args[0] in ("reconstruct", "infer") else "[--output-dir]"
+        assert_refused(r, target.name, option, "--overwrite")
         assert checksums(sim, run_copy, tmp_path) == before
     for args, target in cases[:3]:
         old = target.read_bytes()
@@ -169,7 +170,7 @@ def test_simulate_never_overwrites_its_input_map(data):
     sim = data["star"].parent
     before = checksums(sim)
     r = invoke("simulate", data["map"], "-n", "3", "--out", sim, "--overwrite")
-    assert_refused(r, "map.mrc", "[--out]", "input")
+    assert_refused(r, "map.mrc", "[--output-dir]", "input")
     assert checksums(sim) == before
 
 

@@ -23,6 +23,7 @@ from cryoforge.engine.checkpoint import CheckpointCallback, load_checkpoint, res
 from cryoforge.engine.context import Clock, RunContext, RunResult
 from cryoforge.engine.evaluation import EvaluationCallback
 from cryoforge.engine.export import ExportCallback
+from cryoforge.engine.portable import absolute_inputs, portable_json
 from cryoforge.engine.preflight import check_resume, claim_run_dir, data_signature, preflight
 from cryoforge.engine.progress import ProgressCallback
 from cryoforge.engine.stages import run_stages, schedule_stages
@@ -84,11 +85,17 @@ def prepare(config: RunConfig, plugins_dirs: list[str] | None = None) -> tuple[R
     return config, registry, source
 
 
-def write_run_files(config: RunConfig, run_dir: Path) -> None:
-    """``config.json`` (resolved, without plugins) and ``plugins.json`` (plugin → version)."""
+def write_run_files(config: RunConfig, run_dir: Path, registry: Registry | None = None) -> None:
+    """``config.json`` (resolved, without plugins) and ``plugins.json`` (plugin → version).
+
+    With the ``registry``, ``config.json`` is portable (:func:`~cryoforge.engine.portable.portable_json`).
+    """
     run_dir.mkdir(parents=True, exist_ok=True)
     with atomic_path(run_dir / "config.json") as tmp:
-        tmp.write_text(config.model_dump_json(indent=2, exclude={"plugins"}))
+        if registry is None:
+            tmp.write_text(config.model_dump_json(indent=2, exclude={"plugins"}))
+        else:
+            tmp.write_text(portable_json(config, registry, run_dir))
     with atomic_path(run_dir / "plugins.json") as tmp:
         tmp.write_text(json.dumps(config.plugins, indent=2))
 
@@ -205,6 +212,7 @@ def run(
     if rank == 0:
         check_run_dir(run_dir, resume, overwrite)
     config, registry, source = prepare(config, plugins_dirs)
+    config = absolute_inputs(config, registry)  # the run no longer depends on the cwd
     bctx = BuildContext(source.image_size, source.pixel_size_angstrom)
     schedule_stages(config, registry, bctx)
     refuse_input_overlap(
@@ -216,7 +224,7 @@ def run(
     del pipeline
     with claim_run_dir(run_dir, resume, overwrite, data_signature(source), owner=rank == 0):
         if rank == 0:
-            write_run_files(config, run_dir)
+            write_run_files(config, run_dir, registry)
         return _train(config, registry, source, run_dir, resume, rank)
 
 

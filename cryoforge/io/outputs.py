@@ -43,6 +43,7 @@ RUN_FILES = (
     "checkpoint.pt",
     "map.mrc",
     "poses.star",
+    "poses.cs",
     "metrics.json",
     "history.jsonl",
     "fsc.png",
@@ -50,6 +51,7 @@ RUN_FILES = (
     "fsc_halves.png",
     "run.log",
     "inferred_poses.star",
+    "inferred_poses.cs",
     "particles.txt",
 )
 """What a run (and ``infer`` into it) writes into a run folder and each ``half1``/``half2``."""
