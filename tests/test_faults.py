@@ -280,8 +280,9 @@ def test_killed_after_its_last_step_resumes_without_training_one_more(tiny, tmp_
     assert a["state"]["step"] == 3 and a["state"]["stage"] == 0
     res = _inproc(_cli("run", "--resume", d))
     assert res.exit_code == 0, res.output
+    assert "had finished" in res.output
     b = load_checkpoint(d / "checkpoint.pt")
-    assert b["state"]["step"] == 3 and b["state"]["stage"] == 1
+    assert b["state"]["step"] == 3
     for k, v in a["model"].items():
         assert torch.equal(v, b["model"][k]), k
 

@@ -163,9 +163,9 @@ def train_one(
         log.info(
             "resumed from %s at stage %d, step %d", ctx.checkpoint_path, ctx.state["stage"], ctx.state["step"]
         )
-        if ctx.state["stage"] >= len(stages):
+        if ctx.state["stage"] >= len(stages) or ctx.steps_left() == 0:
             done = (
-                f"{run_dir}: the run had finished its {len(stages)} stage(s); "
+                f"{run_dir}: the run had finished (its stages, or train.max_steps {ctx.state['step']}); "
                 "nothing was trained, the outputs were exported again"
             )
             log.info(done)
