@@ -300,3 +300,17 @@ def test_half_set_run_resumes_and_refuses_a_changed_model(tiny, tmp_path):
     ok = _inproc(_cli("run", "--resume", d))
     assert ok.exit_code == 0, ok.output
     assert load_checkpoint(d / "half2" / "checkpoint.pt")["state"]["step"] == 2
+
+
+def test_resume_onto_a_missing_device_is_refused_before_config_json(killed_run, tmp_path):
+    d = tmp_path / "r"
+    shutil.copytree(killed_run, d)
+    files = [d / "config.json", d / "checkpoint.pt", d / MARKER]
+    before = _sha(*files)
+    res = _inproc(_cli("run", "--resume", d, "-o", "train.device", "cuda:99"))
+    assert res.exit_code == 2 and "train.device" in res.output and "cuda:99" in res.output, res.output
+    assert len(res.output.strip().splitlines()) == 1
+    assert _sha(*files) == before
+    ok = _inproc(_cli("run", "--resume", d, "-o", "train.device", "cpu"))
+    assert ok.exit_code == 0, ok.output
+    assert load_checkpoint(d / "checkpoint.pt")["state"]["step"] == 6

@@ -82,7 +82,12 @@ def preflight(config: RunConfig, registry: Registry, source: Source, bctx: Build
     """
     from cryoforge.engine.run import pick_device
 
-    pick_device(config.train.device)
+    device = pick_device(config.train.device)
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ConfigError(
+            f"train.device: {config.train.device!r} requested but this machine has "
+            f"{torch.cuda.device_count()} CUDA device(s)"
+        )
     if config.train.gt_poses and source.poses is None:
         raise ConfigError("train.gt_poses: the source has no poses")
     with torch.random.fork_rng(devices=[]):
