@@ -348,3 +348,21 @@ def test_stale_temp_files_are_recognised_and_nothing_else(tmp_path):
         p.write_text("x")
     assert sorted(remove_stale_temp_files(d)) == sorted(stale)
     assert all(p.exists() for p in keep) and not any(p.exists() for p in stale)
+
+
+def test_a_folder_holding_only_this_runs_inputs_is_accepted(tiny, tmp_path):
+    """A reference map put into the run folder first is an input (never written over); one more
+    file that is not an input makes the folder someone else's."""
+    d = tmp_path / "r"
+    d.mkdir()
+    shutil.copy(tiny["map"], d / "truth.mrc")
+    (d / "notes.txt").write_text("mine")
+    before = checksums(d)
+    args = ["run", "--particles", tiny["star"], "-d", d, *small_args(ground_truth_map=str(d / "truth.mrc"))]
+    assert_refused(invoke(*args), "not a cryoforge run")
+    assert checksums(d) == before
+    (d / "notes.txt").unlink()
+    truth = checksums(d)
+    r = invoke(*args)
+    assert r.exit_code == 0, r.output
+    assert run_dir_kind(d) == "run" and checksums(d)[d / "truth.mrc"] == truth[d / "truth.mrc"]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -213,7 +213,12 @@ def _check_shapes(pipeline: Pipeline, encoder_name: str, ck: dict[str, Any], pat
 
 @contextlib.contextmanager
 def claim_run_dir(
-    run_dir: Path, resume: bool, overwrite: bool, data: dict[str, Any] | None = None, owner: bool = True
+    run_dir: Path,
+    resume: bool,
+    overwrite: bool,
+    data: dict[str, Any] | None = None,
+    owner: bool = True,
+    inputs: Iterable[str | Path | None] = (),
 ) -> Iterator[None]:
     """Hold ``run_dir`` for the run: lock it, check it again, mark it, clear what is replaced.
 
@@ -226,7 +231,7 @@ def claim_run_dir(
         return
     run_dir.mkdir(parents=True, exist_ok=True)
     with RunLock(run_dir):
-        kind = check_run_dir(run_dir, resume, overwrite)  # again: it may have changed meanwhile
+        kind = check_run_dir(run_dir, resume, overwrite, inputs)  # again: it may have changed meanwhile
         for p in remove_stale_temp_files(run_dir):
             log.info("removed %s, left by an interrupted write", p)
         if not resume and kind in ("run", "legacy"):

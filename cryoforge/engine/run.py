@@ -32,7 +32,13 @@ from cryoforge.errors import ConfigError
 from cryoforge.evaluate import align_map, fsc_report, plot_fsc, pose_errors, write_json
 from cryoforge.io.atomic import atomic_path
 from cryoforge.io.mrc import read_map, write_mrc
-from cryoforge.io.outputs import check_run_dir, refuse_input_overlap, run_output_paths, source_input_paths
+from cryoforge.io.outputs import (
+    check_run_dir,
+    config_input_files,
+    refuse_input_overlap,
+    run_output_paths,
+    source_input_paths,
+)
 from cryoforge.plugins import build_registry, get_plugin_manager, plugin_versions
 from cryoforge.registry import Registry
 from cryoforge.roles import Source
@@ -210,7 +216,7 @@ def run(
     rank, _ = distributed()
     run_dir = Path(config.output_dir)
     if rank == 0:
-        check_run_dir(run_dir, resume, overwrite)
+        check_run_dir(run_dir, resume, overwrite, config_input_files(config))
     config, registry, source = prepare(config, plugins_dirs)
     config = absolute_inputs(config, registry)  # the run no longer depends on the cwd
     bctx = BuildContext(source.image_size, source.pixel_size_angstrom)
@@ -222,7 +228,8 @@ def run(
     if resume:
         check_resume(config, registry, run_dir, source, pipeline)
     del pipeline
-    with claim_run_dir(run_dir, resume, overwrite, data_signature(source), owner=rank == 0):
+    inputs = [*source_input_paths(source), config.ground_truth_map]
+    with claim_run_dir(run_dir, resume, overwrite, data_signature(source), rank == 0, inputs):
         if rank == 0:
             write_run_files(config, run_dir, registry)
         return _train(config, registry, source, run_dir, resume, rank)

@@ -127,6 +127,15 @@ def source_input_paths(source: Any) -> list[Path]:
     return paths
 
 
+def config_input_files(config: Any) -> list[Path]:
+    """Existing files a run config names: ``ground_truth_map`` and file-valued component options."""
+    values: list[Any] = [getattr(config, "ground_truth_map", None)]
+    for role in ("source", "encoder", "volume", "imaging", "loss", "schedule"):
+        comp = getattr(config, role, None)
+        values += list((getattr(comp, "options", None) or {}).values())
+    return [Path(v) for v in values if isinstance(v, str) and v and Path(v).is_file()]
+
+
 # ----------------------------------------------------------------------------- run folders
 
 
@@ -187,12 +196,22 @@ def run_has_progress(run_dir: Path) -> bool:
     return any((f / n).is_file() for f in folders for n in ("checkpoint.pt", "map.mrc"))
 
 
-def check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> RunDirKind:
+def holds_only(folder: Path, inputs: Iterable[str | Path | None]) -> bool:
+    """Every file under ``folder`` (but a lock file) is one of ``inputs``."""
+    ins = [Path(p) for p in inputs if p and Path(p).is_file()]
+    files = [p for p in folder.rglob("*") if not p.is_dir() and p.name != LOCK]
+    return bool(ins) and all(any(_same_file(f, i) for i in ins) for f in files)
+
+
+def check_run_dir(
+    run_dir: Path, resume: bool, overwrite: bool, inputs: Iterable[str | Path | None] = ()
+) -> RunDirKind:
     """Refuse a folder a run may not use; read-only (nothing is written or created).
 
-    A new run goes into an absent or empty folder, or a marked run that never checkpointed (a
-    stub left by a failed start); ``overwrite`` also replaces a run with progress; ``resume``
-    needs a run. A folder that is not a run is refused even with ``overwrite``.
+    A new run goes into an absent or empty folder, a folder that holds nothing but this run's
+    own ``inputs`` (a reference map put there; inputs are never written over), or a marked run
+    that never checkpointed (a stub left by a failed start); ``overwrite`` also replaces a run
+    with progress; ``resume`` needs a run. Any other folder is refused even with ``overwrite``.
 
     Raises
     ------
@@ -203,6 +222,8 @@ def check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> RunDirKind:
     option = "--resume" if resume else "--output-dir"
     if kind == "file":
         raise InputFileError(run_dir, "is a file, not a folder", option)
+    if kind == "other" and not resume and holds_only(Path(run_dir), inputs):
+        return "empty"
     if kind == "other":
         raise InputFileError(
             run_dir,
