@@ -19,6 +19,7 @@ from click.testing import CliRunner
 
 from cryoforge.cli import cli
 from cryoforge.engine.checkpoint import load_checkpoint
+from cryoforge.errors import InputFileError
 from cryoforge.io.outputs import LOCK, MARKER, RunLock, remove_stale_temp_files, run_dir_kind
 
 SMALL = {
@@ -366,3 +367,21 @@ def test_a_folder_holding_only_this_runs_inputs_is_accepted(tiny, tmp_path):
     r = invoke(*args)
     assert r.exit_code == 0, r.output
     assert run_dir_kind(d) == "run" and checksums(d)[d / "truth.mrc"] == truth[d / "truth.mrc"]
+
+
+def test_demo_accepts_an_unmarked_folder_holding_only_its_data(tmp_path, monkeypatch):
+    """``demo_run/data`` simulated by an earlier version (no marker): claimed, data kept."""
+    import cryoforge.demo as demo
+
+    data = tmp_path / "demo_run" / "data"
+    data.mkdir(parents=True)
+    for n in ("particles.star", "particles.mrcs", "map.mrc", "simulation.json"):
+        (data / n).write_text(n)
+    before = checksums(data)
+    monkeypatch.setattr(demo, "simulate", lambda *a: pytest.fail("the data were there"))
+    demo.claim_demo_run(tmp_path / "demo_run", data)
+    assert run_dir_kind(tmp_path / "demo_run") == "run" and checksums(data) == before
+    (data / "extra.txt").write_text("x")
+    (tmp_path / "demo_run" / MARKER).unlink()
+    with pytest.raises(InputFileError, match="not a cryoforge run"):
+        demo.claim_demo_run(tmp_path / "demo_run", data)
