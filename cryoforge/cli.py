@@ -17,7 +17,7 @@ from cryoforge.config import (
     parse_value,
     resolve,
 )
-from cryoforge.errors import CryoforgeError, InputFileError
+from cryoforge.errors import ConfigError, CryoforgeError, InputFileError
 
 
 class CryoforgeGroup(click.Group):
@@ -316,6 +316,10 @@ def run(
     if resume_dir:
         from cryoforge.engine.portable import load_run_config
 
+        if overwrite:
+            raise ConfigError("--resume and --overwrite: give one of them")
+        if output_dir and Path(output_dir).resolve() != Path(resume_dir).resolve():
+            raise ConfigError(f"--resume {resume_dir} continues in its own folder; drop -d {output_dir}")
         cfg_path = Path(resume_dir) / "config.json"
         if not cfg_path.is_file():
             raise InputFileError(cfg_path, "no config.json: not a cryoforge run directory", "--resume")
@@ -326,9 +330,9 @@ def run(
         click.echo(_dry_run_json(cfg, load_registry(list(plugins_dirs))))
         return
     if demo and not resume_dir:
-        from cryoforge.demo import ensure_demo_data
+        from cryoforge.demo import claim_demo_run
 
-        ensure_demo_data(Path(cfg.source.options["path"]).parent)
+        claim_demo_run(Path(cfg.output_dir), Path(cfg.source.options["path"]).parent, overwrite)
     from cryoforge.engine.run import run as run_training
 
     result = run_training(cfg, list(plugins_dirs), resume=bool(resume_dir), overwrite=overwrite)
@@ -402,6 +406,7 @@ def _print_result(result) -> None:
 @click.option("--batch-size", default=512, show_default=True)
 @subset_options
 @plugins_dir_option
+@click.option("--overwrite", is_flag=True, help="replace an existing --out (never an input)")
 def infer(
     run_dir: str,
     particles: str | None,
@@ -410,6 +415,7 @@ def infer(
     ind: str | None,
     first: int | None,
     plugins_dirs: tuple[str, ...],
+    overwrite: bool,
 ) -> None:
     """Predict poses for a whole dataset with a trained encoder (no gradients, dataset order).
 
@@ -420,7 +426,9 @@ def infer(
     from cryoforge.infer import infer_run
 
     start = time.time()
-    path = infer_run(Path(run_dir), particles, out_star, batch_size, ind, first, list(plugins_dirs))
+    path = infer_run(
+        Path(run_dir), particles, out_star, batch_size, ind, first, list(plugins_dirs), overwrite=overwrite
+    )
     cs = path.with_suffix(".cs")
     click.echo(f"wrote {path}" + (f" and {cs}" if cs.is_file() and cs.stat().st_mtime >= start - 1 else ""))
 
@@ -489,10 +497,17 @@ def simulate(
         raise click.UsageError("give an INPUT_PATH (.mrc/.pdb/.cif) or --demo")
     if input_path and not Path(input_path).exists():
         raise InputFileError(input_path, "input file not found", "INPUT_PATH")
-    if (Path(out_dir) / "particles.star").is_file() and not overwrite:
+    from cryoforge.io.outputs import refuse_existing, refuse_input_overlap, run_dir_kind
+    from cryoforge.simulate import OUTPUT_NAMES
+
+    if run_dir_kind(out_dir) in ("run", "legacy"):
         raise InputFileError(
-            Path(out_dir) / "particles.star", "a dataset is already there (use --overwrite)", "--output-dir"
+            out_dir, "is a cryoforge run folder; simulate into another folder", "--output-dir"
         )
+    outputs = [Path(out_dir) / n for n in OUTPUT_NAMES]
+    refuse_input_overlap(outputs, [input_path, like_path], "--output-dir")
+    for p in outputs:
+        refuse_existing(p, "--output-dir", overwrite)
     like = read_like_table(like_path) if like_path else None
     base = dict(DEMO_SETTINGS) if demo else {"n_particles": 1000, "defocus_median_angstrom": 20000.0}
     s = SimulationSettings(
@@ -533,11 +548,14 @@ def simulate(
     type=click.Path(),
     help="output folder (fsc.png, metrics.json)",
 )
-def evaluate(map_path, ref_path, half2_path, poses_path, gt_poses_path, out_dir) -> None:
+@click.option("--overwrite", is_flag=True, help="replace fsc.png / metrics.json already in the folder")
+def evaluate(map_path, ref_path, half2_path, poses_path, gt_poses_path, out_dir, overwrite) -> None:
     """FSC and resolution (0.5 / 0.143), pose errors; prints a table, writes fsc.png and metrics.json."""
     from cryoforge.evaluate_cli import evaluate_files
 
-    metrics = evaluate_files(map_path, ref_path, half2_path, poses_path, gt_poses_path, Path(out_dir))
+    metrics = evaluate_files(
+        map_path, ref_path, half2_path, poses_path, gt_poses_path, Path(out_dir), overwrite=overwrite
+    )
     from rich.console import Console
     from rich.table import Table
 
@@ -555,13 +573,22 @@ def evaluate(map_path, ref_path, half2_path, poses_path, gt_poses_path, out_dir)
 @click.option("--poses", "poses_pkl", type=click.Path(), help="cryoDRGN pose .pkl (else poses in the file)")
 @click.option("--no-ctf", is_flag=True, help="ignore the CTF")
 @subset_options
+@click.option("--overwrite", is_flag=True, help="replace an existing --out (never an input)")
 def reconstruct(
-    particles: str, out_map: str, poses_pkl: str | None, no_ctf: bool, ind: str | None, first: int | None
+    particles: str,
+    out_map: str,
+    poses_pkl: str | None,
+    no_ctf: bool,
+    ind: str | None,
+    first: int | None,
+    overwrite: bool,
 ) -> None:
     """Known-pose reconstruction by Fourier backprojection (a reference, not a learned map)."""
     from cryoforge.reconstruct import reconstruct_file
 
-    path = reconstruct_file(Path(particles), Path(out_map), poses_pkl, not no_ctf, ind, first)
+    path = reconstruct_file(
+        Path(particles), Path(out_map), poses_pkl, not no_ctf, ind, first, overwrite=overwrite
+    )
     click.echo(f"wrote {path}")
 
 

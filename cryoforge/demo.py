@@ -34,6 +34,25 @@ def demo_config(run_dir: Path) -> RunConfig:
     )
 
 
+def claim_demo_run(run_dir: Path, data_dir: Path, overwrite: bool = False) -> Path:
+    """Mark ``run_dir`` as the demo's run, then simulate the demo dataset into ``data_dir``.
+
+    The folder is checked (a non-empty folder that is not a run, nor holds only the demo data,
+    is refused; a finished run needs ``overwrite``) and marked before the simulation writes
+    into it, so that ``run --demo`` afterwards recognises its own folder.
+    """
+    from cryoforge.io.outputs import RunLock, check_run_dir, run_dir_kind, write_run_marker
+    from cryoforge.simulate import OUTPUT_NAMES
+
+    own = [data_dir / n for n in OUTPUT_NAMES]  # an earlier version's demo data, unmarked
+    check_run_dir(run_dir, resume=False, overwrite=overwrite, inputs=own)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with RunLock(run_dir):
+        if run_dir_kind(run_dir) != "run":
+            write_run_marker(run_dir)
+        return ensure_demo_data(data_dir)
+
+
 def ensure_demo_data(data_dir: Path) -> Path:
     """Simulate the demo dataset into ``data_dir`` unless it is already there."""
     star = data_dir / "particles.star"

@@ -12,6 +12,7 @@ import torch
 from cryoforge.errors import InputFileError
 from cryoforge.evaluate import align_map, fsc_report, plot_fsc, pose_errors, write_json
 from cryoforge.io.mrc import read_map
+from cryoforge.io.outputs import refuse_existing, refuse_input_overlap
 from cryoforge.io.star import read_star
 
 
@@ -22,6 +23,7 @@ def evaluate_files(
     poses_path: str | None,
     gt_poses_path: str | None,
     out_dir: Path,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Compute FSC/resolution and pose errors from files; write ``fsc.png`` and ``metrics.json``.
 
@@ -29,7 +31,14 @@ def evaluate_files(
     and ``_px`` (the Nyquist limit when the FSC never drops below ``t``, NaN, written as ``null``,
     when it is below ``t`` from the first shell), ``_bound`` (``None``, ``"nyquist"`` or
     ``"not_reached"``) and ``_text``; :func:`metric_rows` formats them for a table.
+
+    ``fsc.png`` and ``metrics.json`` must not exist in ``out_dir`` unless ``overwrite``; an
+    input is never overwritten.
     """
+    outputs = [out_dir / "metrics.json"] + ([out_dir / "fsc.png"] if ref_path or half2_path else [])
+    refuse_input_overlap(outputs, [map_path, ref_path, half2_path, poses_path, gt_poses_path], "--output-dir")
+    for p in outputs:
+        refuse_existing(p, "--output-dir", overwrite)
     vol, px = read_map(map_path)
     m = torch.from_numpy(vol)
     metrics: dict[str, Any] = {"pixel_size_angstrom": px}

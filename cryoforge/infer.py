@@ -16,6 +16,7 @@ from cryoforge.engine.portable import load_run_config
 from cryoforge.engine.pose_files import write_pose_files
 from cryoforge.engine.run import pick_device, prepare
 from cryoforge.errors import InputFileError
+from cryoforge.io.outputs import MARKER, refuse_existing, refuse_input_overlap, source_input_paths
 from cryoforge.types import BuildContext
 
 
@@ -27,6 +28,7 @@ def infer_run(
     ind: str | None = None,
     first: int | None = None,
     plugins_dirs: list[str] | None = None,
+    overwrite: bool = False,
 ) -> Path:
     """Predict poses for every particle (dataset order) with the encoder of ``run_dir``.
 
@@ -34,7 +36,9 @@ def infer_run(
     replaces the run's particle file (its subset then no longer applies); ``ind``/``first`` pick
     a subset (see :func:`cryoforge.sources.subsets.select_particles`). The star keeps the input's
     columns (:func:`~cryoforge.engine.pose_files.write_pose_files`); a ``.cs`` input also gets a
-    ``.cs`` next to it.
+    ``.cs`` next to it. The outputs (default ``RUN_DIR/inferred_poses.star``) must not exist
+    unless ``overwrite``, and are never inputs (the particles, their stacks, the run's files);
+    both are checked before any work.
     """
     run_dir = Path(run_dir)
     ckpt = run_dir / CHECKPOINT
@@ -55,12 +59,19 @@ def infer_run(
         config = apply_override(config, "source.first", first)
     config = config.model_copy(update={"train": config.train.model_copy(update={"gt_poses": False})})
     config, registry, source = prepare(config, plugins_dirs)
+    out = Path(out_star) if out_star else run_dir / "inferred_poses.star"
+    outputs = [out]
+    if str(config.source.options.get("path") or "").lower().endswith(".cs"):
+        outputs.append(out.with_suffix(".cs"))  # write_pose_files writes one next to the star
+    run_inputs = [run_dir / "config.json", ckpt, run_dir / MARKER, run_dir / "plugins.json"]
+    refuse_input_overlap(outputs, [*source_input_paths(source), *run_inputs], "--out")
+    for p in outputs:
+        refuse_existing(p, "--out", overwrite)
     pipeline = build_pipeline(config, registry, BuildContext(source.image_size, source.pixel_size_angstrom))
     pipeline.load_state_dict(load_checkpoint(ckpt)["model"])
     device = pick_device(config.train.device)
     pipeline.to(device)
     index = np.arange(len(source))
     pose = infer_poses(pipeline, source, index, batch_size, device)
-    out = Path(out_star) if out_star else run_dir / "inferred_poses.star"
     write_pose_files(out, source, index, pose)
     return out

@@ -9,6 +9,7 @@ import torch
 
 from cryoforge.errors import InputFileError
 from cryoforge.io.mrc import write_mrc
+from cryoforge.io.outputs import refuse_existing, refuse_input_overlap, source_input_paths
 from cryoforge.ops.projection import backproject
 from cryoforge.plugins import load_registry
 from cryoforge.sources import SUFFIX_TO_SOURCE
@@ -21,10 +22,12 @@ def reconstruct_file(
     use_ctf: bool,
     ind: str | None = None,
     first: int | None = None,
+    overwrite: bool = False,
 ) -> Path:
     """Backproject a particle file with its known poses (or a cryoDRGN pose pickle) into a map.
 
     ``ind``/``first`` restrict it to a subset (:func:`cryoforge.sources.subsets.select_particles`).
+    ``out_map`` must not exist unless ``overwrite``, and is never one of the inputs.
     """
     name = SUFFIX_TO_SOURCE.get(particles.suffix.lower())
     if name is None:
@@ -35,6 +38,8 @@ def reconstruct_file(
             raise InputFileError(poses_pkl, "--poses goes with a bare .mrcs stack", "--poses")
         opts["poses"] = poses_pkl
     source = load_registry().build("source", name, opts)
+    refuse_input_overlap([out_map], [particles, poses_pkl, *source_input_paths(source)], "--out")
+    refuse_existing(out_map, "--out", overwrite)
     if source.poses is None:
         raise InputFileError(particles, "no poses (give --poses or a file with angles)", "rlnAngleRot")
     index = np.arange(len(source))

@@ -183,6 +183,10 @@ def check_map_matches_table(
         )
 
 
+OUTPUT_NAMES = ("particles.mrcs", "particles.star", "map.mrc", "simulation.json")
+"""What :func:`simulate` writes into its folder."""
+
+
 def simulate(
     input_path: str | Path | None,
     out_dir: str | Path,

@@ -26,6 +26,7 @@ from cryoforge.engine.export import ExportCallback
 from cryoforge.engine.halves import PauseCallback, Paused, train_halves
 from cryoforge.engine.pictures import PicturesCallback, write_halves_report
 from cryoforge.engine.portable import absolute_inputs, portable_json
+from cryoforge.engine.preflight import check_resume, claim_run_dir, data_signature, preflight
 from cryoforge.engine.progress import ProgressCallback
 from cryoforge.engine.stages import run_stages, schedule_stages
 from cryoforge.engine.tensorboard import TensorBoardCallback
@@ -33,6 +34,13 @@ from cryoforge.errors import ConfigError
 from cryoforge.evaluate import align_map, fsc_report, plot_fsc, pose_errors, write_json
 from cryoforge.io.atomic import atomic_path
 from cryoforge.io.mrc import read_map, write_mrc
+from cryoforge.io.outputs import (
+    check_run_dir,
+    config_input_files,
+    refuse_input_overlap,
+    run_output_paths,
+    source_input_paths,
+)
 from cryoforge.plugins import build_registry, get_plugin_manager, plugin_versions
 from cryoforge.registry import Registry
 from cryoforge.roles import Source
@@ -170,6 +178,13 @@ def train_one(
         log.info(
             "resumed from %s at stage %d, step %d", ctx.checkpoint_path, ctx.state["stage"], ctx.state["step"]
         )
+        if ctx.state["stage"] >= len(stages) or ctx.steps_left() == 0:
+            done = (
+                f"{run_dir}: the run had finished (its stages, or train.max_steps {ctx.state['step']}); "
+                "nothing was trained, the outputs were exported again"
+            )
+            log.info(done)
+            ctx.result.warnings.append(done)
     log.info(
         "training %s on %d particles (L=%d, %.3f Å/px) on %s, schedule %s (%d stages)",
         config.volume.name,
@@ -208,20 +223,38 @@ def run(
     """Train as configured; see :class:`RunResult`.
 
     A directory that already holds a run is continued with ``resume`` and replaced only with
-    ``overwrite``; otherwise it is left untouched and a :class:`ConfigError` says so.
+    ``overwrite``; a folder that is not a run (no marker, not empty) is never used. Everything is
+    checked (folder, data, device, model, and on ``resume`` the options against the checkpoint)
+    before the first byte is written; then the folder is locked for the run's duration.
     """
+    if resume and overwrite:
+        raise ConfigError("--resume and --overwrite: give one of them")
+    rank, _ = distributed()
+    run_dir = Path(config.output_dir)
+    if rank == 0:
+        check_run_dir(run_dir, resume, overwrite, config_input_files(config))
     config, registry, source = prepare(config, plugins_dirs)
     config = absolute_inputs(config, registry)  # the run no longer depends on the cwd
-    run_dir = Path(config.output_dir)
-    if (run_dir / "config.json").is_file() and not (resume or overwrite):
-        raise ConfigError(
-            f"{run_dir}: already holds a run (continue it with --resume {run_dir}, "
-            "replace it with --overwrite, or choose another --output-dir)"
-        )
-    schedule_stages(config, registry, BuildContext(source.image_size, source.pixel_size_angstrom))
-    rank, world = distributed()
-    if rank == 0:
-        write_run_files(config, run_dir, registry)
+    bctx = BuildContext(source.image_size, source.pixel_size_angstrom)
+    schedule_stages(config, registry, bctx)
+    refuse_input_overlap(
+        run_output_paths(run_dir), [*source_input_paths(source), config.ground_truth_map], "--output-dir"
+    )
+    pipeline = preflight(config, registry, source, bctx)
+    if resume:
+        check_resume(config, registry, run_dir, source, pipeline)
+    del pipeline
+    inputs = [*source_input_paths(source), config.ground_truth_map]
+    with claim_run_dir(run_dir, resume, overwrite, data_signature(source), rank == 0, inputs):
+        if rank == 0:
+            write_run_files(config, run_dir, registry)
+        return _train(config, registry, source, run_dir, resume, rank)
+
+
+def _train(
+    config: RunConfig, registry: Registry, source: Source, run_dir: Path, resume: bool, rank: int
+) -> RunResult:
+    _, world = distributed()
     index = np.arange(len(source))
     try:
         if not config.train.half_sets:

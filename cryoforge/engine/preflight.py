@@ -1,0 +1,240 @@
+"""Checks before a run writes anything, and claiming its folder.
+
+:func:`preflight` builds what training will build (device, model) so that a bad configuration
+fails before ``config.json`` exists; :func:`check_resume` compares a resume's options and data
+with the run's checkpoint; :func:`claim_run_dir` then locks the folder, marks it as a run and
+clears what ``--overwrite`` replaces. Nothing before :func:`claim_run_dir` writes a byte.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from cryoforge.config import RunConfig, load_config_file, resolve
+from cryoforge.engine.build import build_pipeline
+from cryoforge.engine.checkpoint import load_checkpoint
+from cryoforge.engine.context import CHECKPOINT
+from cryoforge.errors import ConfigError, InputFileError
+from cryoforge.io.outputs import (
+    HALF_DIRS,
+    RunLock,
+    check_run_dir,
+    clear_run_outputs,
+    read_run_marker,
+    remove_stale_temp_files,
+    write_run_marker,
+)
+from cryoforge.pipeline import Pipeline
+from cryoforge.registry import Registry
+from cryoforge.roles import Source
+from cryoforge.types import BuildContext
+
+log = logging.getLogger("cryoforge")
+
+RESUMABLE = frozenset(
+    {
+        "output_dir",
+        "ground_truth_map",
+        "source.options.datadir",
+        "train.epochs",
+        "train.max_steps",
+        "train.max_time_s",
+        "train.device",
+        "train.amp",
+        "train.compile",
+        "train.checkpoint_every_steps",
+        "train.checkpoint_every_s",
+        "train.export_every_s",
+        "train.log_every",
+        "train.tensorboard",
+        "train.progress",
+    }
+)
+"""Settings a resumed run may change: budgets, device, logging; nothing that shapes the model or
+what it has learnt from."""
+
+
+def data_signature(source: Source) -> dict[str, Any]:
+    """What a run's checkpoint depends on in its data: particle count, box and pixel size."""
+    return {
+        "n_particles": len(source),
+        "image_size": int(source.image_size),
+        "pixel_size_angstrom": float(source.pixel_size_angstrom),
+    }
+
+
+def preflight(config: RunConfig, registry: Registry, source: Source, bctx: BuildContext) -> Pipeline:
+    """Everything training builds before its first step, built once on the CPU to fail early.
+
+    Returns the pipeline (untrained) for :func:`check_resume`.
+
+    Raises
+    ------
+    ConfigError
+        An unusable device, known poses asked of a source without them, or a component that
+        cannot be built for these images.
+    """
+    from cryoforge.engine.run import pick_device
+
+    device = pick_device(config.train.device)
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ConfigError(
+            f"train.device: {config.train.device!r} requested but this machine has "
+            f"{torch.cuda.device_count()} CUDA device(s)"
+        )
+    if config.train.gt_poses and source.poses is None:
+        raise ConfigError("train.gt_poses: the source has no poses")
+    with torch.random.fork_rng(devices=[]):
+        return build_pipeline(config, registry, bctx)
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}.{k}" if prefix else str(k)
+        if isinstance(v, dict) and v:
+            out.update(_flatten(v, key))
+        else:
+            out[key] = v
+    return out
+
+
+def _same_path(a: Any, b: Any) -> bool:
+    if a == b:
+        return True
+    if not (isinstance(a, str) and isinstance(b, str)):
+        return False
+    pa, pb = Path(a), Path(b)
+    try:
+        return pa.exists() and pb.exists() and pa.samefile(pb)
+    except OSError:
+        return False
+
+
+def _shown(key: str) -> str:
+    """``volume.options.hidden_dim`` as the user types it: ``volume.hidden_dim``."""
+    return key.replace(".options.", ".", 1)
+
+
+def checkpoints(run_dir: Path) -> list[Path]:
+    """The run's checkpoints: ``checkpoint.pt``, or one per half."""
+    return [p for p in (run_dir / CHECKPOINT, *(run_dir / h / CHECKPOINT for h in HALF_DIRS)) if p.is_file()]
+
+
+def check_resume(
+    config: RunConfig, registry: Registry, run_dir: Path, source: Source, pipeline: Pipeline
+) -> None:
+    """Refuse a resume whose options or data differ from the run's; reads only.
+
+    The run's settings come from its checkpoint (what the weights were trained with), else its
+    ``config.json`` (half sets: each half's checkpoint holds that half's seed). Only
+    :data:`RESUMABLE` settings may change; the model built from the new options must have the
+    checkpoint's parameter shapes; the particles must be the run's (same file, count and box).
+
+    Raises
+    ------
+    InputFileError
+        Naming the run's file and the setting, with both values.
+    """
+    cks = checkpoints(run_dir)
+    ck = load_checkpoint(cks[0]) if cks else None
+    stored_from, stored = run_dir / "config.json", None
+    if ck is not None and cks[0].parent == run_dir and isinstance(ck.get("config"), str):
+        with contextlib.suppress(ValueError):  # (a half's checkpoint holds the half's own seed)
+            stored_from, stored = cks[0], RunConfig.model_validate_json(ck["config"])
+    if stored is None:
+        stored_from, stored = run_dir / "config.json", load_config_file(run_dir / "config.json")
+    old = _flatten(resolve(stored, registry).model_dump(mode="json", exclude={"plugins"}))
+    new = _flatten(config.model_dump(mode="json", exclude={"plugins"}))
+    changed = [
+        k
+        for k in sorted(set(old) | set(new))
+        if k not in RESUMABLE and not _same_path(old.get(k), new.get(k))
+    ]
+    if changed:
+        what = "; ".join(f"{_shown(k)} {old.get(k)!r} in the run, {new.get(k)!r} now" for k in changed)
+        hint = (
+            "resume trains on the run's particles only"
+            if any(k.startswith("source.") for k in changed)
+            else "start a new run with -d, or replace this one with --overwrite"
+        )
+        raise InputFileError(stored_from, f"--resume cannot change {what} ({hint})", _shown(changed[0]))
+    want = data_signature(source)
+    had = (read_run_marker(run_dir) or {}).get("data") or {}
+    for key, value in want.items():
+        if key in had and had[key] != value:
+            raise InputFileError(
+                source.path if hasattr(source, "path") else run_dir,
+                f"the run trained on {key} {had[key]}, the particles now give {value}; "
+                "resume needs the run's data",
+                "--resume",
+            )
+    for path in cks:
+        _check_shapes(pipeline, config.encoder.name, ck if path == cks[0] else load_checkpoint(path), path)
+
+
+def _split_encoder(sd: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A pipeline state dict as (everything but the encoder, the encoder's own keys)."""
+    rest = {k: v for k, v in sd.items() if not k.startswith("encoder.")}
+    return rest, {k[len("encoder.") :]: v for k, v in sd.items() if k.startswith("encoder.")}
+
+
+def _check_shapes(pipeline: Pipeline, encoder_name: str, ck: dict[str, Any], path: Path) -> None:
+    """The parameters of ``pipeline`` (built from the new options) have the checkpoint's shapes.
+
+    The configured encoder is compared where the checkpoint holds it: in the model, or among
+    the spare encoders when a stage had put its own encoder into the pipeline.
+    """
+    want_rest, want_encoder = _split_encoder(pipeline.state_dict())
+    have_rest, have_encoder = _split_encoder(ck["model"])
+    if (ck.get("state") or {}).get("encoder") is not None:  # a stage's own encoder was in use
+        have_encoder = (ck.get("encoders") or {}).get(encoder_name)
+    pairs = [(want_rest, have_rest, "")]
+    if have_encoder is not None:
+        pairs.append((want_encoder, have_encoder, "encoder."))
+    for want, have, prefix in pairs:
+        odd = sorted(set(want) ^ set(have))
+        wrong = [k for k in want if k in have and tuple(want[k].shape) != tuple(have[k].shape)]
+        if odd or wrong:
+            k = (odd or wrong)[0]
+            detail = (
+                f"{prefix}{k}: {tuple(have[k].shape)} in the checkpoint, {tuple(want[k].shape)} now"
+                if k in have and k in want
+                else f"parameter {prefix}{k} is in only one of the checkpoint and the model"
+            )
+            raise InputFileError(path, f"the model does not match the checkpoint ({detail})", "--resume")
+
+
+@contextlib.contextmanager
+def claim_run_dir(
+    run_dir: Path,
+    resume: bool,
+    overwrite: bool,
+    data: dict[str, Any] | None = None,
+    owner: bool = True,
+    inputs: Iterable[str | Path | None] = (),
+) -> Iterator[None]:
+    """Hold ``run_dir`` for the run: lock it, check it again, mark it, clear what is replaced.
+
+    A new run (or ``overwrite``) into a marked run removes that run's outputs (logs and
+    TensorBoard included, so they start afresh); a resume keeps them. Temporary files of a
+    killed write are removed. ``owner`` false (ranks other than 0) only yields.
+    """
+    if not owner:
+        yield
+        return
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with RunLock(run_dir):
+        kind = check_run_dir(run_dir, resume, overwrite, inputs)  # again: it may have changed meanwhile
+        for p in remove_stale_temp_files(run_dir):
+            log.info("removed %s, left by an interrupted write", p)
+        if not resume and kind in ("run", "legacy"):
+            clear_run_outputs(run_dir)
+        write_run_marker(run_dir, fresh=not resume, **({"data": data} if data else {}))
+        yield
