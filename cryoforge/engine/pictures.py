@@ -175,13 +175,7 @@ def write_halves_pictures(
 def write_halves_report(
     result: RunResult, halves: list[RunResult], avg_map: np.ndarray, pixel_size_angstrom: float
 ) -> Path:
-    """The final half-set pictures and report; the last point of the resolution is the final one."""
-    from cryoforge.engine.halves import append_history
-
-    res = result.metrics.get(HALF_KEY)
-    if res is not None:
-        end = max((h.history[-1]["elapsed_s"] for h in halves if h.history), default=0.0)
-        append_history(result.run_dir, {HALF_KEY: float(res), "elapsed_s": float(end)})
+    """The final half-set pictures and report (the final resolution is already in the history)."""
     return write_halves_pictures(
         result.run_dir, result.metrics, avg_map, pixel_size_angstrom, halves, True, result.warnings
     )

@@ -23,8 +23,8 @@ from cryoforge.engine.checkpoint import CheckpointCallback, load_checkpoint, res
 from cryoforge.engine.context import Clock, RunContext, RunResult
 from cryoforge.engine.evaluation import EvaluationCallback
 from cryoforge.engine.export import ExportCallback
-from cryoforge.engine.halves import PauseCallback, Paused, train_halves
-from cryoforge.engine.pictures import PicturesCallback, write_halves_report
+from cryoforge.engine.halves import PauseCallback, Paused, append_history, train_halves
+from cryoforge.engine.pictures import HALF_KEY, PicturesCallback, write_halves_report
 from cryoforge.engine.portable import absolute_inputs, portable_json
 from cryoforge.engine.preflight import check_resume, claim_run_dir, data_signature, preflight
 from cryoforge.engine.progress import ProgressCallback
@@ -323,6 +323,10 @@ def combine_halves(
     result.metrics = {"halfmap_" + k: v for k, v in rep.summary((0.5, 0.143)).items()}
     result.metrics["halves_mirrored"] = al.mirrored
     write_json(run_dir / "metrics.json", result.metrics)
+    res = result.metrics.get(HALF_KEY)
+    if res is not None:  # the last point of the half-map resolution over time is the final one
+        end = max((r.history[-1]["elapsed_s"] for r in results if r.history), default=0.0)
+        append_history(run_dir, {HALF_KEY: float(res), "elapsed_s": float(end)})
     if config.train.pictures:
         write_halves_report(result, results, ((m1t + al.aligned) / 2).numpy(), source.pixel_size_angstrom)
     return result
