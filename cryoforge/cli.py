@@ -252,6 +252,9 @@ def run(
     if dry_run:
         click.echo(_dry_run_json(cfg, load_registry(list(plugins_dirs))))
         return
+    from cryoforge.io.writable import check_writable
+
+    check_writable(cfg.output_dir, "--output-dir")  # before any work
     if demo and not resume_dir:
         from cryoforge.demo import ensure_demo_data
 
@@ -303,11 +306,17 @@ def _print_result(result) -> None:
     "--out", "out_star", type=click.Path(), help="output .star (default RUN_DIR/inferred_poses.star)"
 )
 @click.option("--batch-size", default=512, show_default=True)
-def infer(run_dir: str, particles: str | None, out_star: str | None, batch_size: int) -> None:
+@plugins_dir_option
+def infer(
+    run_dir: str, particles: str | None, out_star: str | None, batch_size: int, plugins_dirs: tuple[str, ...]
+) -> None:
     """Predict poses for a whole dataset with a trained encoder (no gradients, dataset order)."""
+    from cryoforge.errors import ConfigError
     from cryoforge.infer import infer_run
 
-    path = infer_run(Path(run_dir), particles, out_star, batch_size)
+    if batch_size < 1:
+        raise ConfigError(f"--batch-size: must be at least 1 (got {batch_size})")
+    path = infer_run(Path(run_dir), particles, out_star, batch_size, list(plugins_dirs))
     click.echo(f"wrote {path}")
 
 
@@ -377,6 +386,9 @@ def simulate(
         raise InputFileError(
             Path(out_dir) / "particles.star", "a dataset is already there (use --overwrite)", "--out"
         )
+    from cryoforge.io.writable import check_writable
+
+    check_writable(out_dir, "--out")
     like = read_like_table(like_path) if like_path else None
     base = dict(DEMO_SETTINGS) if demo else {"n_particles": 1000, "defocus_median_angstrom": 20000.0}
     s = SimulationSettings(
@@ -411,7 +423,9 @@ def simulate(
 def evaluate(map_path, ref_path, half2_path, poses_path, gt_poses_path, out_dir) -> None:
     """FSC and resolution (0.5 / 0.143), pose errors; prints a table, writes fsc.png and metrics.json."""
     from cryoforge.evaluate_cli import evaluate_files
+    from cryoforge.io.writable import check_writable
 
+    check_writable(out_dir, "--out")
     metrics = evaluate_files(map_path, ref_path, half2_path, poses_path, gt_poses_path, Path(out_dir))
     from rich.console import Console
     from rich.table import Table

@@ -9,6 +9,7 @@ import torch
 
 from cryoforge.errors import InputFileError
 from cryoforge.io.mrc import write_mrc
+from cryoforge.io.writable import check_writable_file
 from cryoforge.ops.projection import backproject
 from cryoforge.plugins import load_registry
 from cryoforge.sources import SUFFIX_TO_SOURCE
@@ -16,6 +17,7 @@ from cryoforge.sources import SUFFIX_TO_SOURCE
 
 def reconstruct_file(particles: Path, out_map: Path, poses_pkl: str | None, use_ctf: bool) -> Path:
     """Backproject a particle file with its known poses (or a cryoDRGN pose pickle) into a map."""
+    check_writable_file(out_map, "--out")
     name = SUFFIX_TO_SOURCE.get(particles.suffix.lower())
     if name is None:
         raise InputFileError(particles, "expected .star, .cs or .mrcs", "PARTICLES")

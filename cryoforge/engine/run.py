@@ -23,6 +23,7 @@ from cryoforge.engine.checkpoint import CheckpointCallback, load_checkpoint, res
 from cryoforge.engine.context import Clock, RunContext, RunResult
 from cryoforge.engine.evaluation import EvaluationCallback
 from cryoforge.engine.export import ExportCallback
+from cryoforge.engine.preflight import check_ground_truth_map, report_data_quality
 from cryoforge.engine.progress import ProgressCallback
 from cryoforge.engine.stages import run_stages, schedule_stages
 from cryoforge.engine.tensorboard import TensorBoardCallback
@@ -195,7 +196,10 @@ def run(
             "replace it with --overwrite, or choose another --output-dir)"
         )
     schedule_stages(config, registry, BuildContext(source.image_size, source.pixel_size_angstrom))
+    check_ground_truth_map(config, source)
     rank, _ = distributed()
+    if rank == 0:
+        report_data_quality(source)
     if rank == 0:
         write_run_files(config, run_dir)
     index = np.arange(len(source))

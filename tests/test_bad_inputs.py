@@ -1,0 +1,404 @@
+"""Every bad input ends in one line naming the file and the field (or option), exit code 2.
+
+Each case builds its bad input in a fresh folder, runs the command in-process through click, and
+checks: exit code 2, exactly one non-empty output line, that line names the file and the field,
+no traceback, no torch advice about ``weights_only=False``, and the input files unchanged (sha256).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pickle
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from cryoforge.cli import cli
+
+IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
+
+SMALL = {
+    "schedule.name": "cryoai",
+    "encoder.channels": [8, 16],
+    "encoder.head_hidden": [32],
+    "volume.hidden_dim": 16,
+    "train.batch_size": 8,
+    "train.tensorboard": False,
+    "train.progress": False,
+    "train.max_steps": 2,
+    "train.device": "cpu",
+}
+
+
+def small_opts(**over) -> list[str]:
+    args: list[str] = []
+    for k, v in {**SMALL, **over}.items():
+        args += ["-o", k, json.dumps(v)]
+    return args
+
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@dataclass
+class Case:
+    """A command line, the words its one error line must contain, and files that must not change."""
+
+    args: list[str]
+    needles: list[str]
+    inputs: list[Path] = field(default_factory=list)
+
+
+def copy_tiny(tiny: dict[str, Path], d: Path) -> dict[str, Path]:
+    d.mkdir(parents=True, exist_ok=True)
+    out = {}
+    for k, p in tiny.items():
+        out[k] = d / p.name
+        shutil.copy(p, out[k])
+    return out
+
+
+def star_text(t: dict[str, Path]) -> str:
+    return t["star"].read_text()
+
+
+def replace_names(text: str, new: str) -> str:
+    lines = text.splitlines()
+    for i, line in enumerate(lines):
+        if line.startswith("000003@"):
+            lines[i] = new + line[len("000003@") :]
+    return "\n".join(lines) + "\n"
+
+
+def write_empty_stack(path: Path, L: int = 16) -> None:
+    import mrcfile
+
+    with mrcfile.new(path, overwrite=True) as m:
+        m.set_data(np.zeros((1, L, L), np.float32))
+        m.set_image_stack()
+    raw = bytearray(path.read_bytes()[:1024])
+    raw[8:12] = np.int32(0).tobytes()  # nz = 0
+    raw[36:40] = np.int32(0).tobytes()  # mz = 0
+    path.write_bytes(bytes(raw))
+
+
+def run_args(star: Path, d: Path, **over) -> list[str]:
+    return ["run", "--particles", str(star), "-d", str(d.parent / "out"), *small_opts(**over)]
+
+
+# ----------------------------------------------------------------------------- cases
+
+
+def c_empty_stack(t, d):
+    p = d / "empty.mrcs"
+    write_empty_stack(p)
+    return Case(run_args(p, d), ["empty.mrcs", "[nz]", "no images"], [p])
+
+
+def c_star_no_rows(t, d):
+    text = star_text(t)
+    head = text[: text.index("000001@")]
+    p = d / "norows.star"
+    p.write_text(head)
+    return Case(run_args(p, d), ["norows.star", "data_particles", "no particles"], [p])
+
+
+def _bad_name(name):
+    def build(t, d):
+        p = d / "badname.star"
+        p.write_text(replace_names(star_text(t), name))
+        return Case(run_args(p, d), ["badname.star", "[rlnImageName]", "particle 3", name], [p, t["mrcs"]])
+
+    return build
+
+
+def c_duplicate_column(t, d):
+    text = star_text(t).replace("_rlnOriginYAngst #12\n", "_rlnOriginYAngst #12\n_rlnDefocusU #13\n")
+    lines = text.splitlines()
+    lines = [ln + "\t1.0" if "@particles.mrcs" in ln else ln for ln in lines]
+    p = d / "dup.star"
+    p.write_text("\n".join(lines) + "\n")
+    return Case(run_args(p, d), ["dup.star", "[rlnDefocusU]", "twice"], [p])
+
+
+def c_cs_no_rows(t, d):
+    arr = np.load(t["cs"])
+    p = d / "empty.cs"
+    with open(p, "wb") as fh:
+        np.save(fh, arr[:0])
+    return Case(run_args(p, d), ["empty.cs", "no particles"], [p])
+
+
+def c_star_not_utf8(t, d):
+    raw = t["star"].read_bytes().replace(b"opticsGroup1", b"optics\xff\xfeGroup1")
+    p = d / "latin.star"
+    p.write_bytes(raw)
+    return Case(run_args(p, d), ["latin.star", "UTF-8", "line 15"], [p])
+
+
+def c_cs_path_not_utf8(t, d):
+    arr = np.load(t["cs"])
+    arr["blob/path"] = b"parti\xffcles.mrcs"
+    p = d / "latin.cs"
+    with open(p, "wb") as fh:
+        np.save(fh, arr)
+    return Case(run_args(p, d), ["latin.cs", "[blob/path]", "UTF-8"], [p])
+
+
+def c_json_not_utf8(t, d):
+    p = d / "cfg.json"
+    p.write_bytes(b'{"output_dir": "caf\xe9"}')
+    return Case(["run", "--config", str(p)], ["cfg.json", "UTF-8"], [p])
+
+
+def _mrcs_with(t, d, **opts):
+    stack = t["mrcs"]
+    return Case(["run", "--particles", str(stack), "-d", str(d.parent / "out"), *small_opts(**opts)], [], [stack])
+
+
+def c_object_pickle(t, d):
+    p = d / "poses.pkl"
+    rot = np.empty(24, dtype=object)
+    rot[:] = ["a"] * 24
+    with open(p, "wb") as fh:
+        pickle.dump((rot, np.zeros((24, 2))), fh)
+    c = _mrcs_with(t, d, **{"source.poses": str(p)})
+    c.needles, c.inputs = ["poses.pkl", "[dtype]", "object"], [*c.inputs, p]
+    return c
+
+
+def c_unreadable(t, d):
+    if IS_ROOT:  # root reads a mode-000 file anyway: a folder given as the file instead
+        p = d / "folder.star"
+        p.mkdir()
+        return Case(run_args(p, d), ["folder.star", "is a folder"], [])
+    p = d / "locked.star"
+    shutil.copy(t["star"], p)
+    p.chmod(0)
+    return Case(run_args(p, d), ["locked.star", "permission"], [])
+
+
+def _readonly_dir(d: Path) -> Path:
+    """A folder nobody can write in. As root, permissions do not stop writes: a path under a
+    regular file instead (the folder cannot be created)."""
+    if IS_ROOT:
+        blocker = d / "blocker"
+        blocker.write_text("x")
+        return blocker / "out"
+    ro = d / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    return ro
+
+
+def c_ro_run(t, d):
+    out = _readonly_dir(d)
+    args = ["run", "--particles", str(t["star"]), "-d", str(out), *small_opts()]
+    return Case(args, [str(out), "--output-dir"], [t["star"]])
+
+
+def c_ro_reconstruct(t, d):
+    out = _readonly_dir(d)
+    return Case(["reconstruct", str(t["star"]), "--out", str(out / "m.mrc")], [str(out), "--out"], [t["star"]])
+
+
+def c_ro_simulate(t, d):
+    out = _readonly_dir(d)
+    return Case(["simulate", str(t["map"]), "--out", str(out), "-n", "4", "--box-size", "16"], [str(out), "--out"], [t["map"]])
+
+
+def c_ro_evaluate(t, d):
+    out = _readonly_dir(d)
+    return Case(["evaluate", str(t["map"]), "--ref", str(t["map"]), "--out", str(out)], [str(out), "--out"], [t["map"]])
+
+
+def c_bad_device(t, d):
+    return Case(run_args(t["star"], d, **{"train.device": "tpu"}), ["train.device", "tpu"], [t["star"]])
+
+
+def c_box_too_small(t, d):
+    return Case(
+        ["run", "--particles", str(t["star"]), "-d", str(d.parent / "out"), "-o", "source.downsample_to", "8",
+         "-o", "train.max_steps", "1", "-o", "train.progress", "false", "-o", "train.device", "cpu"],
+        ["source.downsample_to", "8", "encoder"],
+        [t["star"]],
+    )
+
+
+def _pixel(value):
+    def build(t, d):
+        p = d / "px.star"
+        p.write_text(star_text(t).replace("0.100000\t4.000000\t16", f"0.100000\t{value}\t16"))
+        return Case(run_args(p, d), ["px.star", "[rlnImagePixelSize]", "> 0"], [p])
+
+    return build
+
+
+def c_cs_pixel_zero(t, d):
+    arr = np.load(t["cs"])
+    arr["blob/psize_A"][5] = 0.0
+    p = d / "px.cs"
+    with open(p, "wb") as fh:
+        np.save(fh, arr)
+    return Case(run_args(p, d), ["px.cs", "[blob/psize_A]", "particle 6"], [p])
+
+
+def _ctf_pickle(t, d, col, value):
+    from cryoforge.io.star import read_star
+
+    arr = read_star(t["star"]).cryodrgn_ctf()
+    arr[:, 1] = 4.0
+    arr[4, col] = value
+    p = d / "ctf.pkl"
+    with open(p, "wb") as fh:
+        pickle.dump(arr, fh)
+    return p
+
+
+def c_pkl_pixel_zero(t, d):
+    p = _ctf_pickle(t, d, 1, 0.0)
+    c = _mrcs_with(t, d, **{"source.ctf": str(p)})
+    c.needles, c.inputs = ["ctf.pkl", "[pixel_size_A]", "particle 5"], [*c.inputs, p]
+    return c
+
+
+def c_pkl_voltage_nan(t, d):
+    p = _ctf_pickle(t, d, 5, np.nan)
+    c = _mrcs_with(t, d, **{"source.ctf": str(p)})
+    c.needles, c.inputs = ["ctf.pkl", "[voltage_kV]", "particle 5"], [*c.inputs, p]
+    return c
+
+
+def _star_value(column_pos: int, value: str, field: str):
+    def build(t, d):
+        lines = star_text(t).splitlines()
+        for i, ln in enumerate(lines):
+            if ln.startswith("000007@"):
+                cells = ln.split("\t")
+                cells[column_pos] = value
+                lines[i] = "\t".join(cells)
+        p = d / "val.star"
+        p.write_text("\n".join(lines) + "\n")
+        return Case(run_args(p, d), ["val.star", f"[{field}]", "particle 7"], [p])
+
+    return build
+
+
+def c_voltage_inf(t, d):
+    p = d / "volt.star"
+    p.write_text(star_text(t).replace("300.000000\t2.700000", "inf\t2.700000"))
+    return Case(run_args(p, d), ["volt.star", "[rlnVoltage]", "particle 1"], [p])
+
+
+def c_no_pixel_anywhere(t, d):
+    """A bare stack whose header says 0 Å/px and no option gives one: fail, not 1 Å/px."""
+    from cryoforge.io.mrc import open_stack, write_mrc
+
+    p = d / "nopx.mrcs"
+    write_mrc(p, np.asarray(open_stack(t["mrcs"])), 0.0, stack=True)
+    return Case(run_args(p, d), ["nopx.mrcs", "pixel size", "source.pixel_size_angstrom"], [p])
+
+
+def c_nan_pose_pkl(t, d):
+    from cryoforge.io.star import read_star
+
+    tab = read_star(t["star"])
+    rot = tab.rotations.copy()
+    rot[2, 0, 0] = np.nan
+    p = d / "poses.pkl"
+    with open(p, "wb") as fh:
+        pickle.dump((rot, np.zeros((len(rot), 2))), fh)
+    c = _mrcs_with(t, d, **{"source.poses": str(p)})
+    c.needles, c.inputs = ["poses.pkl", "[rot]", "particle 3"], [*c.inputs, p]
+    return c
+
+
+def c_gt_map_wrong_size(t, d):
+    from cryoforge.io.mrc import write_mrc
+
+    m = d / "gt.mrc"
+    write_mrc(m, np.zeros((20, 20, 20), np.float32), 4.0)
+    args = run_args(t["star"], d)
+    args[2:2] = []
+    return Case([*args, "-o", "ground_truth_map", str(m)], ["gt.mrc", "ground_truth_map", "20"], [m])
+
+
+def c_gt_map_wrong_pixel(t, d):
+    from cryoforge.io.mrc import write_mrc
+
+    m = d / "gt.mrc"
+    write_mrc(m, np.zeros((16, 16, 16), np.float32), 2.0)
+    return Case([*run_args(t["star"], d), "-o", "ground_truth_map", str(m)], ["gt.mrc", "ground_truth_map", "Å/px"], [m])
+
+
+def c_truncated_ckpt(t, d, trained=None):
+    return None  # filled by the infer cases below
+
+
+BUILDERS: dict[str, Callable] = {
+    "stack_0_images": c_empty_stack,
+    "star_no_rows": c_star_no_rows,
+    "name_abc@": _bad_name("abc@"),
+    "name_1.5@": _bad_name("1.5@"),
+    "name_0@": _bad_name("0@"),
+    "name_-3@": _bad_name("-3@"),
+    "star_duplicate_column": c_duplicate_column,
+    "cs_0_rows": c_cs_no_rows,
+    "star_not_utf8": c_star_not_utf8,
+    "cs_path_not_utf8": c_cs_path_not_utf8,
+    "json_config_not_utf8": c_json_not_utf8,
+    "object_dtype_pickle": c_object_pickle,
+    "unreadable_file": c_unreadable,
+    "readonly_out_run": c_ro_run,
+    "readonly_out_reconstruct": c_ro_reconstruct,
+    "readonly_out_simulate": c_ro_simulate,
+    "readonly_out_evaluate": c_ro_evaluate,
+    "device_tpu": c_bad_device,
+    "box_too_small_for_encoder": c_box_too_small,
+    "star_pixel_0": _pixel("0.000000"),
+    "star_pixel_negative": _pixel("-1.5"),
+    "star_pixel_nan": _pixel("nan"),
+    "cs_pixel_0": c_cs_pixel_zero,
+    "pkl_pixel_0": c_pkl_pixel_zero,
+    "pkl_voltage_nan": c_pkl_voltage_nan,
+    "star_defocus_nan": _star_value(1, "nan", "rlnDefocusU"),
+    "star_defocus_inf": _star_value(2, "inf", "rlnDefocusV"),
+    "star_voltage_inf": c_voltage_inf,
+    "star_pose_nan": _star_value(8, "nan", "rlnAngleTilt"),
+    "pkl_pose_nan": c_nan_pose_pkl,
+    "stack_without_pixel_size": c_no_pixel_anywhere,
+    "gt_map_wrong_size": c_gt_map_wrong_size,
+    "gt_map_wrong_pixel": c_gt_map_wrong_pixel,
+}
+
+
+def check_one_line(r, needles: list[str]) -> str:
+    out = r.output
+    assert "Traceback" not in out and "weights_only=False" not in out, out
+    assert r.exit_code == 2, f"exit {r.exit_code}: {out!r} {r.exception!r}"
+    lines = [ln for ln in out.splitlines() if ln.strip()]
+    assert len(lines) == 1, out
+    for n in needles:
+        assert n in lines[0], f"{n!r} not in {lines[0]!r}"
+    return lines[0]
+
+
+@pytest.mark.parametrize("name", list(BUILDERS))
+def test_bad_input_is_one_line_exit_2(name, tiny, tmp_path):
+    t = copy_tiny(tiny, tmp_path / "data")
+    case = BUILDERS[name](t, tmp_path / "data")
+    before = {p: sha(p) for p in case.inputs}
+    r = CliRunner().invoke(cli, case.args)
+    check_one_line(r, case.needles)
+    assert {p: sha(p) for p in case.inputs} == before
+    assert not (tmp_path / "out" / "checkpoint.pt").exists()
