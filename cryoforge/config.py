@@ -64,6 +64,7 @@ class TrainConfig(BaseModel):
         except (RuntimeError, ValueError, TypeError):
             raise ValueError("not a device: use 'auto', 'cpu', 'cuda' or 'cuda:N'") from None
         return value
+
     amp: bool = Field(False, description="bfloat16 autocast (CUDA only)")
     compile: bool = Field(False, description="torch.compile the encoder and volume")
     max_steps: int | None = Field(None, ge=1, description="stop after this many optimizer steps")

@@ -163,7 +163,9 @@ def c_json_not_utf8(t, d):
 
 def _mrcs_with(t, d, **opts):
     stack = t["mrcs"]
-    return Case(["run", "--particles", str(stack), "-d", str(d.parent / "out"), *small_opts(**opts)], [], [stack])
+    return Case(
+        ["run", "--particles", str(stack), "-d", str(d.parent / "out"), *small_opts(**opts)], [], [stack]
+    )
 
 
 def c_object_pickle(t, d):
@@ -209,17 +211,27 @@ def c_ro_run(t, d):
 
 def c_ro_reconstruct(t, d):
     out = _readonly_dir(d)
-    return Case(["reconstruct", str(t["star"]), "--out", str(out / "m.mrc")], [str(out), "--out"], [t["star"]])
+    return Case(
+        ["reconstruct", str(t["star"]), "--out", str(out / "m.mrc")], [str(out), "--out"], [t["star"]]
+    )
 
 
 def c_ro_simulate(t, d):
     out = _readonly_dir(d)
-    return Case(["simulate", str(t["map"]), "--out", str(out), "-n", "4", "--box-size", "16"], [str(out), "--out"], [t["map"]])
+    return Case(
+        ["simulate", str(t["map"]), "--out", str(out), "-n", "4", "--box-size", "16"],
+        [str(out), "--out"],
+        [t["map"]],
+    )
 
 
 def c_ro_evaluate(t, d):
     out = _readonly_dir(d)
-    return Case(["evaluate", str(t["map"]), "--ref", str(t["map"]), "--out", str(out)], [str(out), "--out"], [t["map"]])
+    return Case(
+        ["evaluate", str(t["map"]), "--ref", str(t["map"]), "--out", str(out)],
+        [str(out), "--out"],
+        [t["map"]],
+    )
 
 
 def c_bad_device(t, d):
@@ -228,8 +240,25 @@ def c_bad_device(t, d):
 
 def c_box_too_small(t, d):
     return Case(
-        ["run", "--particles", str(t["star"]), "-d", str(d.parent / "out"), "-o", "source.downsample_to", "8",
-         "-o", "train.max_steps", "1", "-o", "train.progress", "false", "-o", "train.device", "cpu"],
+        [
+            "run",
+            "--particles",
+            str(t["star"]),
+            "-d",
+            str(d.parent / "out"),
+            "-o",
+            "source.downsample_to",
+            "8",
+            "-o",
+            "train.max_steps",
+            "1",
+            "-o",
+            "train.progress",
+            "false",
+            "-o",
+            "train.device",
+            "cpu",
+        ],
         ["source.downsample_to", "8", "encoder"],
         [t["star"]],
     )
@@ -338,7 +367,11 @@ def c_gt_map_wrong_pixel(t, d):
 
     m = d / "gt.mrc"
     write_mrc(m, np.zeros((16, 16, 16), np.float32), 2.0)
-    return Case([*run_args(t["star"], d), "-o", "ground_truth_map", str(m)], ["gt.mrc", "ground_truth_map", "Å/px"], [m])
+    return Case(
+        [*run_args(t["star"], d), "-o", "ground_truth_map", str(m)],
+        ["gt.mrc", "ground_truth_map", "Å/px"],
+        [m],
+    )
 
 
 def c_truncated_ckpt(t, d, trained=None):
@@ -390,6 +423,7 @@ def check_one_line(r, needles: list[str]) -> str:
     assert len(lines) == 1, out
     for n in needles:
         assert n in lines[0], f"{n!r} not in {lines[0]!r}"
+    print("\nLINE:", lines[0][:300])
     return lines[0]
 
 
@@ -402,3 +436,324 @@ def test_bad_input_is_one_line_exit_2(name, tiny, tmp_path):
     check_one_line(r, case.needles)
     assert {p: sha(p) for p in case.inputs} == before
     assert not (tmp_path / "out" / "checkpoint.pt").exists()
+
+
+def c_garbage_mrc(t, d):
+    p = d / "garbage.mrcs"
+    p.write_bytes(b"SECRET-BYTES-" * 200)
+    return Case(run_args(p, d), ["garbage.mrcs", "not a readable MRC file"], [p])
+
+
+def c_short_mrc(t, d):
+    p = d / "short.mrcs"
+    p.write_bytes(b"SECRET" * 10)
+    return Case(run_args(p, d), ["short.mrcs", "too short"], [p])
+
+
+def c_garbage_map(t, d):
+    p = d / "garbage.mrc"
+    p.write_bytes(b"SECRET-BYTES-" * 200)
+    return Case(["evaluate", str(p), "--out", str(d / "ev")], ["garbage.mrc", "not a readable MRC file"], [p])
+
+
+def c_malicious_pickle(t, d):
+    p = d / "evil.pkl"
+    marker = d / "pwned"
+    p.write_bytes(pickle.dumps(_Evil(str(marker))))
+    c = Case(
+        ["reconstruct", str(t["mrcs"]), "--poses", str(p), "--out", str(d / "m.mrc")],
+        ["evil.pkl", "refusing"],
+        [p],
+    )
+    return c
+
+
+class _Evil:
+    """Unpickling this would run ``touch marker`` through ``os.system``."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+BUILDERS.update(
+    {
+        "mrc_garbage_no_echo": c_garbage_mrc,
+        "mrc_too_short_no_echo": c_short_mrc,
+        "map_garbage_no_echo": c_garbage_map,
+        "pickle_malicious_reduce": c_malicious_pickle,
+    }
+)
+
+
+def test_no_file_bytes_and_no_code_run(tiny, tmp_path):
+    """MRC errors never quote the file; a malicious pickle's code never runs."""
+    for name in (
+        "mrc_garbage_no_echo",
+        "mrc_too_short_no_echo",
+        "map_garbage_no_echo",
+        "pickle_malicious_reduce",
+    ):
+        d = tmp_path / name / "data"
+        t = copy_tiny(tiny, d)
+        case = BUILDERS[name](t, d)
+        r = CliRunner().invoke(cli, case.args)
+        assert "SECRET" not in r.output and r.exit_code == 2, r.output
+    assert not list(tmp_path.rglob("pwned"))
+
+
+# ----------------------------------------------------------------------------- trained runs: infer
+
+
+@pytest.fixture(scope="module")
+def trained(tiny, tmp_path_factory) -> dict[str, Path]:
+    """Two tiny finished runs: one with an encoder, one fitted to the known poses."""
+    from cryoforge.config import RunConfig, apply_override
+    from cryoforge.engine.run import run
+    from cryoforge.testing import write_tiny_dataset
+
+    root = tmp_path_factory.mktemp("trained")
+    out = {}
+    for name, extra in (("enc", {}), ("gt", {"train.gt_poses": True})):
+        c = RunConfig()
+        for k, v in {
+            "source.path": str(tiny["star"]),
+            "output_dir": str(root / name),
+            **SMALL,
+            **extra,
+        }.items():
+            c = apply_override(c, k, v)
+        run(c)
+        out[name] = root / name
+    out["other_box"] = write_tiny_dataset(root / "box24", n=6, L=24)["star"]
+    return out
+
+
+def _run_copy(trained, d: Path) -> Path:
+    dst = d / "run"
+    shutil.copytree(trained["enc"], dst)
+    return dst
+
+
+def i_batch_zero(tr, d):
+    run_dir = _run_copy(tr, d)
+    return Case(
+        ["infer", str(run_dir), "--batch-size", "0"],
+        ["--batch-size", "at least 1"],
+        [run_dir / "checkpoint.pt"],
+    )
+
+
+def i_gt_poses(tr, d):
+    return Case(
+        ["infer", str(tr["gt"])],
+        ["config.json", "[train.gt_poses]", "no encoder"],
+        [tr["gt"] / "checkpoint.pt"],
+    )
+
+
+def i_other_box(tr, d):
+    run_dir = _run_copy(tr, d)
+    return Case(
+        ["infer", str(run_dir), "--particles", str(tr["other_box"])],
+        ["particles.star", "[--particles]", "24 px", "16 px"],
+        [tr["other_box"], run_dir / "checkpoint.pt"],
+    )
+
+
+def _ckpt(writer, why):
+    def build(tr, d):
+        run_dir = _run_copy(tr, d)
+        ck = run_dir / "checkpoint.pt"
+        writer(ck, d)
+        return Case(["infer", str(run_dir)], ["checkpoint.pt", "checkpoint", why], [ck])
+
+    return build
+
+
+def _truncate(ck, d):
+    ck.write_bytes(ck.read_bytes()[: ck.stat().st_size // 2])
+
+
+def _empty(ck, d):
+    ck.write_bytes(b"")
+
+
+def _garbage(ck, d):
+    ck.write_bytes(np.random.default_rng(0).bytes(4096))
+
+
+def _malicious(ck, d):
+    import torch
+
+    torch.save({"model": _Evil(str(d / "pwned"))}, ck)
+
+
+def i_readonly_out(tr, d):
+    run_dir = _run_copy(tr, d)
+    out = _readonly_dir(d)
+    return Case(
+        ["infer", str(run_dir), "--out", str(out / "p.star")],
+        [str(out), "[--out]"],
+        [run_dir / "checkpoint.pt"],
+    )
+
+
+def _plugin_dir(d: Path, body: str) -> Path:
+    p = d / "plugins"
+    p.mkdir()
+    (p / "broken.py").write_text(body)
+    return p
+
+
+def i_plugin_exit(tr, d):
+    run_dir = _run_copy(tr, d)
+    p = _plugin_dir(d, "import sys\nsys.exit(0)\n")
+    return Case(
+        ["infer", str(run_dir), "--plugins-dir", str(p)],
+        ["broken.py", "'broken'", "sys.exit(0)"],
+        [run_dir / "checkpoint.pt"],
+    )
+
+
+INFER_BUILDERS = {
+    "infer_batch_size_0": i_batch_zero,
+    "infer_gt_poses_run": i_gt_poses,
+    "infer_other_box": i_other_box,
+    "checkpoint_truncated": _ckpt(_truncate, "truncated"),
+    "checkpoint_empty": _ckpt(_empty, "empty"),
+    "checkpoint_garbage": _ckpt(_garbage, "not a checkpoint"),
+    "checkpoint_malicious": _ckpt(_malicious, "Python objects"),
+    "readonly_out_infer": i_readonly_out,
+    "infer_plugin_sys_exit": i_plugin_exit,
+}
+
+
+@pytest.mark.parametrize("name", list(INFER_BUILDERS))
+def test_bad_infer_input_is_one_line_exit_2(name, trained, tmp_path):
+    case = INFER_BUILDERS[name](trained, tmp_path)
+    before = {p: sha(p) for p in case.inputs}
+    r = CliRunner().invoke(cli, case.args)
+    check_one_line(r, case.needles)
+    assert {p: sha(p) for p in case.inputs} == before
+    assert not list(tmp_path.rglob("pwned")), "the malicious file's code ran"
+    assert not list(tmp_path.rglob("inferred_poses.star"))
+
+
+def test_infer_accepts_plugins_dir(trained, tmp_path):
+    run_dir = _run_copy(trained, tmp_path)
+    p = _plugin_dir(tmp_path, "X = 1\n")  # a valid (empty) local plugin
+    r = CliRunner().invoke(cli, ["infer", str(run_dir), "--plugins-dir", str(p)])
+    assert r.exit_code == 0, r.output
+    assert (run_dir / "inferred_poses.star").is_file()
+
+
+# ----------------------------------------------------------------------------- plugins
+
+
+@pytest.mark.parametrize(
+    ("body", "needle"),
+    [
+        ("import sys\nsys.exit(0)\n", "sys.exit(0)"),
+        ("raise ZeroDivisionError('boom')\n", "ZeroDivisionError: boom"),
+    ],
+)
+@pytest.mark.parametrize("command", [["plugins", "list"], ["run", "--dry-run"]])
+def test_plugin_that_exits_or_raises_is_exit_2(tmp_path, body, needle, command):
+    """In a real process: a plugin calling sys.exit(0) while loading must not end with exit 0."""
+    p = _plugin_dir(tmp_path, body)
+    proc = subprocess.run(
+        [sys.executable, "-m", "cryoforge.cli", *command, "--plugins-dir", str(p)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert proc.returncode == 2, (proc.stdout, proc.stderr)
+    lines = [ln for ln in (proc.stdout + proc.stderr).splitlines() if ln.strip()]
+    assert len(lines) == 1 and "broken" in lines[0] and needle in lines[0], lines
+    assert "Traceback" not in proc.stderr
+
+
+# ----------------------------------------------------------------------------- many stacks
+
+
+FD_SCRIPT = r"""
+import resource, sys
+import numpy as np
+resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256))
+from cryoforge.plugins import load_registry
+src = load_registry().build("source", "star", {"path": sys.argv[1]})
+n = len(src)
+seen = 0
+for s in range(0, n, 100):
+    imgs = src.read_images(np.arange(s, min(n, s + 100)))
+    seen += len(imgs)
+    assert src._stacks.open_count <= src._stacks.max_open
+expect = np.arange(n, dtype=np.float32)  # image i is filled with the value i
+raw = (src.read_images(np.arange(n)) * src._scale + src._offset)[:, 0, 0]
+assert np.allclose(raw, expect, atol=1e-3), raw[:5]
+print("read", seen, "open", src._stacks.open_count)
+"""
+
+
+def test_1100_one_image_stacks_at_ulimit_256(tmp_path):
+    """RELION's one stack per micrograph: a bounded pool keeps the open files under the limit."""
+    from cryoforge.io.mrc import write_mrc
+    from cryoforge.io.star import write_star
+    from cryoforge.io.table import CTF_FIELDS, ParticleTable
+
+    n, L = 1100, 8
+    for i in range(n):
+        write_mrc(tmp_path / f"mic{i:04d}.mrcs", np.full((1, L, L), float(i), np.float32), 2.0, stack=True)
+    ctf = {k: np.zeros(n) for k in CTF_FIELDS}
+    ctf.update(defocus_u_angstrom=np.full(n, 1e4), defocus_v_angstrom=np.full(n, 1e4))
+    ctf.update(voltage_kv=np.full(n, 300.0), cs_mm=np.full(n, 2.7), amplitude_contrast=np.full(n, 0.1))
+    names = np.array([f"000001@mic{i:04d}.mrcs" for i in range(n)])
+    write_star(
+        tmp_path / "p.star",
+        ParticleTable(tmp_path / "p.star", names, ctf, pixel_size_angstrom=2.0, box_size=L),
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", FD_SCRIPT, str(tmp_path / "p.star")],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "read 1100" in proc.stdout
+
+
+# ----------------------------------------------------------------------------- data quality
+
+
+def test_duplicates_and_constant_images_are_reported_at_start(tiny, tmp_path):
+    from cryoforge.io.mrc import open_stack, write_mrc
+
+    t = copy_tiny(tiny, tmp_path / "data")
+    stack = np.array(open_stack(t["mrcs"]))
+    stack[4] = 0.0  # blank
+    stack[9] = 3.0  # constant, not zero
+    write_mrc(t["mrcs"], stack, 4.0, stack=True)
+    lines = star_text(t).splitlines()
+    first = next(ln for ln in lines if ln.startswith("000001@"))
+    lines.insert(lines.index(first) + 1, first)  # particle 1 twice
+    lines.insert(lines.index(first) + 1, first)  # and a third time
+    (t["star"]).write_text("\n".join(lines) + "\n")
+    r = CliRunner().invoke(cli, run_args(t["star"], tmp_path / "data", **{"train.max_steps": 1}))
+    assert r.exit_code == 0, r.output
+    assert "Warning: 2 of 26 particles refer to an image already used" in r.stderr
+    assert "2 of 26 images are constant (zero variance, 1 of them all zeros)" in r.stderr
+    assert r.output.index("Warning: 2 of 26") < r.output.index("cryoforge run:")
+
+
+def test_quality_counts_directly():
+    from cryoforge.sources.quality import DataQuality
+
+    imgs = np.random.default_rng(0).normal(size=(5, 4, 4)).astype(np.float32)
+    imgs[1], imgs[3] = 0.0, 7.0
+    q = DataQuality.measure(np.array([0, 0, 1, 1, 0]), np.array([0, 1, 0, 0, 0]), imgs)
+    assert (q.duplicates, q.constant, q.blank, q.sampled) == (2, 2, 1, 5)
+    clean = DataQuality.measure(np.array([0, 0]), np.array([0, 1]), imgs[[0, 2]])
+    assert clean.messages() == []

@@ -55,9 +55,10 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     try:
         ck = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        why = "it holds Python objects other than tensors; refusing to run them"
-        if "weights_only" not in str(exc):
-            why = "truncated or not a checkpoint"
+        text = str(exc)
+        why = "truncated or not a checkpoint"
+        if "GLOBAL" in text or "global" in text.lower().split("weights_only")[-1]:
+            why = "it holds Python objects other than tensors; refusing to run them"
         raise InputFileError(path, f"cannot load the checkpoint ({why})") from None
     except Exception:  # torch raises RuntimeError, EOFError, ValueError... for corrupt files
         raise InputFileError(path, "cannot load the checkpoint (truncated or not a checkpoint)") from None

@@ -54,5 +54,5 @@ def report_data_quality(source: Source) -> list[str]:
     quality = getattr(source, "quality", None)
     notes = quality.messages() if quality is not None else []
     for note in notes:
-        print(f"Warning: {note}", file=sys.stderr)
+        print(f"Warning: {note}", file=sys.stderr, flush=True)
     return notes
