@@ -187,7 +187,7 @@ def c_unreadable(t, d):
     p = d / "locked.star"
     shutil.copy(t["star"], p)
     p.chmod(0)
-    return Case(run_args(p, d), ["locked.star", "permission"], [])
+    return Case(run_args(p, d), ["locked.star", "Permission denied"], [])
 
 
 def _readonly_dir(d: Path) -> Path:
@@ -757,3 +757,38 @@ def test_quality_counts_directly():
     assert (q.duplicates, q.constant, q.blank, q.sampled) == (2, 2, 1, 5)
     clean = DataQuality.measure(np.array([0, 0]), np.array([0, 1]), imgs[[0, 2]])
     assert clean.messages() == []
+
+
+# ----------------------------------------------------------------------------- pixel size fallback
+
+
+def _star_without_pixel(t, d: Path, header_px: float) -> Path:
+    from cryoforge.io.mrc import open_stack, write_mrc
+
+    write_mrc(t["mrcs"], np.array(open_stack(t["mrcs"])), header_px, stack=True)
+    text = (
+        star_text(t).replace("_rlnImagePixelSize #6\n", "").replace("0.100000\t4.000000\t16", "0.100000\t16")
+    )
+    p = d / "nopx.star"
+    p.write_text(
+        text.replace("_rlnImageSize #7", "_rlnImageSize #6").replace(
+            "_rlnImageDimensionality #8", "_rlnImageDimensionality #7"
+        )
+    )
+    return p
+
+
+def test_star_without_pixel_size_uses_the_stack_header(tiny, tmp_path):
+    from cryoforge.plugins import load_registry
+
+    t = copy_tiny(tiny, tmp_path / "data")
+    p = _star_without_pixel(t, tmp_path / "data", 3.5)
+    src = load_registry().build("source", "star", {"path": str(p)})
+    assert src.pixel_size_angstrom == pytest.approx(3.5)
+
+
+def test_star_without_pixel_size_and_header_zero_fails(tiny, tmp_path):
+    t = copy_tiny(tiny, tmp_path / "data")
+    p = _star_without_pixel(t, tmp_path / "data", 0.0)
+    r = CliRunner().invoke(cli, run_args(p, tmp_path / "data"))
+    check_one_line(r, ["nopx.star", "[rlnImagePixelSize]", "no pixel size", "0 Å/px"])
