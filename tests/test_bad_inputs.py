@@ -408,6 +408,7 @@ BUILDERS: dict[str, Callable] = {
     "star_defocus_inf": _star_value(2, "inf", "rlnDefocusV"),
     "star_voltage_inf": c_voltage_inf,
     "star_pose_nan": _star_value(8, "nan", "rlnAngleTilt"),
+    "star_word_for_number": _star_value(1, "abc", "rlnDefocusU"),
     "pkl_pose_nan": c_nan_pose_pkl,
     "stack_without_pixel_size": c_no_pixel_anywhere,
     "gt_map_wrong_size": c_gt_map_wrong_size,
@@ -423,7 +424,6 @@ def check_one_line(r, needles: list[str]) -> str:
     assert len(lines) == 1, out
     for n in needles:
         assert n in lines[0], f"{n!r} not in {lines[0]!r}"
-    print("\nLINE:", lines[0][:300])
     return lines[0]
 
 

@@ -78,6 +78,12 @@ def read_star(path: str | Path, box_size: int | None = None) -> ParticleTable:
     def col(name: str, default: float | None = None, positive: bool = False) -> np.ndarray:
         if name in parts.columns:
             values = pd.to_numeric(parts[name], errors="coerce").to_numpy(np.float64)
+            missing = np.isnan(values) & parts[name].notna().to_numpy()
+            text = parts[name].astype(str).str.strip().str.lower().to_numpy()
+            missing &= text != "nan"
+            if missing.any():  # a word where a number belongs: quote it
+                i = int(np.argmax(missing))
+                raise InputFileError(path, f"particle {i + 1}: {parts[name].iloc[i]!r} is not a number", name)
             return check_finite(path, name, values, positive)
         if default is None:
             raise InputFileError(path, "required column missing", name)
