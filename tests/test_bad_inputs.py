@@ -792,3 +792,36 @@ def test_star_without_pixel_size_and_header_zero_fails(tiny, tmp_path):
     p = _star_without_pixel(t, tmp_path / "data", 0.0)
     r = CliRunner().invoke(cli, run_args(p, tmp_path / "data"))
     check_one_line(r, ["nopx.star", "[rlnImagePixelSize]", "no pixel size", "0 Å/px"])
+
+
+def test_plugin_whose_register_hook_raises_is_one_line(tmp_path):
+    body = (
+        "import cryoforge\n\n@cryoforge.hookimpl\n"
+        "def cryoforge_register_volumes():\n    raise RuntimeError('no GPU')\n"
+    )
+    p = _plugin_dir(tmp_path, body)
+    r = CliRunner().invoke(cli, ["plugins", "list", "--plugins-dir", str(p)])
+    check_one_line(r, ["'broken'", "cryoforge_register_volumes", "RuntimeError: no GPU"])
+
+
+def test_stack_pool_keeps_at_most_max_open(tmp_path):
+    from cryoforge.io.mrc import stack_info, write_mrc
+    from cryoforge.io.stack_pool import StackPool
+
+    paths = []
+    for i in range(5):
+        paths.append(tmp_path / f"s{i}.mrcs")
+        write_mrc(paths[-1], np.full((2, 4, 4), float(i), np.float32), 1.0, stack=True)
+    fds = Path("/proc/self/fd")
+    n0 = len(list(fds.iterdir())) if fds.is_dir() else None
+    pool = StackPool([stack_info(p) for p in paths], max_open=2)
+    for _ in range(2):
+        for i in (0, 1, 2, 3, 4, 0):
+            assert float(pool[i][1, 0, 0]) == i
+            assert pool.open_count <= 2
+            if n0 is not None:  # one descriptor per open map, none left by evicted ones
+                assert len(list(fds.iterdir())) - n0 <= 2
+    held = pool[3]
+    pool.close()
+    assert pool.open_count == 0
+    assert float(held[0, 0, 0]) == 3  # a map a caller still holds stays valid

@@ -74,22 +74,12 @@ def stack_info(path: str | Path) -> StackInfo:
 
 def map_stack(info: StackInfo) -> np.memmap:
     """Memory-map the images of a checked stack as ``(N, L, L)`` (one file descriptor, held by
-    the map until it is garbage-collected or :func:`close_stack` is called)."""
+    the map until its last reference is dropped)."""
     data = np.memmap(
         info.path, dtype=info.dtype, mode="r", offset=info.offset, shape=(info.count, info.size, info.size)
     )
     advise_random(data)
     return data
-
-
-def close_stack(stack: np.ndarray) -> None:
-    """Release a memory map (and its file descriptor) now, if nothing else uses it."""
-    mm = getattr(stack, "_mmap", None)
-    if mm is not None:
-        try:
-            mm.close()
-        except BufferError:  # a view is still alive: the collector closes it later
-            pass
 
 
 def open_stack(path: str | Path) -> np.memmap:

@@ -7,7 +7,7 @@ from collections import OrderedDict
 
 import numpy as np
 
-from cryoforge.io.mrc import StackInfo, close_stack, map_stack
+from cryoforge.io.mrc import StackInfo, map_stack
 
 DEFAULT_MAX_OPEN = 64
 
@@ -40,8 +40,9 @@ class StackPool:
             self._open.move_to_end(file_id)
             return stack
         while len(self._open) >= self.max_open:
-            _, old = self._open.popitem(last=False)
-            close_stack(old)
+            # dropping the pool's reference frees the map and its descriptor (at once in CPython);
+            # never close it explicitly: a caller may still hold it, and reading a closed map crashes
+            self._open.popitem(last=False)
         stack = map_stack(self.infos[file_id])
         self._open[file_id] = stack
         return stack
@@ -51,9 +52,8 @@ class StackPool:
         return len(self._open)
 
     def close(self) -> None:
-        """Close every open memory map."""
-        while self._open:
-            close_stack(self._open.popitem()[1])
+        """Forget every open memory map (each is freed when no caller holds it any more)."""
+        self._open.clear()
 
     def __getstate__(self) -> dict:  # worker processes reopen what they need
         return {"infos": self.infos, "max_open": self.max_open}
