@@ -427,17 +427,6 @@ def check_one_line(r, needles: list[str]) -> str:
     return lines[0]
 
 
-@pytest.mark.parametrize("name", list(BUILDERS))
-def test_bad_input_is_one_line_exit_2(name, tiny, tmp_path):
-    t = copy_tiny(tiny, tmp_path / "data")
-    case = BUILDERS[name](t, tmp_path / "data")
-    before = {p: sha(p) for p in case.inputs}
-    r = CliRunner().invoke(cli, case.args)
-    check_one_line(r, case.needles)
-    assert {p: sha(p) for p in case.inputs} == before
-    assert not (tmp_path / "out" / "checkpoint.pt").exists()
-
-
 def c_garbage_mrc(t, d):
     p = d / "garbage.mrcs"
     p.write_bytes(b"SECRET-BYTES-" * 200)
@@ -478,14 +467,47 @@ class _Evil:
         return (os.system, (f"touch {self.marker}",))
 
 
+def c_garbage_cs(t, d):
+    p = d / "garbage.cs"
+    p.write_bytes(np.random.default_rng(1).bytes(500))
+    return Case(run_args(p, d), ["garbage.cs", "not a numpy .npy file"], [p])
+
+
+def c_gt_map_missing(t, d):
+    return Case(
+        [*run_args(t["star"], d), "-o", "ground_truth_map", str(d / "nope.mrc")],
+        ["nope.mrc", "[ground_truth_map]", "not found"],
+        [],
+    )
+
+
+def c_volume_as_stack(t, d):
+    return Case(run_args(t["map"], d), ["map.mrc", "[ispg]", "3D map"], [t["map"]])
+
+
 BUILDERS.update(
     {
+        "cs_garbage_bytes": c_garbage_cs,
+        "gt_map_missing": c_gt_map_missing,
+        "volume_given_as_stack": c_volume_as_stack,
         "mrc_garbage_no_echo": c_garbage_mrc,
         "mrc_too_short_no_echo": c_short_mrc,
         "map_garbage_no_echo": c_garbage_map,
         "pickle_malicious_reduce": c_malicious_pickle,
     }
 )
+
+
+@pytest.mark.parametrize("name", list(BUILDERS))
+def test_bad_input_is_one_line_exit_2(name, tiny, tmp_path):
+    t = copy_tiny(tiny, tmp_path / "data")
+    case = BUILDERS[name](t, tmp_path / "data")
+    before = {p: sha(p) for p in case.inputs}
+    r = CliRunner().invoke(cli, case.args)
+    check_one_line(r, case.needles)
+    assert {p: sha(p) for p in case.inputs} == before
+    assert not (tmp_path / "out" / "checkpoint.pt").exists()
+    assert not list(tmp_path.rglob("pwned")), "the malicious file's code ran"
 
 
 def test_no_file_bytes_and_no_code_run(tiny, tmp_path):

@@ -4,6 +4,7 @@ what the source found suspicious in the particles (duplicates, constant images) 
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 from cryoforge.config import RunConfig
 from cryoforge.errors import InputFileError
@@ -25,7 +26,12 @@ def check_ground_truth_map(config: RunConfig, source: Source) -> None:
     """
     if not config.ground_truth_map:
         return
-    info = stack_info(config.ground_truth_map)  # header only: a cube check, no data read
+    gt = Path(config.ground_truth_map)
+    if not gt.is_file():
+        raise InputFileError(
+            gt, "map file not found" if not gt.exists() else "not a file", "ground_truth_map"
+        )
+    info = stack_info(gt)  # header only: a cube check, no data read
     L, px = info.size, read_voxel_size(config.ground_truth_map)
     if info.count != L:
         raise InputFileError(info.path, f"not a cubic map ({L}×{L}×{info.count})", "ground_truth_map")

@@ -21,6 +21,9 @@ def read_cs(path: str | Path) -> ParticleTable:
     """
     path = Path(path)
     check_readable_file(path, "cryoSPARC .cs file")
+    with open(path, "rb") as fh:
+        if fh.read(6) != b"\x93NUMPY":
+            raise InputFileError(path, "not a cryoSPARC .cs table (not a numpy .npy file)")
     try:
         arr = np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:

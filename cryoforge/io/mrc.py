@@ -31,6 +31,7 @@ class StackInfo:
     dtype: np.dtype
     offset: int
     voxel_size_angstrom: float
+    space_group: int = 0
 
 
 def stack_info(path: str | Path) -> StackInfo:
@@ -52,12 +53,14 @@ def stack_info(path: str | Path) -> StackInfo:
             warnings.simplefilter("ignore")
             with mrcfile.open(path, mode="r", permissive=True, header_only=True) as mrc:
                 h = mrc.header
-                mode, nsymbt = int(h.mode), int(h.nsymbt)
+                mode, nsymbt, ispg = int(h.mode), int(h.nsymbt), int(h.ispg)
                 nx, ny, nz = int(h.nx), int(h.ny), int(h.nz)
                 voxel = float(mrc.voxel_size.x)
                 dtype = mrcfile.utils.data_dtype_from_header(h) if mode in _MODES else None
     except (ValueError, OSError):  # mrcfile's text may quote header bytes: say it plainly
         raise InputFileError(path, "not a readable MRC file (its header is not MRC's)") from None
+    if dtype is None and not 0 <= mode < 256:  # not a mode at all: the header is not MRC's
+        raise InputFileError(path, "not a readable MRC file (its header is not MRC's)", "mode")
     if dtype is None:
         raise InputFileError(path, f"unsupported MRC mode {mode} (need real-valued 0, 1, 2, 6 or 12)", "mode")
     if nz <= 0:
@@ -69,7 +72,7 @@ def stack_info(path: str | Path) -> StackInfo:
         raise InputFileError(
             path, f"data truncated: header says {nz} images of {nx}×{ny}, file holds fewer", "nz"
         )
-    return StackInfo(path, nz, nx, dtype, offset, voxel if np.isfinite(voxel) else 0.0)
+    return StackInfo(path, nz, nx, dtype, offset, voxel if np.isfinite(voxel) else 0.0, ispg)
 
 
 def map_stack(info: StackInfo) -> np.memmap:
@@ -131,7 +134,9 @@ def read_map(path: str | Path) -> tuple[np.ndarray, float]:
             warnings.simplefilter("ignore")
             with mrcfile.open(path, mode="r", permissive=True) as mrc:
                 if mrc.data is None:
-                    raise InputFileError(path, "data truncated", "nz")
+                    raise InputFileError(
+                        path, "not a readable MRC file (invalid header, or data truncated)", "nz"
+                    )
                 data = np.asarray(mrc.data, dtype=np.float32).copy()
                 voxel = float(mrc.voxel_size.x)
     except (ValueError, OSError):  # mrcfile's text may quote header bytes: say it plainly

@@ -31,6 +31,10 @@ class MrcsSource(StackSource):
     def read_table(self, path: Path) -> ParticleTable:
         info = stack_info(path)
         n, L = info.count, info.size
+        if info.space_group == 1 and n == L and n > 1:  # RELION/mrcfile: 0 = image stack, 1 = volume
+            raise InputFileError(
+                path, f"a 3D map ({L}³, space group 1), not a stack of particle images", "ispg"
+            )
         pixel = self.options.pixel_size_angstrom or info.voxel_size_angstrom
         names = np.array([f"{i + 1:06d}@{path.name}" for i in range(n)])
         ctf = {k: np.zeros(n) for k in CTF_FIELDS}
