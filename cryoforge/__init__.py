@@ -5,9 +5,8 @@ The public face for users and plugin authors::
     from cryoforge import hookimpl, Options, Volume, load_registry, run
 """
 
-from importlib.metadata import PackageNotFoundError, version
-
 from cryoforge.config import ComponentConfig, Options, RunConfig, TrainConfig
+from cryoforge.distribution import installed_version
 from cryoforge.errors import CryoforgeError
 from cryoforge.hookspecs import hookimpl
 from cryoforge.plugins import load_registry
@@ -15,10 +14,7 @@ from cryoforge.roles import Encoder, Imaging, Loss, Schedule, Source, Volume
 from cryoforge.schedules.base import Stage
 from cryoforge.types import BuildContext, CTFParams, ParticleBatch, Pose
 
-try:
-    __version__ = version("cryoforge")
-except PackageNotFoundError:  # pragma: no cover - running from a source tree without install
-    __version__ = "0.0.0"
+__version__ = installed_version()  # of the distribution cryoforge-em (cryoforge.distribution.DIST_NAME)
 
 
 def run(

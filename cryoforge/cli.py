@@ -75,6 +75,19 @@ def main() -> None:
     cli(prog_name="cryoforge")
 
 
+def subset_options(f):
+    """``--ind FILE`` and ``--first N``: a particle subset, as in cryoDRGN."""
+    f = click.option(
+        "--first", type=click.IntRange(1), default=None, help="use only the first N particles (of --ind's)"
+    )(f)
+    return click.option(
+        "--ind",
+        type=click.Path(dir_okay=False),
+        default=None,
+        help="use only these particles: a cryoDRGN .pkl or a .txt of 0-based indices",
+    )(f)
+
+
 plugins_dir_option = click.option(
     "--plugins-dir",
     "plugins_dirs",
@@ -171,8 +184,10 @@ def build_config(
     particles: str | None,
     output_dir: str | None,
     demo: bool,
+    base: RunConfig | None = None,
 ) -> RunConfig:
-    """Compose a RunConfig: defaults ← demo preset ← config file ← CLI names and ``-o`` overrides."""
+    """Compose a RunConfig: defaults ← demo preset ← config file (or ``base``, a run's own
+    config) ← CLI names and ``-o`` overrides."""
     from cryoforge.sources import SUFFIX_TO_SOURCE
 
     config = RunConfig()
@@ -181,7 +196,15 @@ def build_config(
 
         config = demo_config(Path(output_dir or "demo_run"))
     if config_file:
-        config = load_config_file(config_file)
+        cfg_path = Path(config_file)
+        if cfg_path.name == "config.json" and (cfg_path.parent / "plugins.json").is_file():
+            from cryoforge.engine.portable import load_run_config
+
+            config = load_run_config(cfg_path.parent)  # a run's own config: paths from its folder
+        else:
+            config = load_config_file(config_file)
+    if base is not None:
+        config = base
     if particles:
         p = Path(particles)
         if not p.exists():
@@ -230,8 +253,20 @@ def _names(kw: dict[str, Any]) -> dict[str, str | None]:
 )
 @click.option("--resume", "resume_dir", type=click.Path(), help="continue the run in this directory")
 @click.option("--overwrite", is_flag=True, help="replace a run already in the output directory")
+@subset_options
 def run(
-    config_file, overrides, particles, output_dir, demo, plugins_dirs, dry_run, resume_dir, overwrite, **names
+    config_file,
+    overrides,
+    particles,
+    output_dir,
+    demo,
+    plugins_dirs,
+    dry_run,
+    resume_dir,
+    overwrite,
+    ind,
+    first,
+    **names,
 ) -> None:
     """Reconstruct a map and every particle's pose (default: the cryoAI pipeline).
 
@@ -240,15 +275,20 @@ def run(
       cryoforge run --demo
       cryoforge run --particles particles.star -o source.downsample_to 128 -d runs/job1
       cryoforge run --resume runs/job1
+      cryoforge run --particles particles.star --ind good.pkl -d runs/job2
     """
     from cryoforge.plugins import load_registry
 
+    base = None
     if resume_dir:
+        from cryoforge.engine.portable import load_run_config
+
         cfg_path = Path(resume_dir) / "config.json"
         if not cfg_path.is_file():
             raise InputFileError(cfg_path, "no config.json: not a cryoforge run directory", "--resume")
-        config_file, output_dir = str(cfg_path), resume_dir
-    cfg = build_config(config_file, _names(names), overrides, particles, output_dir, demo)
+        base, output_dir = load_run_config(resume_dir, list(plugins_dirs)), resume_dir
+    cfg = build_config(config_file, _names(names), overrides, particles, output_dir, demo, base)
+    cfg = _apply_subset(cfg, ind, first)
     if dry_run:
         click.echo(_dry_run_json(cfg, load_registry(list(plugins_dirs))))
         return
@@ -263,6 +303,15 @@ def run(
 
     result = run_training(cfg, list(plugins_dirs), resume=bool(resume_dir), overwrite=overwrite)
     _print_result(result)
+
+
+def _apply_subset(cfg: RunConfig, ind: str | None, first: int | None) -> RunConfig:
+    """``--ind``/``--first`` as the source's ``ind``/``first`` options."""
+    if ind:
+        cfg = apply_override(cfg, "source.ind", str(Path(ind).absolute()))
+    if first:
+        cfg = apply_override(cfg, "source.first", first)
+    return cfg
 
 
 def _dry_run_json(config: RunConfig, registry) -> str:
@@ -306,18 +355,32 @@ def _print_result(result) -> None:
     "--out", "out_star", type=click.Path(), help="output .star (default RUN_DIR/inferred_poses.star)"
 )
 @click.option("--batch-size", default=512, show_default=True)
+@subset_options
 @plugins_dir_option
 def infer(
-    run_dir: str, particles: str | None, out_star: str | None, batch_size: int, plugins_dirs: tuple[str, ...]
+    run_dir: str,
+    particles: str | None,
+    out_star: str | None,
+    batch_size: int,
+    ind: str | None,
+    first: int | None,
+    plugins_dirs: tuple[str, ...],
 ) -> None:
-    """Predict poses for a whole dataset with a trained encoder (no gradients, dataset order)."""
+    """Predict poses for a whole dataset with a trained encoder (no gradients, dataset order).
+
+    The star keeps every column of the input; a cryoSPARC input also gets a .cs next to it.
+    """
+    import time
+
     from cryoforge.errors import ConfigError
     from cryoforge.infer import infer_run
 
     if batch_size < 1:
         raise ConfigError(f"--batch-size: must be at least 1 (got {batch_size})")
-    path = infer_run(Path(run_dir), particles, out_star, batch_size, list(plugins_dirs))
-    click.echo(f"wrote {path}")
+    start = time.time()
+    path = infer_run(Path(run_dir), particles, out_star, batch_size, ind, first, list(plugins_dirs))
+    cs = path.with_suffix(".cs")
+    click.echo(f"wrote {path}" + (f" and {cs}" if cs.is_file() and cs.stat().st_mtime >= start - 1 else ""))
 
 
 # ----------------------------------------------------------------------------- simulate / evaluate
@@ -325,7 +388,9 @@ def infer(
 
 @cli.command()
 @click.argument("input_path", required=False, type=click.Path())
-@click.option("--out", "out_dir", required=True, type=click.Path(), help="output folder")
+@click.option(
+    "-d", "--output-dir", "--out", "out_dir", required=True, type=click.Path(), help="output folder"
+)
 @click.option(
     "--demo",
     is_flag=True,
@@ -384,7 +449,7 @@ def simulate(
         raise InputFileError(input_path, "input file not found", "INPUT_PATH")
     if (Path(out_dir) / "particles.star").is_file() and not overwrite:
         raise InputFileError(
-            Path(out_dir) / "particles.star", "a dataset is already there (use --overwrite)", "--out"
+            Path(out_dir) / "particles.star", "a dataset is already there (use --overwrite)", "--output-dir"
         )
     from cryoforge.io.writable import check_writable
 
@@ -419,7 +484,16 @@ def simulate(
 @click.option("--half2", "half2_path", type=click.Path(), help="second half map (FSC at 0.143, no alignment)")
 @click.option("--poses", "poses_path", type=click.Path(), help="predicted poses (.star)")
 @click.option("--gt-poses", "gt_poses_path", type=click.Path(), help="ground-truth poses (.star)")
-@click.option("--out", "out_dir", default="evaluation", show_default=True, type=click.Path())
+@click.option(
+    "-d",
+    "--output-dir",
+    "--out",
+    "out_dir",
+    default="evaluation",
+    show_default=True,
+    type=click.Path(),
+    help="output folder (fsc.png, metrics.json)",
+)
 def evaluate(map_path, ref_path, half2_path, poses_path, gt_poses_path, out_dir) -> None:
     """FSC and resolution (0.5 / 0.143), pose errors; prints a table, writes fsc.png and metrics.json."""
     from cryoforge.evaluate_cli import evaluate_files
@@ -443,11 +517,14 @@ def evaluate(map_path, ref_path, half2_path, poses_path, gt_poses_path, out_dir)
 @click.option("--out", "out_map", required=True, type=click.Path(), help="output .mrc")
 @click.option("--poses", "poses_pkl", type=click.Path(), help="cryoDRGN pose .pkl (else poses in the file)")
 @click.option("--no-ctf", is_flag=True, help="ignore the CTF")
-def reconstruct(particles: str, out_map: str, poses_pkl: str | None, no_ctf: bool) -> None:
+@subset_options
+def reconstruct(
+    particles: str, out_map: str, poses_pkl: str | None, no_ctf: bool, ind: str | None, first: int | None
+) -> None:
     """Known-pose reconstruction by Fourier backprojection (a reference, not a learned map)."""
     from cryoforge.reconstruct import reconstruct_file
 
-    path = reconstruct_file(Path(particles), Path(out_map), poses_pkl, not no_ctf)
+    path = reconstruct_file(Path(particles), Path(out_map), poses_pkl, not no_ctf, ind, first)
     click.echo(f"wrote {path}")
 
 

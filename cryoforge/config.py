@@ -67,7 +67,12 @@ class TrainConfig(BaseModel):
 
     amp: bool = Field(False, description="bfloat16 autocast (CUDA only)")
     compile: bool = Field(False, description="torch.compile the encoder and volume")
-    max_steps: int | None = Field(None, ge=1, description="stop after this many optimizer steps")
+    max_steps: int | None = Field(
+        None,
+        ge=1,
+        description="the run's step budget over all stages together (a search iteration counts as "
+        "a step); a stage's own budget applies within it",
+    )
     checkpoint_every_steps: int | None = Field(None, ge=1, description="also checkpoint every N steps")
     checkpoint_every_s: float = Field(120.0, gt=0, description="seconds between checkpoints")
     export_every_s: float = Field(300.0, gt=0, description="seconds between map/pose exports")

@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 
-from cryoforge.config import load_config_file
+from cryoforge.config import apply_override
 from cryoforge.engine.batches import infer_poses
 from cryoforge.engine.build import build_pipeline
 from cryoforge.engine.checkpoint import load_checkpoint
 from cryoforge.engine.context import CHECKPOINT
+from cryoforge.engine.portable import load_run_config
+from cryoforge.engine.pose_files import write_pose_files
 from cryoforge.engine.run import pick_device, prepare
 from cryoforge.errors import InputFileError
 from cryoforge.io.mrc import stack_info
-from cryoforge.io.star import write_star
-from cryoforge.io.table import ParticleTable
 from cryoforge.io.writable import check_writable_file
 from cryoforge.types import BuildContext
 
@@ -25,38 +26,52 @@ def infer_run(
     particles: str | None,
     out_star: str | None,
     batch_size: int = 512,
+    ind: str | None = None,
+    first: int | None = None,
     plugins_dirs: list[str] | None = None,
 ) -> Path:
     """Predict poses for every particle (dataset order) with the encoder of ``run_dir``.
 
+    Works from any working directory (the run's ``config.json`` is portable). ``particles``
+    replaces the run's particle file (its subset then no longer applies); ``ind``/``first`` pick
+    a subset (see :func:`cryoforge.sources.subsets.select_particles`). The star keeps the input's
+    columns (:func:`~cryoforge.engine.pose_files.write_pose_files`); a ``.cs`` input also gets a
+    ``.cs`` next to it.
+
     Everything is checked before any image is read: the run (a checkpoint with an encoder), the
     output folder, and that the particles have the box the encoder was trained on.
     """
-    cfg_path, ckpt = run_dir / "config.json", run_dir / CHECKPOINT
-    for p in (cfg_path, ckpt):
-        if not p.is_file():
-            raise InputFileError(p, "missing: not a finished cryoforge run directory", "RUN_DIR")
+    run_dir = Path(run_dir)
+    ckpt = run_dir / CHECKPOINT
+    config = load_run_config(run_dir, plugins_dirs)
+    if not ckpt.is_file():
+        raise InputFileError(ckpt, "missing: not a finished cryoforge run directory", "RUN_DIR")
     out = Path(out_star) if out_star else run_dir / "inferred_poses.star"
     check_writable_file(out, "--out")
-    config = load_config_file(cfg_path)
     if config.train.gt_poses:
         raise InputFileError(
-            cfg_path,
+            run_dir / "config.json",
             "this run fitted the known poses (train.gt_poses): it has no encoder to predict poses with",
             "train.gt_poses",
         )
     trained_size = _trained_image_size(run_dir)
     state = load_checkpoint(ckpt)
-    if not isinstance(state, dict) or not isinstance(state.get("model"), dict):
+    if not isinstance(state.get("model"), dict):
         raise InputFileError(ckpt, "not a cryoforge checkpoint (no model weights)", "model")
     if not any(k.startswith("encoder.") for k in state["model"]):
         raise InputFileError(ckpt, "the checkpoint holds no encoder weights: nothing to infer with", "model")
     if particles:
-        from cryoforge.config import apply_override
         from cryoforge.sources import SUFFIX_TO_SOURCE
 
-        config = apply_override(config, "source.path", particles)
+        config = apply_override(config, "source.path", os.path.abspath(particles))
         config = apply_override(config, "source.name", SUFFIX_TO_SOURCE.get(Path(particles).suffix, "star"))
+        for key in ("ind", "first"):
+            if key in config.source.options:
+                config = apply_override(config, f"source.{key}", None)
+    if ind:
+        config = apply_override(config, "source.ind", os.path.abspath(ind))
+    if first:
+        config = apply_override(config, "source.first", first)
     config = config.model_copy(update={"train": config.train.model_copy(update={"gt_poses": False})})
     config, registry, source = prepare(config, plugins_dirs)
     if trained_size is not None and source.image_size != trained_size:
@@ -79,18 +94,7 @@ def infer_run(
     pipeline.to(device)
     index = np.arange(len(source))
     pose = infer_poses(pipeline, source, index, batch_size, device)
-    t = source.table
-    table = ParticleTable(
-        path=out,
-        image_names=t.image_names,
-        ctf=t.ctf,
-        rotations=pose.rotation.double().numpy(),
-        shifts_angstrom=pose.shift_angstrom.double().numpy(),
-        pixel_size_angstrom=source.original_pixel_size_angstrom,
-        box_size=source.original_size,
-        has_ctf=source.ctf is not None,
-    )
-    write_star(out, table)
+    write_pose_files(out, source, index, pose)
     return out
 
 

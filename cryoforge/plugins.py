@@ -16,12 +16,13 @@ import importlib
 import importlib.util
 import os
 import sys
-from importlib.metadata import entry_points, version
+from importlib.metadata import entry_points
 from pathlib import Path
 
 import pluggy
 
 from cryoforge import hookspecs
+from cryoforge.distribution import installed_version
 from cryoforge.errors import PluginError
 from cryoforge.registry import Registry
 
@@ -162,7 +163,7 @@ def plugin_versions(pm: CryoforgePluginManager) -> dict[str, str]:
     out: dict[str, str] = {}
     for name, _plugin in pm.list_name_plugin():
         if name in DEFAULT_PLUGINS:
-            out[name] = version("cryoforge")
+            out[name] = installed_version()
         else:
             out[name] = pm.dist_versions.get(name, "local")
     return out

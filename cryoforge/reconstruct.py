@@ -17,13 +17,23 @@ from cryoforge.plugins import load_registry
 from cryoforge.sources import SUFFIX_TO_SOURCE
 
 
-def reconstruct_file(particles: Path, out_map: Path, poses_pkl: str | None, use_ctf: bool) -> Path:
-    """Backproject a particle file with its known poses (or a cryoDRGN pose pickle) into a map."""
+def reconstruct_file(
+    particles: Path,
+    out_map: Path,
+    poses_pkl: str | None,
+    use_ctf: bool,
+    ind: str | None = None,
+    first: int | None = None,
+) -> Path:
+    """Backproject a particle file with its known poses (or a cryoDRGN pose pickle) into a map.
+
+    ``ind``/``first`` restrict it to a subset (:func:`cryoforge.sources.subsets.select_particles`).
+    """
     check_writable_file(out_map, "--out")
     name = SUFFIX_TO_SOURCE.get(particles.suffix.lower())
     if name is None:
         raise InputFileError(particles, "expected .star, .cs or .mrcs", "PARTICLES")
-    opts: dict = {"path": str(particles), "normalize": False}
+    opts: dict = {"path": str(particles), "normalize": False, "ind": ind, "first": first}
     if poses_pkl:
         if name != "mrcs":
             raise InputFileError(poses_pkl, "--poses goes with a bare .mrcs stack", "--poses")

@@ -72,6 +72,20 @@ def star_text(t: dict[str, Path]) -> str:
     return t["star"].read_text()
 
 
+def set_optics_cell(text: str, column: int, value: str | None) -> str:
+    """Set (or, with ``None``, delete) cell ``column`` (0-based) of the optics group 1 row."""
+    lines = text.splitlines()
+    for i, ln in enumerate(lines):
+        cells = ln.split()
+        if len(cells) > 2 and cells[0] == "1" and cells[1] == "opticsGroup1":
+            if value is None:
+                del cells[column]
+            else:
+                cells[column] = value
+            lines[i] = " ".join(cells)
+    return "\n".join(lines) + "\n"
+
+
 def replace_names(text: str, new: str) -> str:
     lines = text.splitlines()
     for i, line in enumerate(lines):
@@ -267,7 +281,7 @@ def c_box_too_small(t, d):
 def _pixel(value):
     def build(t, d):
         p = d / "px.star"
-        p.write_text(star_text(t).replace("0.100000\t4.000000\t16", f"0.100000\t{value}\t16"))
+        p.write_text(set_optics_cell(star_text(t), 5, value))
         return Case(run_args(p, d), ["px.star", "[rlnImagePixelSize]", "> 0"], [p])
 
     return build
@@ -313,9 +327,9 @@ def _star_value(column_pos: int, value: str, field: str):
         lines = star_text(t).splitlines()
         for i, ln in enumerate(lines):
             if ln.startswith("000007@"):
-                cells = ln.split("\t")
+                cells = ln.split()
                 cells[column_pos] = value
-                lines[i] = "\t".join(cells)
+                lines[i] = " ".join(cells)
         p = d / "val.star"
         p.write_text("\n".join(lines) + "\n")
         return Case(run_args(p, d), ["val.star", f"[{field}]", "particle 7"], [p])
@@ -325,7 +339,7 @@ def _star_value(column_pos: int, value: str, field: str):
 
 def c_voltage_inf(t, d):
     p = d / "volt.star"
-    p.write_text(star_text(t).replace("300.000000\t2.700000", "inf\t2.700000"))
+    p.write_text(set_optics_cell(star_text(t), 2, "inf"))
     return Case(run_args(p, d), ["volt.star", "[rlnVoltage]", "particle 1"], [p])
 
 
@@ -788,15 +802,11 @@ def _star_without_pixel(t, d: Path, header_px: float) -> Path:
     from cryoforge.io.mrc import open_stack, write_mrc
 
     write_mrc(t["mrcs"], np.array(open_stack(t["mrcs"])), header_px, stack=True)
-    text = (
-        star_text(t).replace("_rlnImagePixelSize #6\n", "").replace("0.100000\t4.000000\t16", "0.100000\t16")
-    )
+    text = set_optics_cell(star_text(t), 5, None).replace("_rlnImagePixelSize #6\n", "")
+    text = text.replace("_rlnImageSize #7", "_rlnImageSize #6")
+    text = text.replace("_rlnImageDimensionality #8", "_rlnImageDimensionality #7")
     p = d / "nopx.star"
-    p.write_text(
-        text.replace("_rlnImageSize #7", "_rlnImageSize #6").replace(
-            "_rlnImageDimensionality #8", "_rlnImageDimensionality #7"
-        )
-    )
+    p.write_text(text)
     return p
 
 

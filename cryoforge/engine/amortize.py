@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import math
+from typing import Literal
 
 import numpy as np
 import torch
@@ -43,6 +44,17 @@ class AmortizeOptions(Options):
         0.5, ge=0, le=1, description="share of each batch made of fresh projections of the map"
     )
     shift_weight: float = Field(0.01, ge=0, description="weight of the origin error (px²)")
+    batch_size: int | None = Field(None, ge=2, description="images per step (None: train.batch_size)")
+    lr_schedule: Literal["constant", "cosine"] = Field(
+        "cosine", description="learning rate over the stage: constant, or cosine decay to zero"
+    )
+
+
+def stage_lr(base_lr: float, step: int, total: int, schedule: str) -> float:
+    """Learning rate at ``step`` of ``total``: constant, or ``base·½(1 + cos(π·step/total))``."""
+    if schedule == "constant":
+        return base_lr
+    return base_lr * 0.5 * (1.0 + math.cos(math.pi * min(step, total) / max(total, 1)))
 
 
 def chordal_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -86,12 +98,16 @@ def run_amortize(ctx: RunContext, stage: Stage) -> None:
     if encoder is None:
         return
     ctx.table_pose(ctx.index[:1])  # a clear error without a pose table
-    total = (
+    total = ctx.cap_stage_steps(
+        prog["step"],
         stage.max_steps
         or tc.max_steps
-        or max(1, (stage.epochs or tc.epochs or 1)) * math.ceil(len(ctx.index) / tc.batch_size)
+        or max(1, (stage.epochs or tc.epochs or 1)) * math.ceil(len(ctx.index) / tc.batch_size),
     )
-    optimizer = torch.optim.Adam(encoder.parameters(), lr=opts.lr or tc.lr_encoder)
+    if prog["step"] >= total:
+        return
+    base_lr = opts.lr or tc.lr_encoder
+    optimizer = torch.optim.Adam(encoder.parameters(), lr=base_lr)
     resumed, ctx.resumed_optimizer = ctx.resumed_optimizer, None
     if resumed is not None and resumed[0] == stage.name:
         optimizer.load_state_dict(resumed[1])
@@ -100,8 +116,9 @@ def run_amortize(ctx: RunContext, stage: Stage) -> None:
     prog["noise_std"] = noise
     views = [VIEWS[v] for v in ctx.pipeline.loss.views]
     px = ctx.source.pixel_size_angstrom
-    n_syn = round(tc.batch_size * opts.synthetic_fraction)
-    n_real = max(1, tc.batch_size - n_syn)
+    batch_size = opts.batch_size or tc.batch_size
+    n_syn = round(batch_size * opts.synthetic_fraction)
+    n_real = max(1, batch_size - n_syn)
     n_batches = math.ceil(len(ctx.index) / n_real)
     while prog["step"] < total:
         perm = np.random.default_rng(tc.seed + 7919 * (prog["epoch"] + 1)).permutation(ctx.index)
@@ -131,6 +148,8 @@ def run_amortize(ctx: RunContext, stage: Stage) -> None:
                 raise TrainingDiverged(
                     f"encoder loss became {float(loss)} in stage {stage.name!r}; lower its lr"
                 )
+            for group in optimizer.param_groups:
+                group["lr"] = stage_lr(base_lr, prog["step"], total, opts.lr_schedule)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if tc.grad_clip:

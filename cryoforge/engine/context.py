@@ -138,6 +138,18 @@ class RunContext:
         rows = order[np.searchsorted(self.index, index, sorter=order)]
         return self.poses.index(torch.as_tensor(rows))
 
+    def steps_left(self) -> int | None:
+        """Steps the run may still take under ``train.max_steps`` (all stages together), or None."""
+        cap = self.config.train.max_steps
+        return None if cap is None else max(0, cap - int(self.state["step"]))
+
+    def cap_stage_steps(self, stage_step: int, total: int | None) -> int | None:
+        """A stage's step budget ``total`` cut so the run stops at ``train.max_steps`` overall."""
+        left = self.steps_left()
+        if left is None:
+            return total
+        return stage_step + left if total is None else min(total, stage_step + left)
+
     def stage_state(self, stage: Stage) -> dict[str, Any]:
         """The checkpointed progress of ``stage`` (an empty dict when it has not started)."""
         return self.state["stages"].setdefault(stage.name, {})

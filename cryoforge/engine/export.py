@@ -4,19 +4,12 @@ from __future__ import annotations
 
 import logging
 import time
-from pathlib import Path
-
-import numpy as np
-import torch
 
 from cryoforge.engine.batches import infer_poses
 from cryoforge.engine.callbacks import Callback, Exported, StepInfo
 from cryoforge.engine.context import RunContext
+from cryoforge.engine.pose_files import write_pose_files
 from cryoforge.io.mrc import write_mrc
-from cryoforge.io.star import write_star
-from cryoforge.io.table import CTF_FIELDS, ParticleTable
-from cryoforge.roles import Source
-from cryoforge.types import Pose
 from cryoforge.volumes.base import CONTRAST_HINT, density_is_mostly_negative, volume_to_map
 
 log = logging.getLogger("cryoforge")
@@ -27,7 +20,8 @@ def export(ctx: RunContext) -> Exported:
 
     The poses come from the shared pose table ``ctx.poses`` when a stage left one (a search or
     refinement: the semi-amortized result), else from the encoder (inferred in dataset order);
-    with neither, no ``poses.star`` is written.
+    with neither, no ``poses.star`` is written. The poses keep the input's format and columns
+    (:mod:`cryoforge.engine.pose_files`); a cryoSPARC input also gets ``poses.cs``.
     """
     source, index = ctx.source, ctx.index
     vmap = volume_to_map(ctx.pipeline.volume, source.image_size)
@@ -39,32 +33,10 @@ def export(ctx: RunContext) -> Exported:
         pose = infer_poses(ctx.pipeline, source, index, batch, ctx.device)
     if pose is not None:
         ctx.result.star_path = ctx.run_dir / "poses.star"
-        write_star(ctx.result.star_path, pose_table(source, index, pose, ctx.result.star_path))
+        write_pose_files(ctx.result.star_path, source, index, pose)
     exported = Exported(vmap, ctx.result.map_path, pose, ctx.result.star_path if pose is not None else None)
     ctx.emit("on_export", exported)
     return exported
-
-
-def pose_table(source: Source, index: np.ndarray, pose: Pose, path: Path) -> ParticleTable:
-    """The particles ``index`` with their CTF and ``pose``, in the source's original box and pixels."""
-    table = getattr(source, "table", None)  # stack-backed sources; any Source works without
-    if table is not None:
-        ctf = {k: v[index] for k, v in table.ctf.items()}
-    elif source.ctf is not None:
-        ctf = {k: getattr(source.ctf, k)[torch.as_tensor(index)].double().numpy() for k in CTF_FIELDS}
-    else:
-        ctf = {k: np.zeros(len(index)) for k in CTF_FIELDS}
-    names = getattr(source, "absolute_image_names", None)
-    return ParticleTable(
-        path=path,
-        image_names=names(index) if names is not None else None,
-        ctf=ctf,
-        rotations=pose.rotation.double().numpy(),
-        shifts_angstrom=pose.shift_angstrom.double().numpy(),
-        pixel_size_angstrom=getattr(source, "original_pixel_size_angstrom", source.pixel_size_angstrom),
-        box_size=getattr(source, "original_size", source.image_size),
-        has_ctf=source.ctf is not None,
-    )
 
 
 class ExportCallback(Callback):

@@ -92,6 +92,7 @@ def train_gradient(ctx: RunContext, stage: Stage) -> None:
     model = _model(ctx)
     n_batches = math.ceil(len(ctx.index) / (tc.batch_size * world))
     epochs, total_steps = stage_budget(stage, tc, n_batches)
+    total_steps = ctx.cap_stage_steps(prog["step"], total_steps)
 
     def spent() -> bool:
         return (total_steps is not None and prog["step"] >= total_steps) or (

@@ -23,6 +23,7 @@ from cryoforge.engine.checkpoint import CheckpointCallback, load_checkpoint, res
 from cryoforge.engine.context import Clock, RunContext, RunResult
 from cryoforge.engine.evaluation import EvaluationCallback
 from cryoforge.engine.export import ExportCallback
+from cryoforge.engine.portable import absolute_inputs, portable_json
 from cryoforge.engine.preflight import check_ground_truth_map, report_data_quality
 from cryoforge.engine.progress import ProgressCallback
 from cryoforge.engine.stages import run_stages, schedule_stages
@@ -83,11 +84,17 @@ def prepare(config: RunConfig, plugins_dirs: list[str] | None = None) -> tuple[R
     return config, registry, source
 
 
-def write_run_files(config: RunConfig, run_dir: Path) -> None:
-    """``config.json`` (resolved, without plugins) and ``plugins.json`` (plugin → version)."""
+def write_run_files(config: RunConfig, run_dir: Path, registry: Registry | None = None) -> None:
+    """``config.json`` (resolved, without plugins) and ``plugins.json`` (plugin → version).
+
+    With the ``registry``, ``config.json`` is portable (:func:`~cryoforge.engine.portable.portable_json`).
+    """
     run_dir.mkdir(parents=True, exist_ok=True)
     with atomic_path(run_dir / "config.json") as tmp:
-        tmp.write_text(config.model_dump_json(indent=2, exclude={"plugins"}))
+        if registry is None:
+            tmp.write_text(config.model_dump_json(indent=2, exclude={"plugins"}))
+        else:
+            tmp.write_text(portable_json(config, registry, run_dir))
     with atomic_path(run_dir / "plugins.json") as tmp:
         tmp.write_text(json.dumps(config.plugins, indent=2))
 
@@ -189,6 +196,7 @@ def run(
     ``overwrite``; otherwise it is left untouched and a :class:`ConfigError` says so.
     """
     config, registry, source = prepare(config, plugins_dirs)
+    config = absolute_inputs(config, registry)  # the run no longer depends on the cwd
     run_dir = Path(config.output_dir)
     if (run_dir / "config.json").is_file() and not (resume or overwrite):
         raise ConfigError(
@@ -200,8 +208,7 @@ def run(
     rank, _ = distributed()
     if rank == 0:
         report_data_quality(source)
-    if rank == 0:
-        write_run_files(config, run_dir)
+        write_run_files(config, run_dir, registry)
     index = np.arange(len(source))
     try:
         if not config.train.half_sets:

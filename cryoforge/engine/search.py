@@ -238,6 +238,8 @@ def run_search(ctx: RunContext, stage: Stage) -> None:
             size,
         )
         while prog["iteration"] < opts.iterations:
+            if ctx.steps_left() == 0:  # train.max_steps caps the whole run
+                return
             it = prog["iteration"]
             frac = it / max(opts.iterations - 1, 1)
             band = opts.band_px[0] + (opts.band_px[1] - opts.band_px[0]) * frac
@@ -248,10 +250,14 @@ def run_search(ctx: RunContext, stage: Stage) -> None:
             prog["assign_index"], prog["assign_weight"] = index, weights
             prog["iteration"] = it + 1
             _step(ctx, stage, prog["iteration"], total, noise, band / (size / 2), N, t0)
+    if ctx.steps_left() == 0:
+        return
     rotation = ctx.poses.rotation.double()
     steps = opts.refine_steps_deg
     volume = full_size_map(ctx, rotation, opts.wiener, opts.batch) if prog["refined"] < len(steps) else None
     while prog["refined"] < len(steps):
+        if ctx.steps_left() == 0:
+            return
         j = prog["refined"]
         last = j == len(steps) - 1  # the map after the last step is not needed here
         rotation, residual, volume = refine_locally(

@@ -80,6 +80,8 @@ def schedule_stages(config: RunConfig, registry: Registry, ctx: BuildContext | N
 def run_stages(ctx: RunContext, stages: list[Stage]) -> None:
     """Run ``stages`` in order from ``ctx.state["stage"]``: completed stages are not rerun."""
     for i in range(ctx.state["stage"], len(stages)):
+        if ctx.steps_left() == 0:  # train.max_steps, the run's budget over all stages, is spent
+            return
         stage = stages[i]
         ctx.state["stage"] = i
         ctx.emit("on_stage_start", stage)

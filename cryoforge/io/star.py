@@ -10,7 +10,13 @@ import pandas as pd
 import starfile
 
 from cryoforge.errors import InputFileError
-from cryoforge.io.atomic import atomic_path
+from cryoforge.io.star_document import (
+    RELION31_VERSION,
+    StarBlock,
+    StarDocument,
+    format_exact,
+    write_star_document,
+)
 from cryoforge.io.table import ParticleTable
 from cryoforge.io.validate import check_finite, read_text_file
 from cryoforge.ops.rotations import euler_relion_to_matrix, matrix_to_euler_relion
@@ -146,56 +152,71 @@ def read_star(path: str | Path, box_size: int | None = None) -> ParticleTable:
     )
 
 
-def write_star(path: str | Path, table: ParticleTable) -> None:
-    """Write a RELION 3.1 STAR file (``data_optics`` + ``data_particles``) atomically.
+def table_document(table: ParticleTable) -> StarDocument:
+    """``table`` as a RELION 3.1 document (``data_optics`` + ``data_particles``).
 
     Poses are written as RELION Euler angles (degrees) and ``rlnOriginX/YAngst`` (Å), CTF as
     ``rlnDefocusU/V/Angle``, ``rlnPhaseShift``, ``rlnCtfBfactor``; one optics group per distinct
-    (voltage, Cs, amplitude contrast).
+    (voltage, Cs, amplitude contrast, pixel size), each with its own values.
     """
     n = len(table)
     if table.pixel_size_angstrom is None or table.box_size is None:
         raise ValueError("write_star needs the pixel size and box size")
-    key = np.stack([table.ctf[k] for k in ("voltage_kv", "cs_mm", "amplitude_contrast")], 1)
+    px = table.per_particle_pixel_size()
+    px = np.where(np.isfinite(px), px, table.pixel_size_angstrom)
+    key = np.stack([table.ctf[k] for k in ("voltage_kv", "cs_mm", "amplitude_contrast")] + [px], 1)
     if not table.has_ctf:  # keep the optics table valid for RELION: no zero voltage or Cs
-        key = np.where(key > 0, key, np.array([300.0, 2.7, 0.1]))
+        key[:, :3] = np.where(key[:, :3] > 0, key[:, :3], np.array([300.0, 2.7, 0.1]))
     uniq, group = np.unique(key, axis=0, return_inverse=True)
-    optics = pd.DataFrame(
-        {
-            "rlnOpticsGroup": np.arange(1, len(uniq) + 1),
-            "rlnOpticsGroupName": [f"opticsGroup{i + 1}" for i in range(len(uniq))],
-            "rlnVoltage": uniq[:, 0],
-            "rlnSphericalAberration": uniq[:, 1],
-            "rlnAmplitudeContrast": uniq[:, 2],
-            "rlnImagePixelSize": table.pixel_size_angstrom,
-            "rlnImageSize": int(table.box_size),
-            "rlnImageDimensionality": 2,
-        }
+    group = group.reshape(-1)
+    optics = StarBlock(
+        "optics",
+        [
+            "rlnOpticsGroup",
+            "rlnOpticsGroupName",
+            "rlnVoltage",
+            "rlnSphericalAberration",
+            "rlnAmplitudeContrast",
+            "rlnImagePixelSize",
+            "rlnImageSize",
+            "rlnImageDimensionality",
+        ],
+        [
+            f"{g + 1} opticsGroup{g + 1} {u[0]:.6f} {u[1]:.6f} {u[2]:.6f} {format_exact(u[3])} "
+            f"{int(table.box_size)} 2"
+            for g, u in enumerate(uniq)
+        ],
     )
-    cols: dict[str, object] = {}
+    f6 = lambda a: [f"{v:.6f}" for v in np.asarray(a, dtype=np.float64)]
+    cols: dict[str, list[str]] = {}
     if table.image_names is not None:
-        cols["rlnImageName"] = table.image_names
+        cols["rlnImageName"] = [str(v) for v in table.image_names]
     if table.has_ctf:  # CTF-free data are written without defocus columns (RELION reads them so)
-        cols.update(
-            {
-                "rlnDefocusU": table.ctf["defocus_u_angstrom"],
-                "rlnDefocusV": table.ctf["defocus_v_angstrom"],
-                "rlnDefocusAngle": table.ctf["astigmatism_angle_deg"],
-                "rlnPhaseShift": table.ctf["phase_shift_deg"],
-                "rlnCtfBfactor": table.ctf["bfactor_angstrom2"],
-            }
-        )
-    cols["rlnOpticsGroup"] = group.reshape(-1) + 1
+        for label, k in (
+            ("rlnDefocusU", "defocus_u_angstrom"),
+            ("rlnDefocusV", "defocus_v_angstrom"),
+            ("rlnDefocusAngle", "astigmatism_angle_deg"),
+            ("rlnPhaseShift", "phase_shift_deg"),
+            ("rlnCtfBfactor", "bfactor_angstrom2"),
+        ):
+            cols[label] = f6(table.ctf[k])
+    cols["rlnOpticsGroup"] = [str(g + 1) for g in group]
     if table.rotations is not None:
         import torch
 
-        rot, tilt, psi = matrix_to_euler_relion(torch.as_tensor(table.rotations))
-        cols.update({"rlnAngleRot": rot.numpy(), "rlnAngleTilt": tilt.numpy(), "rlnAnglePsi": psi.numpy()})
+        angles = matrix_to_euler_relion(torch.as_tensor(table.rotations))
+        for label, a in zip(("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"), angles, strict=True):
+            cols[label] = f6(a.numpy())
         sh = table.shifts_angstrom if table.shifts_angstrom is not None else np.zeros((n, 2))
-        cols.update({"rlnOriginXAngst": sh[:, 0], "rlnOriginYAngst": sh[:, 1]})
+        cols["rlnOriginXAngst"], cols["rlnOriginYAngst"] = f6(sh[:, 0]), f6(sh[:, 1])
     for k, v in table.extra.items():
         if k.startswith("rln") and k not in cols:
-            cols[k] = v
-    particles = pd.DataFrame(cols)
-    with atomic_path(path) as tmp:
-        starfile.write({"optics": optics, "particles": particles}, tmp, float_format="%.6f")
+            v = np.asarray(v)
+            cols[k] = f6(v) if np.issubdtype(v.dtype, np.floating) else [str(x) for x in v]
+    lines = [" ".join(row) for row in zip(*cols.values(), strict=True)]
+    return StarDocument([optics, StarBlock("particles", list(cols), lines)], RELION31_VERSION)
+
+
+def write_star(path: str | Path, table: ParticleTable) -> None:
+    """Write ``table`` as a RELION 3.1 STAR file atomically (see :func:`table_document`)."""
+    write_star_document(path, table_document(table))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -61,6 +61,21 @@ class ParticleTable:
 
     def __len__(self) -> int:
         return len(self.ctf["defocus_u_angstrom"])
+
+    def take(self, rows: np.ndarray) -> ParticleTable:
+        """The particles ``rows`` (0-based, ``(M,)``) as a new table; dataset-wide values kept."""
+        rows = np.asarray(rows, dtype=np.int64)
+        pick = lambda a: None if a is None else np.asarray(a)[rows]
+        return replace(
+            self,
+            image_names=pick(self.image_names),
+            ctf={k: np.asarray(v)[rows] for k, v in self.ctf.items()},
+            rotations=pick(self.rotations),
+            shifts_angstrom=pick(self.shifts_angstrom),
+            pixel_sizes_angstrom=pick(self.pixel_sizes_angstrom),
+            extra={k: np.asarray(v)[rows] for k, v in self.extra.items()},
+            contrast_sign=pick(self.contrast_sign),
+        )
 
     def ctf_params(self, pixel_scale: float = 1.0) -> CTFParams:
         """CTF parameters of every particle, with each particle's pixel size times ``pixel_scale``

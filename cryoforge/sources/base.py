@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -17,6 +18,7 @@ from cryoforge.io.validate import check_finite
 from cryoforge.ops.fft import fourier_crop
 from cryoforge.roles import Source
 from cryoforge.sources.quality import QUALITY_SAMPLE, DataQuality
+from cryoforge.sources.subsets import select_particles
 from cryoforge.types import BuildContext
 
 
@@ -33,6 +35,12 @@ class StackOptions(Options):
         "contrast); RELION/cryoSPARC stacks are white and need nothing",
     )
     ignore_ctf: bool = Field(False, description="treat the images as CTF-free")
+    ind: str | None = Field(
+        None, description="use only these particles: a cryoDRGN .pkl or a .txt of 0-based indices"
+    )
+    first: int | None = Field(None, ge=1, description="use only the first N particles (of --ind's)")
+    path_options: ClassVar[tuple[str, ...]] = ("path", "datadir", "ind")
+    """Options naming files: stored as absolute paths in a run's ``config.json``."""
 
 
 class StackSource(Source):
@@ -49,7 +57,11 @@ class StackSource(Source):
         if not options.path:
             raise InputFileError("<none>", "no particle file given (use --particles)", "source.path")
         self.path = Path(options.path)
-        self.table = self.read_table(self.path)
+        table = self.read_table(self.path)
+        self.rows_in_file = len(table)
+        self.row_index = select_particles(len(table), options.ind, options.first)
+        """``(N,)`` the rows of :attr:`path` this source serves (all, or ``ind``/``first``)."""
+        self.table = table if len(self.row_index) == len(table) else table.take(self.row_index)
         self._open_stacks()
         self.original_size = self._stacks.infos[0].size
         if self.table.box_size is not None and self.table.box_size != self.original_size:

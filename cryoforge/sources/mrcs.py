@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 from pydantic import Field
@@ -13,6 +15,9 @@ from cryoforge.io.star import read_star
 from cryoforge.io.table import CTF_FIELDS, ParticleTable
 from cryoforge.sources.base import StackOptions, StackSource
 from cryoforge.sources.pickles import load_cryodrgn_ctf, load_cryodrgn_poses
+
+log = logging.getLogger("cryoforge")
+NO_CTF_WARNING = "{path}: no CTF given (-o source.ctf FILE.pkl|.star): the images are treated as CTF-free"
 
 
 class MrcsSource(StackSource):
@@ -27,6 +32,7 @@ class MrcsSource(StackSource):
         ctf: str | None = Field(None, description="cryoDRGN ctf .pkl or a .star with CTF columns")
         poses: str | None = Field(None, description="cryoDRGN pose .pkl (rot, trans)")
         pixel_size_angstrom: float | None = Field(None, gt=0, description="overrides the header")
+        path_options: ClassVar[tuple[str, ...]] = (*StackOptions.path_options, "ctf", "poses")
 
     def read_table(self, path: Path) -> ParticleTable:
         info = stack_info(path)
@@ -84,3 +90,4 @@ class MrcsSource(StackSource):
         super().__init__(options, ctx)
         if self.no_ctf:
             self.ctf = None
+            log.warning(NO_CTF_WARNING.format(path=self.path))

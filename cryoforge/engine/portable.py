@@ -1,0 +1,84 @@
+"""Portable runs: ``config.json`` names inputs by absolute path and the run's own files relative
+to the run folder, so ``run --resume RUN`` and ``infer RUN`` work from any working directory.
+
+Which options are paths: the top-level :data:`TOP_LEVEL_PATHS`, and for each component the names
+in its ``Options.path_options`` (a class attribute; :class:`cryoforge.sources.base.StackOptions`
+lists ``path``, ``datadir`` and ``ind``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from cryoforge.config import ROLES, RunConfig, load_config_file
+from cryoforge.errors import CryoforgeError, InputFileError
+from cryoforge.registry import Registry
+
+TOP_LEVEL_PATHS = ("output_dir", "ground_truth_map")
+
+
+def _path_slots(data: dict[str, Any], registry: Registry) -> Iterator[tuple[dict[str, Any], str]]:
+    """``(container, key)`` of every path value in a config dump (``None`` and ``""`` skipped)."""
+    for key in TOP_LEVEL_PATHS:
+        if data.get(key):
+            yield data, key
+    for role in ROLES:
+        comp = data.get(role) or {}
+        try:
+            cls = registry.get(role, comp.get("name", ""))
+        except CryoforgeError:  # unknown component: left as is, prepare() reports it
+            continue
+        options = comp.setdefault("options", {})
+        for opt in getattr(cls.Options, "path_options", ()):
+            if isinstance(options.get(opt), str) and options[opt]:
+                yield options, opt
+
+
+def absolute_inputs(config: RunConfig, registry: Registry, *bases: Path) -> RunConfig:
+    """``config`` with every path option absolute.
+
+    A relative path is taken from the first of ``bases`` (default: the cwd) where it exists, else
+    from the first.
+    """
+    bases = bases or (Path.cwd(),)
+    data = config.model_dump()
+    for container, key in _path_slots(data, registry):
+        options = [os.path.normpath(os.path.join(b, container[key])) for b in bases]
+        container[key] = next((o for o in options if os.path.exists(o)), options[0])
+    return RunConfig.model_validate(data)
+
+
+def portable_json(config: RunConfig, registry: Registry, run_dir: Path) -> str:
+    """``config.json`` text: inputs absolute, files inside ``run_dir`` relative to it (itself ``.``)."""
+    run_dir = Path(os.path.abspath(run_dir))
+    data = absolute_inputs(config, registry).model_dump(mode="json", exclude={"plugins"})
+    for container, key in _path_slots(data, registry):
+        p = Path(container[key])
+        if p == run_dir or run_dir in p.parents:
+            container[key] = os.path.relpath(p, run_dir)
+    return json.dumps(data, indent=2, ensure_ascii=False)
+
+
+def load_run_config(run_dir: str | Path, plugins_dirs: list[str] | None = None) -> RunConfig:
+    """A run's ``config.json``, relative paths taken from the run folder (``output_dir`` = it).
+
+    Raises
+    ------
+    InputFileError
+        When ``run_dir`` holds no ``config.json``.
+    """
+    from cryoforge.plugins import load_registry
+
+    run_dir = Path(run_dir)
+    path = run_dir / "config.json"
+    if not path.is_file():
+        raise InputFileError(path, "no config.json: not a cryoforge run directory", "RUN_DIR")
+    config = load_config_file(path)
+    # relative paths are the run's own files; a config.json written before runs were portable
+    # named inputs relative to the folder the run started from, tried second
+    config = absolute_inputs(config, load_registry(plugins_dirs), Path(os.path.abspath(run_dir)), Path.cwd())
+    return config.model_copy(update={"output_dir": os.path.abspath(run_dir)})
