@@ -329,6 +329,9 @@ def run(
     if dry_run:
         click.echo(_dry_run_json(cfg, load_registry(list(plugins_dirs))))
         return
+    from cryoforge.io.writable import check_writable
+
+    check_writable(cfg.output_dir, "--output-dir")  # before any work
     if demo and not resume_dir:
         from cryoforge.demo import claim_demo_run
 
@@ -423,8 +426,11 @@ def infer(
     """
     import time
 
+    from cryoforge.errors import ConfigError
     from cryoforge.infer import infer_run
 
+    if batch_size < 1:
+        raise ConfigError(f"--batch-size: must be at least 1 (got {batch_size})")
     start = time.time()
     path = infer_run(
         Path(run_dir), particles, out_star, batch_size, ind, first, list(plugins_dirs), overwrite=overwrite
@@ -508,6 +514,9 @@ def simulate(
     refuse_input_overlap(outputs, [input_path, like_path], "--output-dir")
     for p in outputs:
         refuse_existing(p, "--output-dir", overwrite)
+    from cryoforge.io.writable import check_writable
+
+    check_writable(out_dir, "--output-dir")
     like = read_like_table(like_path) if like_path else None
     base = dict(DEMO_SETTINGS) if demo else {"n_particles": 1000, "defocus_median_angstrom": 20000.0}
     s = SimulationSettings(
@@ -552,7 +561,9 @@ def simulate(
 def evaluate(map_path, ref_path, half2_path, poses_path, gt_poses_path, out_dir, overwrite) -> None:
     """FSC and resolution (0.5 / 0.143), pose errors; prints a table, writes fsc.png and metrics.json."""
     from cryoforge.evaluate_cli import evaluate_files
+    from cryoforge.io.writable import check_writable
 
+    check_writable(out_dir, "--output-dir")
     metrics = evaluate_files(
         map_path, ref_path, half2_path, poses_path, gt_poses_path, Path(out_dir), overwrite=overwrite
     )

@@ -12,7 +12,7 @@ import tomllib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from cryoforge.errors import ConfigError
 
@@ -50,6 +50,21 @@ class TrainConfig(BaseModel):
     grad_clip: float | None = Field(1.0, gt=0, description="max gradient norm (None: off)")
     seed: int = Field(0, description="random seed of weights, batch order and half-set split")
     device: str = Field("auto", description="'auto', 'cpu', 'cuda' or 'cuda:N'")
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, value: str) -> str:
+        """A device torch knows ('auto' is resolved at run time): ``tpu`` fails here, not mid-run."""
+        if value == "auto":
+            return value
+        import torch
+
+        try:
+            torch.device(value)
+        except (RuntimeError, ValueError, TypeError):
+            raise ValueError("not a device: use 'auto', 'cpu', 'cuda' or 'cuda:N'") from None
+        return value
+
     amp: bool = Field(False, description="bfloat16 autocast (CUDA only)")
     compile: bool = Field(False, description="torch.compile the encoder and volume")
     max_steps: int | None = Field(
@@ -123,11 +138,17 @@ def load_config_file(path: str | Path) -> RunConfig:
     ConfigError
         When the file is missing, unparsable or has unknown/invalid fields.
     """
+    from cryoforge.io.validate import decode_utf8
+
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
     try:
-        text = path.read_text()
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the config file ({exc.strerror})") from None
+    text = decode_utf8(path, raw)
+    try:
         data = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
     except (tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
         raise ConfigError(f"{path}: cannot parse ({exc})") from None

@@ -16,7 +16,9 @@ from cryoforge.engine.portable import load_run_config
 from cryoforge.engine.pose_files import write_pose_files
 from cryoforge.engine.run import pick_device, prepare
 from cryoforge.errors import InputFileError
+from cryoforge.io.mrc import stack_info
 from cryoforge.io.outputs import MARKER, refuse_existing, refuse_input_overlap, source_input_paths
+from cryoforge.io.writable import check_writable_file
 from cryoforge.types import BuildContext
 
 
@@ -37,14 +39,30 @@ def infer_run(
     a subset (see :func:`cryoforge.sources.subsets.select_particles`). The star keeps the input's
     columns (:func:`~cryoforge.engine.pose_files.write_pose_files`); a ``.cs`` input also gets a
     ``.cs`` next to it. The outputs (default ``RUN_DIR/inferred_poses.star``) must not exist
-    unless ``overwrite``, and are never inputs (the particles, their stacks, the run's files);
-    both are checked before any work.
+    unless ``overwrite``, and are never inputs (the particles, their stacks, the run's files).
+
+    Everything is checked before any image is read: the run (a checkpoint with an encoder), the
+    outputs and their folder, and that the particles have the box the encoder was trained on.
     """
     run_dir = Path(run_dir)
     ckpt = run_dir / CHECKPOINT
     config = load_run_config(run_dir, plugins_dirs)
     if not ckpt.is_file():
         raise InputFileError(ckpt, "missing: not a finished cryoforge run directory", "RUN_DIR")
+    out = Path(out_star) if out_star else run_dir / "inferred_poses.star"
+    check_writable_file(out, "--out")
+    if config.train.gt_poses:
+        raise InputFileError(
+            run_dir / "config.json",
+            "this run fitted the known poses (train.gt_poses): it has no encoder to predict poses with",
+            "train.gt_poses",
+        )
+    trained_size = _trained_image_size(run_dir)
+    state = load_checkpoint(ckpt)
+    if not isinstance(state.get("model"), dict):
+        raise InputFileError(ckpt, "not a cryoforge checkpoint (no model weights)", "model")
+    if not any(k.startswith("encoder.") for k in state["model"]):
+        raise InputFileError(ckpt, "the checkpoint holds no encoder weights: nothing to infer with", "model")
     if particles:
         from cryoforge.sources import SUFFIX_TO_SOURCE
 
@@ -59,7 +77,13 @@ def infer_run(
         config = apply_override(config, "source.first", first)
     config = config.model_copy(update={"train": config.train.model_copy(update={"gt_poses": False})})
     config, registry, source = prepare(config, plugins_dirs)
-    out = Path(out_star) if out_star else run_dir / "inferred_poses.star"
+    if trained_size is not None and source.image_size != trained_size:
+        raise InputFileError(
+            source.path,
+            f"images are {source.image_size} px (after source.downsample_to) but the run was trained "
+            f"on {trained_size} px images; give particles with the run's box",
+            "--particles",
+        )
     outputs = [out]
     if str(config.source.options.get("path") or "").lower().endswith(".cs"):
         outputs.append(out.with_suffix(".cs"))  # write_pose_files writes one next to the star
@@ -68,10 +92,25 @@ def infer_run(
     for p in outputs:
         refuse_existing(p, "--out", overwrite)
     pipeline = build_pipeline(config, registry, BuildContext(source.image_size, source.pixel_size_angstrom))
-    pipeline.load_state_dict(load_checkpoint(ckpt)["model"])
+    try:
+        pipeline.load_state_dict(state["model"])
+    except RuntimeError:
+        raise InputFileError(
+            ckpt,
+            "the weights do not fit the model described by config.json (another run's checkpoint?)",
+            "model",
+        ) from None
     device = pick_device(config.train.device)
     pipeline.to(device)
     index = np.arange(len(source))
     pose = infer_poses(pipeline, source, index, batch_size, device)
     write_pose_files(out, source, index, pose)
     return out
+
+
+def _trained_image_size(run_dir: Path) -> int | None:
+    """The image size the run trained on: its exported map's box (``None`` before the first export)."""
+    for name in ("map.mrc", "half1/map.mrc"):
+        if (run_dir / name).is_file():
+            return stack_info(run_dir / name).size
+    return None

@@ -86,8 +86,10 @@ def get_plugin_manager(plugins_dirs: list[str | Path] | None = None) -> Cryoforg
                 continue
             try:
                 plugin = ep.load()
-            except Exception as exc:  # a broken third-party plugin: say which
-                raise PluginError(f"plugin {ep.name!r} ({ep.value}) failed to load: {exc}") from None
+            except (Exception, SystemExit) as exc:  # a broken third-party plugin: say which
+                raise PluginError(
+                    f"plugin {ep.name!r} ({ep.value}) failed to load: {_describe(exc)}"
+                ) from None
             pm.register(plugin, name=ep.name)
             pm.dist_versions[ep.name] = ep.dist.version if ep.dist else "unknown"
     for d in plugins_dirs or []:
@@ -109,9 +111,20 @@ def _load_plugins_dir(pm: pluggy.PluginManager, directory: Path, blocked: set[st
         sys.modules[name] = module
         try:
             spec.loader.exec_module(module)
-        except Exception as exc:
-            raise PluginError(f"{path}: local plugin failed to import: {exc}") from None
+        except (Exception, SystemExit) as exc:  # sys.exit() in a plugin must not end the command
+            sys.modules.pop(name, None)
+            raise PluginError(
+                f"{path}: local plugin {path.stem!r} failed to load: {_describe(exc)}"
+            ) from None
         pm.register(module, name=path.stem)
+
+
+def _describe(exc: BaseException) -> str:
+    """``ZeroDivisionError: division by zero``; ``called sys.exit(0)`` for a SystemExit."""
+    if isinstance(exc, SystemExit):
+        return f"called sys.exit({exc.code!r}) while loading"
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
 def check_pending(pm: pluggy.PluginManager) -> None:
@@ -129,7 +142,13 @@ def build_registry(pm: pluggy.PluginManager) -> Registry:
     for hook_name, kind in HOOK_KIND.items():
         hook = getattr(pm.hook, hook_name)
         for impl in hook.get_hookimpls():  # registration order: built-ins first
-            for cls in impl.function() or []:
+            try:
+                classes = impl.function() or []
+            except (Exception, SystemExit) as exc:
+                raise PluginError(
+                    f"plugin {impl.plugin_name!r}: {hook_name}() failed: {_describe(exc)}"
+                ) from None
+            for cls in classes:
                 reg.add(kind, cls, impl.plugin_name)
     return reg
 

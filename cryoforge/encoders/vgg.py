@@ -83,9 +83,12 @@ class VGGEncoder(Encoder):
         self.features = nn.Sequential(*blocks)
         side = ctx.image_size // 2 ** len(o.channels)
         if side < 1:
-            raise ValueError(
-                f"encoder.options.channels: {len(o.channels)} blocks need images of at least "
-                f"{2 ** len(o.channels)} px, got {ctx.image_size}"
+            from cryoforge.errors import ConfigError
+
+            raise ConfigError(
+                f"encoder.channels: {len(o.channels)} blocks need images of at least "
+                f"{2 ** len(o.channels)} px, but the images are {ctx.image_size} px (the box, or "
+                "source.downsample_to); use a larger source.downsample_to or fewer encoder.channels"
             )
         feat = cin * side * side
         hidden = tuple(o.head_hidden)

@@ -14,6 +14,7 @@ A checkpoint (``checkpoint.pt``) holds
 from __future__ import annotations
 
 import logging
+import pickle
 import time
 from pathlib import Path
 from typing import Any
@@ -36,8 +37,34 @@ def atomic_save(obj: Any, path: Path) -> None:
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
-    """Load a checkpoint with ``weights_only=True`` (no arbitrary unpickling)."""
-    return torch.load(path, map_location="cpu", weights_only=True)
+    """Load a checkpoint with ``weights_only=True`` (no arbitrary unpickling).
+
+    Raises
+    ------
+    InputFileError
+        One line for an empty, truncated, garbage or object-holding file (never torch's advice
+        to retry with ``weights_only=False``, which would run the file's code).
+    """
+    from cryoforge.errors import InputFileError
+    from cryoforge.io.validate import check_readable_file
+
+    path = Path(path)
+    check_readable_file(path, "checkpoint")
+    if path.stat().st_size == 0:
+        raise InputFileError(path, "empty checkpoint (0 bytes): the run was killed while writing it?")
+    try:
+        ck = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        text = str(exc)
+        why = "truncated or not a checkpoint"
+        if "GLOBAL" in text or "global" in text.lower().split("weights_only")[-1]:
+            why = "it holds Python objects other than tensors; refusing to run them"
+        raise InputFileError(path, f"cannot load the checkpoint ({why})") from None
+    except Exception:  # torch raises RuntimeError, EOFError, ValueError... for corrupt files
+        raise InputFileError(path, "cannot load the checkpoint (truncated or not a checkpoint)") from None
+    if not isinstance(ck, dict):
+        raise InputFileError(path, "not a cryoforge checkpoint (no dictionary of weights)")
+    return ck
 
 
 def save_checkpoint(ctx: RunContext) -> None:

@@ -21,6 +21,7 @@ from cryoforge.engine.build import build_pipeline, optimizer_factory
 from cryoforge.engine.callbacks import Callback
 from cryoforge.engine.checkpoint import CheckpointCallback, load_checkpoint, restore
 from cryoforge.engine.context import Clock, RunContext, RunResult
+from cryoforge.engine.data_checks import check_ground_truth_map, report_data_quality
 from cryoforge.engine.evaluation import EvaluationCallback
 from cryoforge.engine.export import ExportCallback
 from cryoforge.engine.halves import PauseCallback, Paused, append_history, train_halves
@@ -237,6 +238,7 @@ def run(
     config = absolute_inputs(config, registry)  # the run no longer depends on the cwd
     bctx = BuildContext(source.image_size, source.pixel_size_angstrom)
     schedule_stages(config, registry, bctx)
+    check_ground_truth_map(config, source)
     refuse_input_overlap(
         run_output_paths(run_dir), [*source_input_paths(source), config.ground_truth_map], "--output-dir"
     )
@@ -247,6 +249,7 @@ def run(
     inputs = [*source_input_paths(source), config.ground_truth_map]
     with claim_run_dir(run_dir, resume, overwrite, data_signature(source), rank == 0, inputs):
         if rank == 0:
+            report_data_quality(source)
             write_run_files(config, run_dir, registry)
         return _train(config, registry, source, run_dir, resume, rank)
 

@@ -9,6 +9,7 @@ import torch
 
 from cryoforge.errors import InputFileError
 from cryoforge.io.table import ParticleTable
+from cryoforge.io.validate import check_finite, check_readable_file
 from cryoforge.ops.rotations import rotvec_to_matrix
 
 
@@ -19,22 +20,33 @@ def read_cs(path: str | Path) -> ParticleTable:
     RELION's ``R``; ``alignments3D/shift`` is in pixels (same sign as RELION's origin).
     """
     path = Path(path)
-    if not path.is_file():
-        raise InputFileError(path, "cryoSPARC file not found")
+    check_readable_file(path, "cryoSPARC .cs file")
+    with open(path, "rb") as fh:
+        if fh.read(6) != b"\x93NUMPY":
+            raise InputFileError(path, "not a cryoSPARC .cs table (not a numpy .npy file)")
     try:
         arr = np.load(path, allow_pickle=False)
-    except (ValueError, OSError) as exc:
-        raise InputFileError(path, f"not a cryoSPARC .cs table ({exc})") from None
+    except (ValueError, OSError, EOFError) as exc:
+        problem = "holds Python objects" if "allow_pickle" in str(exc) else "not a numpy table"
+        raise InputFileError(path, f"not a cryoSPARC .cs table ({problem})") from None
+    if not isinstance(arr, np.ndarray) or arr.ndim != 1:
+        raise InputFileError(path, "not a cryoSPARC .cs table (need a 1-D structured array)")
     names = arr.dtype.names or ()
+    if not names:
+        raise InputFileError(path, "not a cryoSPARC .cs table (no named fields)")
+    n = len(arr)
+    if n == 0:
+        raise InputFileError(path, "no particles: the table has fields but no rows", "rows")
 
-    def field(name: str) -> np.ndarray:
+    def field(name: str, positive: bool = False) -> np.ndarray:
         if name not in names:
             raise InputFileError(path, "required field missing", name)
-        return np.asarray(arr[name])
+        values = np.asarray(arr[name])
+        return values if values.dtype.kind in "SUO" else check_finite(path, name, values, positive)
 
-    n = len(arr)
-    pixel = float(field("blob/psize_A")[0])
-    box = int(field("blob/shape")[0][0])
+    psize = field("blob/psize_A", positive=True).astype(np.float64)
+    pixel = float(psize[0])
+    box = int(field("blob/shape", positive=True)[0][0])
     ctf = {
         "defocus_u_angstrom": field("ctf/df1_A").astype(np.float64),
         "defocus_v_angstrom": field("ctf/df2_A").astype(np.float64),
@@ -51,9 +63,8 @@ def read_cs(path: str | Path) -> ParticleTable:
     if "alignments3D/pose" in names:
         rotations = rotvec_to_matrix(torch.from_numpy(field("alignments3D/pose").astype(np.float64)))
         rotations = rotations.transpose(-1, -2).numpy()
-        psize = field("blob/psize_A").astype(np.float64)[:, None]
-        shifts = field("alignments3D/shift").astype(np.float64) * psize
-    blob_paths = [p.decode() if isinstance(p, bytes) else str(p) for p in field("blob/path")]
+        shifts = field("alignments3D/shift").astype(np.float64) * psize[:, None]
+    blob_paths = [_decode_path(path, p, i) for i, p in enumerate(field("blob/path"))]
     blob_idx = field("blob/idx").astype(np.int64)
     image_names = np.array(
         [f"{i + 1:06d}@{p.lstrip('>')}" for i, p in zip(blob_idx, blob_paths, strict=True)]
@@ -69,9 +80,21 @@ def read_cs(path: str | Path) -> ParticleTable:
         shifts_angstrom=shifts,
         pixel_size_angstrom=pixel,
         box_size=box,
-        pixel_sizes_angstrom=field("blob/psize_A").astype(np.float64),
+        pixel_sizes_angstrom=psize,
         contrast_sign=sign,
     )
+
+
+def _decode_path(path: Path, value: bytes | str, row: int) -> str:
+    """A ``blob/path`` cell as text (cryoSPARC writes UTF-8 bytes)."""
+    if not isinstance(value, bytes):
+        return str(value)
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputFileError(
+            path, f"particle {row + 1}: path is not UTF-8 (byte 0x{value[exc.start]:02X})", "blob/path"
+        ) from None
 
 
 def write_cs(path: str | Path, table: ParticleTable, stack_path: str) -> None:

@@ -4,15 +4,85 @@ from __future__ import annotations
 
 import mmap
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import mrcfile
+import mrcfile.utils
 import numpy as np
 
 from cryoforge.errors import InputFileError
 from cryoforge.io.atomic import atomic_path
+from cryoforge.io.validate import check_readable_file
 
 _MODES = {0: "int8", 1: "int16", 2: "float32", 6: "uint16", 12: "float16"}
+
+
+@dataclass(frozen=True)
+class StackInfo:
+    """A validated MRC/MRCS header: what is needed to memory-map the images later.
+
+    Reading it holds no file open, so thousands of stacks can be checked up front.
+    """
+
+    path: Path
+    count: int
+    size: int
+    dtype: np.dtype
+    offset: int
+    voxel_size_angstrom: float
+    space_group: int = 0
+
+
+def stack_info(path: str | Path) -> StackInfo:
+    """Read and check the header of an MRC/MRCS image stack (no file stays open).
+
+    Raises
+    ------
+    InputFileError
+        Missing or unreadable file, not MRC, unsupported mode (complex), non-square images,
+        no images, or truncated data. Messages never quote the file's bytes.
+    """
+    path = Path(path)
+    check_readable_file(path, "stack file")
+    size = path.stat().st_size
+    if size < 1024:
+        raise InputFileError(path, f"too short for an MRC header ({size} bytes, need 1024)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with mrcfile.open(path, mode="r", permissive=True, header_only=True) as mrc:
+                h = mrc.header
+                mode, nsymbt, ispg = int(h.mode), int(h.nsymbt), int(h.ispg)
+                nx, ny, nz = int(h.nx), int(h.ny), int(h.nz)
+                voxel = float(mrc.voxel_size.x)
+                dtype = mrcfile.utils.data_dtype_from_header(h) if mode in _MODES else None
+    except (ValueError, OSError):  # mrcfile's text may quote header bytes: say it plainly
+        raise InputFileError(path, "not a readable MRC file (its header is not MRC's)") from None
+    if dtype is None and not 0 <= mode < 256:  # not a mode at all: the header is not MRC's
+        raise InputFileError(path, "not a readable MRC file (its header is not MRC's)", "mode")
+    if dtype is None:
+        raise InputFileError(path, f"unsupported MRC mode {mode} (need real-valued 0, 1, 2, 6 or 12)", "mode")
+    if nz <= 0:
+        raise InputFileError(path, f"no images in the stack (nz = {nz})", "nz")
+    if nx <= 0 or nx != ny:
+        raise InputFileError(path, f"images are not square ({nx}×{ny})", "nx/ny")
+    offset = 1024 + max(nsymbt, 0)
+    if size - offset < nx * ny * nz * dtype.itemsize:
+        raise InputFileError(
+            path, f"data truncated: header says {nz} images of {nx}×{ny}, file holds fewer", "nz"
+        )
+    return StackInfo(path, nz, nx, dtype, offset, voxel if np.isfinite(voxel) else 0.0, ispg)
+
+
+def map_stack(info: StackInfo) -> np.memmap:
+    """Memory-map the images of a checked stack as ``(N, L, L)`` (one file descriptor, held by
+    the map until its last reference is dropped)."""
+    data = np.memmap(
+        info.path, dtype=info.dtype, mode="r", offset=info.offset, shape=(info.count, info.size, info.size)
+    )
+    advise_random(data)
+    return data
 
 
 def open_stack(path: str | Path) -> np.memmap:
@@ -21,37 +91,9 @@ def open_stack(path: str | Path) -> np.memmap:
     Raises
     ------
     InputFileError
-        Missing file, truncated data, unsupported mode (complex), or non-square images.
+        See :func:`stack_info`.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise InputFileError(path, "stack file not found")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            mrc = mrcfile.mmap(path, mode="r", permissive=True)
-    except (ValueError, OSError) as exc:
-        raise InputFileError(path, f"not a readable MRC file ({exc})") from None
-    h = mrc.header
-    mode = int(h.mode)
-    if mode not in _MODES:
-        raise InputFileError(path, f"unsupported MRC mode {mode} (need real-valued 0, 1, 2, 6 or 12)", "mode")
-    data = mrc.data
-    nx, ny, nz = int(h.nx), int(h.ny), int(h.nz)
-    if data is None:
-        raise InputFileError(path, f"data truncated: header says {nx}×{ny}×{nz}", "nz")
-    if nx != ny:
-        raise InputFileError(path, f"images are not square ({nx}×{ny})", "nx/ny")
-    expected = nx * ny * nz * np.dtype(_MODES[mode]).itemsize
-    actual = path.stat().st_size - 1024 - int(h.nsymbt)
-    if actual < expected:
-        raise InputFileError(
-            path, f"data truncated: header says {nz} images of {nx}×{ny}, file holds fewer", "nz"
-        )
-    if data.ndim == 2:
-        data = data[None]
-    advise_random(data)
-    return data
+    return map_stack(stack_info(path))
 
 
 def advise_random(stack: np.ndarray) -> None:
@@ -73,27 +115,34 @@ def release_pages(stack: np.ndarray) -> None:
 
 
 def read_voxel_size(path: str | Path) -> float:
+    """The header's voxel size in Å (0 when unset or not finite)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         with mrcfile.open(path, mode="r", permissive=True, header_only=True) as mrc:
-            return float(mrc.voxel_size.x)
+            v = float(mrc.voxel_size.x)
+    return v if np.isfinite(v) and v > 0 else 0.0
 
 
 def read_map(path: str | Path) -> tuple[np.ndarray, float]:
     """Read a cubic ``.mrc`` map as ``(L, L, L)`` float32 ``[z, y, x]`` and its voxel size in Å."""
     path = Path(path)
-    if not path.is_file():
-        raise InputFileError(path, "map file not found")
+    check_readable_file(path, "map file")
+    if path.stat().st_size < 1024:
+        raise InputFileError(path, f"too short for an MRC header ({path.stat().st_size} bytes, need 1024)")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             with mrcfile.open(path, mode="r", permissive=True) as mrc:
                 if mrc.data is None:
-                    raise InputFileError(path, "data truncated", "nz")
+                    raise InputFileError(
+                        path, "not a readable MRC file (invalid header, or data truncated)", "nz"
+                    )
                 data = np.asarray(mrc.data, dtype=np.float32).copy()
                 voxel = float(mrc.voxel_size.x)
-    except ValueError as exc:
-        raise InputFileError(path, f"not a readable MRC file ({exc})") from None
+    except (ValueError, OSError):  # mrcfile's text may quote header bytes: say it plainly
+        raise InputFileError(
+            path, "not a readable MRC file (its header is not MRC's, or data are missing)"
+        ) from None
     if data.ndim != 3 or len(set(data.shape)) != 1:
         raise InputFileError(path, f"map must be a cube, got shape {data.shape}", "nx/ny/nz")
     if not np.isfinite(data).all():

@@ -18,21 +18,26 @@ from cryoforge.io.star_document import (
     write_star_document,
 )
 from cryoforge.io.table import ParticleTable
+from cryoforge.io.validate import check_finite, read_text_file
 from cryoforge.ops.rotations import euler_relion_to_matrix, matrix_to_euler_relion
 
 OPTICS_FIELDS = ("rlnVoltage", "rlnSphericalAberration", "rlnAmplitudeContrast")
 
 
 def _read_blocks(path: Path) -> dict[str, pd.DataFrame]:
-    if not path.is_file():
-        raise InputFileError(path, "STAR file not found")
+    read_text_file(path, "STAR file")  # exists, readable, UTF-8 (else one line naming the byte)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             blocks = starfile.read(path, always_dict=True)
     except Exception as exc:  # starfile raises a variety of parser errors
         raise InputFileError(path, f"cannot parse STAR file ({exc})") from None
-    return {k: v for k, v in blocks.items() if isinstance(v, pd.DataFrame)}
+    tables = {k: v for k, v in blocks.items() if isinstance(v, pd.DataFrame)}
+    for block, table in tables.items():
+        dup = table.columns[table.columns.duplicated()]
+        if len(dup):
+            raise InputFileError(path, f"column appears twice in data_{block}", str(dup[0]))
+    return tables
 
 
 def read_star(path: str | Path, box_size: int | None = None) -> ParticleTable:
@@ -60,6 +65,9 @@ def read_star(path: str | Path, box_size: int | None = None) -> ParticleTable:
         if not tables:
             raise InputFileError(path, "no particle table found", "rlnImageName")
         parts = tables[0].copy()
+    if len(parts) == 0:
+        block = "data_particles" if "particles" in blocks else "the particle table"
+        raise InputFileError(path, "no particles: the table has a header but no rows", block)
     if "optics" in blocks:
         optics = blocks["optics"]
         if "rlnOpticsGroup" not in parts.columns:
@@ -73,27 +81,31 @@ def read_star(path: str | Path, box_size: int | None = None) -> ParticleTable:
         parts = merged
     n = len(parts)
 
-    def col(name: str, default: float | None = None) -> np.ndarray:
+    def col(name: str, default: float | None = None, positive: bool = False) -> np.ndarray:
         if name in parts.columns:
             values = pd.to_numeric(parts[name], errors="coerce").to_numpy(np.float64)
-            if np.isnan(values).any():
-                raise InputFileError(path, "non-numeric or missing values", name)
-            return values
+            missing = np.isnan(values) & parts[name].notna().to_numpy()
+            text = parts[name].astype(str).str.strip().str.lower().to_numpy()
+            missing &= text != "nan"
+            if missing.any():  # a word where a number belongs: quote it
+                i = int(np.argmax(missing))
+                raise InputFileError(path, f"particle {i + 1}: {parts[name].iloc[i]!r} is not a number", name)
+            return check_finite(path, name, values, positive)
         if default is None:
             raise InputFileError(path, "required column missing", name)
         return np.full(n, default, dtype=np.float64)
 
     if "rlnImagePixelSize" in parts.columns:
-        pixel = col("rlnImagePixelSize")
+        pixel = col("rlnImagePixelSize", positive=True)
     elif "rlnDetectorPixelSize" in parts.columns and "rlnMagnification" in parts.columns:
-        pixel = col("rlnDetectorPixelSize") * 1e4 / col("rlnMagnification")
+        pixel = col("rlnDetectorPixelSize", positive=True) * 1e4 / col("rlnMagnification", positive=True)
     elif "rlnPixelSize" in parts.columns:
-        pixel = col("rlnPixelSize")
+        pixel = col("rlnPixelSize", positive=True)
     else:
         pixel = np.full(n, np.nan)
     pixel_size = float(np.median(pixel)) if n and np.isfinite(pixel).all() else None
     if "rlnImageSize" in parts.columns:
-        box_size = int(col("rlnImageSize")[0])
+        box_size = int(col("rlnImageSize", positive=True)[0])
 
     has_ctf = "rlnDefocusU" in parts.columns  # no defocus: CTF-free data, whatever the voltage
     ctf = {

@@ -118,8 +118,23 @@ class ParticleTable:
 
 
 def parse_image_name(name: str) -> tuple[int, str]:
-    """``'000012@path/stack.mrcs'`` → ``(11, 'path/stack.mrcs')`` (0-based index)."""
-    if "@" in name:
-        idx, file = name.split("@", 1)
-        return int(idx) - 1, file
-    return 0, name
+    """``'000012@path/stack.mrcs'`` → ``(11, 'path/stack.mrcs')`` (0-based index).
+
+    Raises
+    ------
+    ValueError
+        When the index is not a whole number ≥ 1 or the file part is empty (the message says which).
+    """
+    if "@" not in name:
+        if not name.strip():
+            raise ValueError("empty image name")
+        return 0, name
+    idx, file = name.split("@", 1)
+    if not file.strip():
+        raise ValueError(f"image name {name!r} has no file after '@'")
+    text = idx.strip()
+    if not text.isdigit():
+        raise ValueError(f"image name {name!r}: index {idx!r} is not a whole number ≥ 1")
+    if int(text) < 1:
+        raise ValueError(f"image name {name!r}: index {idx!r} must be ≥ 1 (RELION counts from 1)")
+    return int(text) - 1, file

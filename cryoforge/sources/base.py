@@ -11,10 +11,13 @@ from pydantic import Field
 
 from cryoforge.config import Options
 from cryoforge.errors import InputFileError
-from cryoforge.io.mrc import open_stack, release_pages
+from cryoforge.io.mrc import release_pages, stack_info
+from cryoforge.io.stack_pool import StackPool
 from cryoforge.io.table import ParticleTable, parse_image_name
+from cryoforge.io.validate import check_finite
 from cryoforge.ops.fft import fourier_crop
 from cryoforge.roles import Source
+from cryoforge.sources.quality import QUALITY_SAMPLE, DataQuality
 from cryoforge.sources.subsets import select_particles
 from cryoforge.types import BuildContext
 
@@ -60,7 +63,7 @@ class StackSource(Source):
         """``(N,)`` the rows of :attr:`path` this source serves (all, or ``ind``/``first``)."""
         self.table = table if len(self.row_index) == len(table) else table.take(self.row_index)
         self._open_stacks()
-        self.original_size = self._stacks[0].shape[-1]
+        self.original_size = self._stacks.infos[0].size
         if self.table.box_size is not None and self.table.box_size != self.original_size:
             raise InputFileError(
                 self.path,
@@ -75,7 +78,7 @@ class StackSource(Source):
                 f"cannot downsample {self.original_size} px images to {self.image_size}",
                 "source.downsample_to",
             )
-        base_px = self.table.pixel_size_angstrom or 1.0
+        base_px = self._pixel_size()
         self.original_pixel_size_angstrom = base_px
         self.pixel_size_angstrom = base_px * self.original_size / self.image_size
         volts = self.table.ctf["voltage_kv"]
@@ -87,16 +90,39 @@ class StackSource(Source):
             self.ctf = self.table.ctf_params(self.original_size / self.image_size)
         sign = self.table.contrast_sign
         self._sign = None if sign is None or np.all(sign > 0) else sign.astype(np.float32)
+        if self.table.rotations is not None:
+            check_finite(self.path, self.POSE_FIELD, self.table.rotations)
         self.poses = self.table.pose()
         self._scale, self._offset = 1.0, 0.0
+        rng = np.random.default_rng(0)
+        sample = np.sort(rng.choice(len(self), size=min(len(self), QUALITY_SAMPLE), replace=False))
+        imgs = self.read_images(sample)
+        self.quality = DataQuality.measure(self._file_id, self._index, imgs)
         if options.normalize:
-            rng = np.random.default_rng(0)
-            sample = np.sort(rng.choice(len(self), size=min(len(self), 1000), replace=False))
-            imgs = self.read_images(sample)
             self._offset, self._scale = float(imgs.mean()), float(imgs.std()) or 1.0
+
+    #: the column that names a missing pixel size in messages, and the one that holds poses
+    PIXEL_FIELD = "rlnImagePixelSize"
+    POSE_FIELD = "rlnAngleRot/Tilt/Psi"
 
     def read_table(self, path: Path) -> ParticleTable:  # pragma: no cover - abstract in practice
         raise NotImplementedError
+
+    def _pixel_size(self) -> float:
+        """The table's pixel size, else the first stack header's; never a made-up 1 Å/px."""
+        px = self.table.pixel_size_angstrom
+        if px is None or not np.isfinite(px) or px <= 0:
+            header = self._stacks.infos[0].voxel_size_angstrom
+            if not header > 0:
+                raise InputFileError(
+                    self.path,
+                    f"no pixel size: not in the file, and the header of {self._stacks.infos[0].path.name} "
+                    "says 0 Å/px",
+                    self.PIXEL_FIELD,
+                )
+            px = header
+            self.table.pixel_size_angstrom = px
+        return float(px)
 
     def _resolve(self, file: str) -> Path:
         candidates = []
@@ -121,25 +147,29 @@ class StackSource(Source):
         file_id = np.empty(len(names), np.int64)
         index = np.empty(len(names), np.int64)
         for i, name in enumerate(names):
-            idx, f = parse_image_name(str(name))
+            try:
+                idx, f = parse_image_name(str(name))
+            except ValueError as exc:
+                raise InputFileError(self.path, f"particle {i + 1}: {exc}", "rlnImageName") from None
             file_id[i] = files.setdefault(f, len(files))
             index[i] = idx
         self._stack_paths = [self._resolve(f).resolve() for f in files]
-        self._stacks = [open_stack(p) for p in self._stack_paths]
-        sizes = {s.shape[-1] for s in self._stacks}
+        self._stacks = StackPool([stack_info(p) for p in self._stack_paths])  # opened on demand
+        sizes = {s.size for s in self._stacks.infos}
         if len(sizes) > 1:
             raise InputFileError(
                 self.path, f"stacks have different image sizes {sorted(sizes)}", "rlnImageName"
             )
-        for fid, stack in enumerate(self._stacks):
-            sel = index[file_id == fid]
-            if sel.size and (sel.max() >= stack.shape[0] or sel.min() < 0):
-                raise InputFileError(
-                    self._stack_paths[fid],
-                    f"{self.path.name} refers to image "
-                    f"{int(sel.max()) + 1} but the stack holds {stack.shape[0]}",
-                    "rlnImageName",
-                )
+        counts = np.array([s.count for s in self._stacks.infos])
+        beyond = index >= counts[file_id]
+        if beyond.any():
+            i = int(np.argmax(beyond))
+            raise InputFileError(
+                self._stack_paths[file_id[i]],
+                f"{self.path.name} particle {i + 1} refers to image "
+                f"{int(index[i]) + 1} but the stack holds {counts[file_id[i]]}",
+                "rlnImageName",
+            )
         self._file_id, self._index = file_id, index
 
     def __len__(self) -> int:

@@ -10,7 +10,7 @@ import numpy as np
 from pydantic import Field
 
 from cryoforge.errors import InputFileError
-from cryoforge.io.mrc import open_stack, read_voxel_size
+from cryoforge.io.mrc import stack_info
 from cryoforge.io.star import read_star
 from cryoforge.io.table import CTF_FIELDS, ParticleTable
 from cryoforge.sources.base import StackOptions, StackSource
@@ -35,9 +35,13 @@ class MrcsSource(StackSource):
         path_options: ClassVar[tuple[str, ...]] = (*StackOptions.path_options, "ctf", "poses")
 
     def read_table(self, path: Path) -> ParticleTable:
-        stack = open_stack(path)
-        n, L = stack.shape[0], stack.shape[-1]
-        pixel = self.options.pixel_size_angstrom or read_voxel_size(path) or 1.0
+        info = stack_info(path)
+        n, L = info.count, info.size
+        if info.space_group == 1 and n == L and n > 1:  # RELION/mrcfile: 0 = image stack, 1 = volume
+            raise InputFileError(
+                path, f"a 3D map ({L}³, space group 1), not a stack of particle images", "ispg"
+            )
+        pixel = self.options.pixel_size_angstrom or info.voxel_size_angstrom
         names = np.array([f"{i + 1:06d}@{path.name}" for i in range(n)])
         ctf = {k: np.zeros(n) for k in CTF_FIELDS}
         if self.options.ctf:
@@ -53,11 +57,18 @@ class MrcsSource(StackSource):
                     ctf[k] = arr[:, i + 2]
                 ctf["bfactor_angstrom2"] = np.zeros(len(arr))
                 if not self.options.pixel_size_angstrom:
-                    pixel = float(arr[0, 1])
+                    pixel = float(np.median(arr[:, 1]))
             if len(ctf["defocus_u_angstrom"]) != n:
                 raise InputFileError(
                     cpath, f"{len(ctf['defocus_u_angstrom'])} CTF rows for {n} images", "rows"
                 )
+        if not pixel > 0:
+            raise InputFileError(
+                path,
+                "no pixel size: the MRC header says 0 Å/px and no CTF pickle gives one; "
+                "set it with -o source.pixel_size_angstrom",
+                "source.pixel_size_angstrom",
+            )
         self.no_ctf = not self.options.ctf
         rot = shifts = None
         if self.options.poses:

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from cryoforge.errors import InputFileError
+from cryoforge.io.validate import check_finite, check_readable_file
 
 _ALLOWED = {
     ("numpy.core.multiarray", "_reconstruct"),
@@ -37,15 +38,22 @@ def load_array_pickle(path: str | Path) -> Any:
         If the file is missing, corrupt, or contains anything but numpy arrays.
     """
     path = Path(path)
-    if not path.is_file():
-        raise InputFileError(path, "file not found")
+    check_readable_file(path, "pickle file")
     try:
         obj = _ArrayOnlyUnpickler(io.BytesIO(path.read_bytes())).load()
-    except (pickle.UnpicklingError, EOFError, AttributeError, ValueError, TypeError) as exc:
-        raise InputFileError(path, f"not a numpy-only pickle ({exc})") from None
+    except (pickle.UnpicklingError, EOFError, AttributeError, ValueError, TypeError, IndexError) as exc:
+        why = str(exc) if isinstance(exc, pickle.UnpicklingError) else "truncated or corrupt"
+        raise InputFileError(path, f"not a numpy-only pickle ({why})") from None
+    except (MemoryError, RecursionError):
+        raise InputFileError(path, "not a numpy-only pickle (corrupt)") from None
     items = obj if isinstance(obj, tuple | list) else (obj,)
     if not all(isinstance(x, np.ndarray) for x in items):
         raise InputFileError(path, "pickle holds something other than numpy arrays")
+    for x in items:
+        if x.dtype.kind not in "biuf":
+            raise InputFileError(
+                path, f"holds an array of dtype {x.dtype} ({x.dtype.kind!r}); need numbers", "dtype"
+            )
     return obj
 
 
@@ -61,11 +69,13 @@ def load_cryodrgn_poses(path: str | Path, box_size: int) -> tuple[np.ndarray, np
         rot, trans = obj[0], (obj[1] if len(obj) > 1 else None)
     if rot.ndim != 3 or rot.shape[1:] != (3, 3):
         raise InputFileError(path, f"expected (N, 3, 3) rotations, got {rot.shape}", "rot")
+    check_finite(path, "rot", rot)
     if trans is not None:
         if trans.shape != (rot.shape[0], 2):
             raise InputFileError(
                 path, f"expected ({rot.shape[0]}, 2) translations, got {trans.shape}", "trans"
             )
+        check_finite(path, "trans", trans)
         trans = trans.astype(np.float64) * box_size
     return rot.astype(np.float64), trans
 
@@ -88,4 +98,8 @@ def load_cryodrgn_ctf(path: str | Path) -> np.ndarray:
     arr = load_array_pickle(path)
     if not isinstance(arr, np.ndarray) or arr.ndim != 2 or arr.shape[1] != 9:
         raise InputFileError(path, f"expected an (N, 9) CTF array, got {getattr(arr, 'shape', type(arr))}")
+    if len(arr) == 0:
+        raise InputFileError(path, "no particles (0 rows)", "rows")
+    for i, name in enumerate(CTF_COLUMNS):
+        check_finite(path, name, arr[:, i], positive=name in ("box_size_px", "pixel_size_A"))
     return arr.astype(np.float64)
