@@ -21,7 +21,28 @@ from cryoforge.errors import ConfigError, CryoforgeError, InputFileError
 
 
 class CryoforgeGroup(click.Group):
-    """A click group that turns :class:`CryoforgeError` into one line and exit code 2."""
+    """A click group that turns :class:`CryoforgeError` and usage errors into one line, exit code 2."""
+
+    def main(self, args: Any = None, prog_name: str | None = None, *a: Any, **kw: Any) -> Any:
+        if not kw.get("standalone_mode", True):
+            return super().main(args, prog_name, *a, **kw)
+        kw["standalone_mode"] = False
+        try:
+            rv = super().main(args, prog_name, *a, **kw)
+        except click.UsageError as exc:  # one line, with where to look, instead of usage + hint
+            if type(exc).__name__ == "NoArgsIsHelpError":  # bare ``cryoforge``: the help
+                click.echo(exc.format_message(), err=True)
+                sys.exit(2)
+            where = exc.ctx.command_path if exc.ctx is not None else (prog_name or "cryoforge")
+            click.echo(f"Error: {exc.format_message()} (see '{where} --help')", err=True)
+            sys.exit(2)
+        except click.ClickException as exc:
+            exc.show()
+            sys.exit(exc.exit_code)
+        except click.exceptions.Abort:
+            click.echo("Aborted!", err=True)
+            sys.exit(1)
+        sys.exit(rv if isinstance(rv, int) else 0)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:

@@ -1,11 +1,16 @@
-"""Ablation: every registered volume representation × losses × seeds, on one dataset, fixed budget.
+"""Ablation: every registered volume representation × losses × seeds, on one dataset, step budgets.
 
-    python examples/ablate.py --budget 100 --out docs/ablation            # the demo dataset
+    python examples/ablate.py --seeds 0 1 2 --out docs/ablation             # the demo dataset
     python examples/ablate.py --particles p.star --gt-map gt.mrc --volumes fouriernet siren --seeds 0 1 2
+    python examples/ablate.py --schedule cryoai --steps 1000                  # the paper's single stage
 
-Each run calls ``cryoforge.run()`` — the same entry point as ``cryoforge run`` — in its own process
-(so its peak memory is its own). A newly installed volume plugin joins the sweep without edits.
-Writes ``ablation.md`` (table), ``ablation.json`` (all numbers) and ``resolution_vs_time.png``.
+Each run is ``examples/demo.toml`` (the default ``abinit`` schedule: search, fit, amortize) with the
+volume, loss and seed swapped, through ``cryoforge.run()`` — the same entry point as
+``cryoforge run`` — in its own process (so its peak memory is its own). ``--steps`` is the
+budget of the stage that trains the volume (``fit_steps``; with ``--schedule cryoai``,
+``train.max_steps``), never seconds, so the result does not depend on machine load. A newly
+installed volume plugin joins the sweep without edits. Writes ``ablation.md`` (table),
+``ablation.json`` (all numbers) and ``fsc_curves.png``.
 """
 
 from __future__ import annotations
@@ -20,42 +25,63 @@ from pathlib import Path
 
 
 def child(spec: dict) -> dict:
+    import time
+
+    import numpy as np
+    import torch
+
     import cryoforge
     from cryoforge.config import ComponentConfig
     from cryoforge.demo import demo_config
+    from cryoforge.evaluate import pose_errors
+    from cryoforge.infer import infer_run
+    from cryoforge.io.star import read_star
 
     base = demo_config(Path(spec["out"]))
+    train = {"seed": spec["seed"], "progress": False, "tensorboard": False, "pictures": False}
+    schedule = base.schedule
+    if spec["schedule"] == "cryoai":  # the paper's single gradient stage
+        schedule = ComponentConfig(name="cryoai")
+        train["max_steps"] = spec["steps"]
+    else:
+        opts = dict(schedule.options, fit_steps=spec["steps"])
+        if spec.get("amortize_steps") is not None:
+            opts["amortize_steps"] = spec["amortize_steps"]
+        schedule = schedule.model_copy(update={"options": opts})
     cfg = base.model_copy(
         update={
             "source": ComponentConfig(name="star", options={"path": spec["particles"]}),
             "volume": ComponentConfig(name=spec["volume"]),
             "loss": ComponentConfig(name=spec["loss"]),
-            "schedule": ComponentConfig(name="cryoai"),  # the representations under cryoAI's loop
+            "schedule": schedule,
             "ground_truth_map": spec["gt_map"],
-            "train": base.train.model_copy(
-                update={
-                    "max_time_s": spec["budget"],
-                    "seed": spec["seed"],
-                    "export_every_s": spec["budget"] / 3,
-                    "progress": False,
-                    "tensorboard": False,
-                }
-            ),
+            "train": base.train.model_copy(update=train),
         }
     )
+    t0 = time.perf_counter()
     res = cryoforge.run(cfg)
-    pipe = res.pipeline
-    hist = [json.loads(x) for x in (Path(spec["out"]) / "history.jsonl").read_text().splitlines()]
+    wall = time.perf_counter() - t0
+    run_dir = Path(spec["out"])
+    fsc = json.loads((run_dir / "fsc.json").read_text())["fsc"]
     m = res.metrics
-    return {
+    row = {
         **spec,
-        "params": sum(p.numel() for p in pipe.volume.parameters()),
+        "params": sum(p.numel() for p in res.pipeline.volume.parameters()),
         "resolution_0.5_angstrom": m.get("resolution_0.5_angstrom"),
+        "resolution_0.143_angstrom": m.get("resolution_0.143_angstrom"),
+        "mean_fsc": float(np.mean(fsc[1:])),  # shells 1..Nyquist: separates maps that all reach Nyquist
+        "fsc": fsc,
         "rot_median_deg": m.get("rot_median_deg"),
-        "images_per_s": m["steps"] * cfg.train.batch_size / m["elapsed_s"],
+        "wall_s": wall,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "history": hist,
     }
+    if res.pipeline.encoder is not None:  # the amortized encoder, one pass over the particles
+        out = infer_run(run_dir, None, str(run_dir / "encoder_poses.star"))
+        truth = read_star(Path(spec["particles"])).rotations
+        if truth is not None:
+            pe = pose_errors(torch.tensor(read_star(out).rotations), torch.tensor(truth))
+            row["encoder_rot_median_deg"] = pe["rot_median_deg"]
+    return row
 
 
 def main() -> None:
@@ -67,7 +93,9 @@ def main() -> None:
     )
     ap.add_argument("--losses", nargs="+", default=["symmetrized", "l2"])
     ap.add_argument("--seeds", nargs="+", type=int, default=[0])
-    ap.add_argument("--budget", type=float, default=100.0, help="seconds of training per run")
+    ap.add_argument("--schedule", choices=["abinit", "cryoai"], default="abinit")
+    ap.add_argument("--steps", type=int, default=300, help="steps of the stage that trains the volume")
+    ap.add_argument("--amortize-steps", type=int, help="encoder steps (default: examples/demo.toml's)")
     ap.add_argument("--out", default="ablation")
     ap.add_argument("--append", action="store_true", help="add to the rows of an earlier sweep in --out")
     ap.add_argument("--child", help=argparse.SUPPRESS)
@@ -98,7 +126,9 @@ def main() -> None:
                     "volume": vol,
                     "loss": loss,
                     "seed": seed,
-                    "budget": a.budget,
+                    "schedule": a.schedule,
+                    "steps": a.steps,
+                    "amortize_steps": a.amortize_steps,
                     "particles": particles,
                     "gt_map": gt,
                     "out": str(out / "runs" / f"{vol}_{loss}_{seed}"),
@@ -115,8 +145,12 @@ def main() -> None:
                     continue
                 rows.append(json.loads(line[0][len("ABLATION_RESULT ") :]))
                 r = rows[-1]
-                print(f"   {r['resolution_0.5_angstrom']:.1f} Å, {r['rot_median_deg']:.0f}°", flush=True)
+                print(f"   mean FSC {r['mean_fsc']:.3f}, {r['rot_median_deg']:.1f}°", flush=True)
     write_outputs(rows, out)
+
+
+def _fmt(x: float | None, spec: str) -> str:
+    return "" if x is None else format(x, spec)
 
 
 def write_outputs(rows: list[dict], out: Path) -> None:
@@ -128,50 +162,52 @@ def write_outputs(rows: list[dict], out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "ablation.json").write_text(json.dumps(rows, indent=1, default=float))
     commands = sorted({r["command"] for r in rows}, key=[r["command"] for r in rows].index)
-    budgets = sorted({r["budget"] for r in rows})
     lines = [
         "Produced by:",
         "",
         *[f"    {c}" for c in commands],
         "",
-        f"Budget {', '.join(f'{b:.0f}' for b in budgets)} s of training per run on this machine's CPU; "
-        "FSC-0.5 against the "
-        "ground truth after alignment (both hands); rotation error after global alignment.",
+        "Budgets in steps (schedule, volume steps). FSC against the ground truth after alignment "
+        "(both hands); mean FSC over the shells from 1 px⁻¹ to Nyquist; rotation errors after "
+        "global alignment: the run's pose table, and the amortized encoder's one-pass predictions.",
         "",
-        "| volume | loss | seed | parameters | FSC-0.5 resolution (Å) | median rotation error (°) "
-        "| images/s | peak RSS (MB) |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
+        "| volume | loss | seed | schedule | steps | parameters | FSC-0.5 (Å) | FSC-0.143 (Å) | mean FSC "
+        "| table rot err (°) | encoder rot err (°) | wall (s) | peak RSS (MB) |",
+        "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
+        head = (
+            f"| {r['volume']} | {r['loss']} | {r['seed']} | {r.get('schedule', '')} | {r.get('steps', '')} "
+        )
         if "failed" in r:
-            lines.append(f"| {r['volume']} | {r['loss']} | {r['seed']} | | failed: {r['failed']} | | | |")
+            lines.append(head + f"| | failed: {r['failed']} | | | | | | |")
             continue
         lines.append(
-            f"| {r['volume']} | {r['loss']} | {r['seed']} | {r['params']:,} | "
-            f"{r['resolution_0.5_angstrom']:.1f} | {r['rot_median_deg']:.1f} | "
-            f"{r['images_per_s']:.0f} | {r['peak_rss_mb']:.0f} |"
+            head + f"| {r['params']:,} | {_fmt(r['resolution_0.5_angstrom'], '.1f')} | "
+            f"{_fmt(r.get('resolution_0.143_angstrom'), '.1f')} | {r['mean_fsc']:.3f} | "
+            f"{_fmt(r['rot_median_deg'], '.2f')} | {_fmt(r.get('encoder_rot_median_deg'), '.1f')} | "
+            f"{r['wall_s']:.0f} | {r['peak_rss_mb']:.0f} |"
         )
     (out / "ablation.md").write_text("\n".join(lines) + "\n")
     losses = sorted({r["loss"] for r in rows}, key=lambda x: x != "symmetrized")
     volumes = sorted({r["volume"] for r in rows})
     fig, axes = plt.subplots(1, len(losses), figsize=(5.5 * len(losses), 4.2), squeeze=False)
     for ax, loss in zip(axes[0], losses, strict=True):
-        for vol in volumes:
-            for r in (x for x in rows if x["volume"] == vol and x["loss"] == loss and "history" in x):
-                h = [e for e in r["history"] if "resolution_0.5_angstrom" in e]
-                ax.plot(
-                    [e["elapsed_s"] for e in h],
-                    [e["resolution_0.5_angstrom"] for e in h],
-                    "o-",
-                    label=f"{vol} (seed {r['seed']})",
-                )
-        ax.set_title(f"loss: {loss}")
-        ax.set_xlabel("training wall-clock (s)")
-        ax.set_ylabel("FSC-0.5 resolution (Å), lower is better")
+        for k, vol in enumerate(volumes):
+            for j, r in enumerate(x for x in rows if x["volume"] == vol and x["loss"] == loss and "fsc" in x):
+                n = len(r["fsc"])
+                freq = [i / (2 * (n - 1)) for i in range(n)]
+                ax.plot(freq, r["fsc"], color=f"C{k}", label=vol if j == 0 else None, lw=1)
+        ax.axhline(0.5, color="0.6", ls="--", lw=0.8)
+        ax.axhline(0.143, color="0.6", ls=":", lw=0.8)
+        ax.set_title(f"loss: {loss} (one line per seed)")
+        ax.set_xlabel("spatial frequency (1/px; Nyquist 0.5)")
+        ax.set_ylabel("FSC vs ground truth")
+        ax.set_ylim(-0.05, 1.02)
         ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(out / "resolution_vs_time.png", dpi=110)
-    print(f"wrote {out / 'ablation.md'} and {out / 'resolution_vs_time.png'}")
+    fig.savefig(out / "fsc_curves.png", dpi=110)
+    print(f"wrote {out / 'ablation.md'} and {out / 'fsc_curves.png'}")
 
 
 if __name__ == "__main__":

@@ -499,8 +499,18 @@ def c_volume_as_stack(t, d):
     return Case(run_args(t["map"], d), ["map.mrc", "[ispg]", "3D map"], [t["map"]])
 
 
+def c_missing_datadir(t, d):
+    star = t["star"]
+    return Case(
+        [*run_args(star, d), "-o", "source.datadir", json.dumps(str(d / "no_such_folder"))],
+        ["no_such_folder", "source.datadir", "folder not found"],
+        [star],
+    )
+
+
 BUILDERS.update(
     {
+        "datadir_missing": c_missing_datadir,
         "cs_garbage_bytes": c_garbage_cs,
         "gt_map_missing": c_gt_map_missing,
         "volume_given_as_stack": c_volume_as_stack,
@@ -857,3 +867,22 @@ def test_stack_pool_keeps_at_most_max_open(tmp_path):
     pool.close()
     assert pool.open_count == 0
     assert float(held[0, 0, 0]) == 3  # a map a caller still holds stays valid
+
+
+@pytest.mark.parametrize(
+    "args, needles",
+    [
+        (["run", "--bogus"], ["--bogus", "cryoforge run --help"]),
+        (["infer"], ["RUN_DIR", "cryoforge infer --help"]),
+        (["reconstruct", "x.star", "--batch-size"], ["--batch-size"]),
+        (["frobnicate"], ["frobnicate", "cryoforge --help"]),
+    ],
+)
+def test_usage_errors_are_one_line_exit_2(args, needles):
+    """A misspelt option, a missing argument or command: one line that says where help is."""
+    r = subprocess.run([sys.executable, "-m", "cryoforge.cli", *args], capture_output=True, text=True)
+    assert r.returncode == 2, r.stderr
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Error: "), r.stderr
+    assert all(n in lines[0] for n in needles), lines[0]
+    assert "Traceback" not in r.stderr and r.stdout == ""

@@ -57,7 +57,13 @@ RESUMABLE = frozenset(
     }
 )
 """Settings a resumed run may change: budgets, device, logging; nothing that shapes the model or
-what it has learnt from."""
+what it has learnt from. Stage budgets (schedule options named ``*_steps``) may change too."""
+
+
+def resumable(key: str) -> bool:
+    """Whether flattened setting ``key`` may differ on ``--resume`` (:data:`RESUMABLE`, or a stage
+    budget such as ``schedule.options.amortize_steps``: more steps continue the same run)."""
+    return key in RESUMABLE or (key.startswith("schedule.options.") and key.endswith("_steps"))
 
 
 def data_signature(source: Source) -> dict[str, Any]:
@@ -155,7 +161,7 @@ def check_resume(
     changed = [
         k
         for k in sorted(set(old) | set(new))
-        if k not in RESUMABLE and not _same_path(old.get(k), new.get(k))
+        if not resumable(k) and not _same_path(old.get(k), new.get(k))
     ]
     if changed:
         what = "; ".join(f"{_shown(k)} {old.get(k)!r} in the run, {new.get(k)!r} now" for k in changed)

@@ -140,6 +140,10 @@ class StackSource(Source):
         )
 
     def _open_stacks(self) -> None:
+        datadir = self.options.datadir
+        if datadir and not Path(datadir).is_dir():  # never silently looked past
+            what = "not a folder" if Path(datadir).exists() else "folder not found"
+            raise InputFileError(Path(datadir), what, "source.datadir")
         names = self.table.image_names
         if names is None:
             raise InputFileError(self.path, "no image references", "rlnImageName")
