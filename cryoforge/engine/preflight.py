@@ -159,9 +159,7 @@ def check_resume(
     old = _flatten(resolve(stored, registry).model_dump(mode="json", exclude={"plugins"}))
     new = _flatten(config.model_dump(mode="json", exclude={"plugins"}))
     changed = [
-        k
-        for k in sorted(set(old) | set(new))
-        if not resumable(k) and not _same_path(old.get(k), new.get(k))
+        k for k in sorted(set(old) | set(new)) if not resumable(k) and not _same_path(old.get(k), new.get(k))
     ]
     if changed:
         what = "; ".join(f"{_shown(k)} {old.get(k)!r} in the run, {new.get(k)!r} now" for k in changed)
