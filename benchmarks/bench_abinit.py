@@ -48,6 +48,8 @@ CONFIGS: dict[str, dict] = {
     "hard-assignment": {"schedule.search": {"keep": 1}, "schedule.amortize_steps": 0},
     "no-refinement": {"schedule.search": {"refine_steps_deg": []}, "schedule.amortize_steps": 0},
     "no-marching": {"schedule.search": {"band_px": [8.0, 8.0]}, "schedule.amortize_steps": 0},
+    "march-5": {"schedule.search": {"band_px": [5.0, 8.0]}, "schedule.amortize_steps": 0},  # milder
+    "march-4": {"schedule.search": {"band_px": [4.0, 8.0]}, "schedule.amortize_steps": 0},
 }
 
 

@@ -21,6 +21,7 @@ from cryoforge.ops.rotations import (
     quaternion_to_matrix,
     rotvec_to_matrix,
 )
+from cryoforge.ops.search import uniform_rotations, uniform_spacing_deg
 
 # ----------------------------------------------------------------------------- FSC and resolution
 
@@ -359,26 +360,6 @@ def _corr(a: torch.Tensor, b: torch.Tensor) -> float:
 # ----------------------------------------------------------------------------- rotation search
 
 
-def rotation_grid(n: int) -> torch.Tensor:
-    """``(n, 3, 3)`` rotations spread near-uniformly over SO(3), deterministically.
-
-    Quaternions on a super-Fibonacci spiral (Alexa, CVPR 2022): point ``i`` has
-    ``s = i + 1/2``, ``r = sqrt(s/n)``, ``R = sqrt(1 - s/n)``, angles ``2πs/√2`` and ``2πs/ψ``
-    (``ψ ≈ 1.53375``, the root of ``ψ⁴ = ψ + 4``). Neighbouring rotations are about
-    :func:`grid_spacing_deg` apart.
-    """
-    s = torch.arange(n, dtype=torch.float64) + 0.5
-    r, R = torch.sqrt(s / n), torch.sqrt(1 - s / n)
-    alpha, beta = 2 * math.pi * s / math.sqrt(2), 2 * math.pi * s / 1.533751168755204288118041
-    q = torch.stack([r * alpha.sin(), r * alpha.cos(), R * beta.sin(), R * beta.cos()], -1)
-    return quaternion_to_matrix(q)
-
-
-def grid_spacing_deg(n: int) -> float:
-    """Typical spacing (degrees) of ``n`` uniform rotations: the radius of a ball holding ``1/n`` of SO(3)."""
-    return math.degrees((6 * math.pi / n) ** (1 / 3))
-
-
 @dataclass(frozen=True)
 class _Level:
     """One resolution level of the rotation search: maps resampled to ``(n, n, n)``.
@@ -580,7 +561,7 @@ def _search_hand(
 
     Returns the best ``(3, 3)`` rotation and its score at the last size used.
     """
-    spacing = grid_spacing_deg(len(grid))
+    spacing = uniform_spacing_deg(len(grid))
     coarse = _make_level(moving, ref, coarse_size, sigma_per_px=0.2, subvoxel=False)
     values = _score_rotations(coarse, grid)
     picks = _distinct_best(values, grid, n_candidates, 1.5 * spacing)
@@ -625,7 +606,7 @@ def align_map(
 
     Without, a blind search per hand (the map as is, and :func:`mirror_z` of it):
 
-    1. ``n_search`` rotations of a uniform grid (:func:`rotation_grid`, ~12° apart for 2000),
+    1. ``n_search`` rotations of a uniform grid (:func:`uniform_rotations`, ~12° apart for 2000),
        scored on maps Fourier-cropped to ``coarse_size`` voxels and low-passed, by the correlation
        maximised over translations (FFT, parabolic peak);
     2. the ``n_candidates`` best distinct rotations refined there by a pattern search (18 axes,
@@ -660,7 +641,7 @@ def align_map(
     """
     moving, ref = moving.float(), ref.float()
     if rotation is None:
-        grid = rotation_grid(n_search)
+        grid = uniform_rotations(n_search)
         if seed:
             q = torch.randn(1, 4, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
             grid = grid @ quaternion_to_matrix(q)[0]

@@ -30,6 +30,18 @@ from cryoforge.types import BuildContext, CTFParams, Pose
 TEST_L = 16
 TEST_PX = 4.0
 
+#: ``-o KEY VALUE`` settings of a test-sized run on :func:`write_tiny_dataset`'s data: cryoAI's
+#: single stage, small networks, quiet (add ``train.max_steps`` and what the test is about)
+TINY_RUN: dict[str, Any] = {
+    "schedule.name": "cryoai",
+    "encoder.channels": [8, 16],
+    "encoder.head_hidden": [32],
+    "volume.hidden_dim": 32,
+    "train.batch_size": 8,
+    "train.tensorboard": False,
+    "train.progress": False,
+}
+
 
 def check_options(kind: str, cls: type) -> None:
     """Default options build; unknown keys are rejected; the class is a proper component."""

@@ -23,17 +23,13 @@ import pytest
 from click.testing import CliRunner
 
 from cryoforge.cli import cli
+from cryoforge.testing import TINY_RUN
 
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 
 SMALL = {
-    "schedule.name": "cryoai",
-    "encoder.channels": [8, 16],
-    "encoder.head_hidden": [32],
+    **TINY_RUN,
     "volume.hidden_dim": 16,
-    "train.batch_size": 8,
-    "train.tensorboard": False,
-    "train.progress": False,
     "train.max_steps": 2,
     "train.device": "cpu",
 }

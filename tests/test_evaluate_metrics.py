@@ -16,16 +16,15 @@ from cryoforge.evaluate import (
     find_crossing,
     fsc,
     fsc_report,
-    grid_spacing_deg,
     mirror_z,
     resolution_at,
     rotate_map,
-    rotation_grid,
     shift_map,
     write_json,
 )
 from cryoforge.evaluate_cli import metric_rows
 from cryoforge.ops.rotations import geodesic_distance_deg, random_rotations
+from cryoforge.ops.search import uniform_rotations, uniform_spacing_deg
 
 J = torch.diag(torch.tensor([1.0, 1.0, -1.0], dtype=torch.float64))
 
@@ -170,13 +169,13 @@ def test_subpixel_shift_aligns_back_to_the_unshifted_resolution(adk_map):
 # ----------------------------------------------------------------------------- blind alignment
 
 
-def test_rotation_grid_is_uniform():
-    grid = rotation_grid(2000)
+def test_uniform_rotations_are_uniform():
+    grid = uniform_rotations(2000)
     assert torch.allclose(grid @ grid.transpose(-1, -2), torch.eye(3, dtype=grid.dtype).expand(2000, 3, 3))
     assert torch.linalg.det(grid).min() > 0.999
     probes = random_rotations(300, torch.Generator().manual_seed(0), torch.float64)
     nearest = torch.stack([geodesic_distance_deg(grid, p.expand(2000, 3, 3)).min() for p in probes])
-    assert nearest.max() < 1.6 * grid_spacing_deg(2000)  # no holes: every rotation is near the grid
+    assert nearest.max() < 1.6 * uniform_spacing_deg(2000)  # no holes: every rotation is near the grid
 
 
 @pytest.mark.parametrize("case", range(8))

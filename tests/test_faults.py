@@ -20,16 +20,9 @@ from cryoforge.cli import cli
 from cryoforge.engine.checkpoint import load_checkpoint
 from cryoforge.io.atomic import TEMP_TAG
 from cryoforge.io.outputs import LOCK, MARKER
+from cryoforge.testing import TINY_RUN
 
-SMALL = {
-    "schedule.name": "cryoai",
-    "encoder.channels": [8, 16],
-    "encoder.head_hidden": [32],
-    "volume.hidden_dim": 32,
-    "train.batch_size": 8,
-    "train.tensorboard": False,
-    "train.progress": False,
-}
+SMALL = TINY_RUN
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 KILL_DURING_SAVE = '''
@@ -73,6 +66,20 @@ def _inproc(cmd: list[str]):
     return CliRunner().invoke(cli, cmd[3:])
 
 
+def _run_killed_in_save(star: Path, out: Path, save_number: int, **over) -> None:
+    """Run into ``out`` in a subprocess that SIGKILLs itself inside checkpoint write ``save_number``."""
+    plug = out.parent / f"plug_{out.name}"
+    plug.mkdir()
+    (plug / "kill_during_save.py").write_text(KILL_DURING_SAVE)
+    proc = subprocess.run(
+        [*_run_args(star, out, **over), "--plugins-dir", str(plug)],
+        env={**ENV, "CRYOFORGE_TEST_KILL_SAVE": str(save_number)},
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+
+
 def _sha(*paths: Path) -> list[str]:
     return [hashlib.sha256(p.read_bytes()).hexdigest() for p in paths]
 
@@ -97,17 +104,8 @@ def test_kill_during_checkpoint_write_then_resume(tiny, tmp_path, one_thread):
     over = {"train.max_steps": 6, "train.checkpoint_every_steps": 1}
     ref = _inproc(_run_args(tiny["star"], tmp_path / "ref", **over))
     assert ref.exit_code == 0, ref.output
-    plug = tmp_path / "plug"
-    plug.mkdir()
-    (plug / "kill_during_save.py").write_text(KILL_DURING_SAVE)
     killed = tmp_path / "killed"
-    proc = subprocess.run(
-        [*_run_args(tiny["star"], killed, **over), "--plugins-dir", str(plug)],
-        env={**ENV, "CRYOFORGE_TEST_KILL_SAVE": "3"},
-        capture_output=True,
-        text=True,
-    )
-    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    _run_killed_in_save(tiny["star"], killed, 3, **over)
     left = _temp_files(killed)
     assert len(left) == 1 and left[0].name.startswith(".checkpoint.pt.")  # the write it was in
     assert load_checkpoint(killed / "checkpoint.pt")["state"]["step"] == 2  # the last good one
@@ -203,19 +201,8 @@ def test_concurrent_starts_into_one_folder(tiny, tmp_path):
 @pytest.fixture(scope="module")
 def killed_run(tiny, tmp_path_factory) -> Path:
     """A run of 6 steps killed in its 4th checkpoint write: it resumes from step 3."""
-    base = tmp_path_factory.mktemp("killed")
-    plug = base / "plug"
-    plug.mkdir()
-    (plug / "kill_during_save.py").write_text(KILL_DURING_SAVE)
-    d = base / "r"
-    over = {"train.max_steps": 6, "train.checkpoint_every_steps": 1}
-    r = subprocess.run(
-        [*_run_args(tiny["star"], d, **over), "--plugins-dir", str(plug)],
-        env={**ENV, "CRYOFORGE_TEST_KILL_SAVE": "4"},
-        capture_output=True,
-        text=True,
-    )
-    assert r.returncode == -signal.SIGKILL, r.stderr
+    d = tmp_path_factory.mktemp("killed") / "r"
+    _run_killed_in_save(tiny["star"], d, 4, **{"train.max_steps": 6, "train.checkpoint_every_steps": 1})
     assert load_checkpoint(d / "checkpoint.pt")["state"]["step"] == 3
     return d
 

@@ -21,15 +21,10 @@ from cryoforge.cli import cli
 from cryoforge.engine.checkpoint import load_checkpoint
 from cryoforge.errors import InputFileError
 from cryoforge.io.outputs import LOCK, MARKER, RunLock, remove_stale_temp_files, run_dir_kind
+from cryoforge.testing import TINY_RUN
 
 SMALL = {
-    "schedule.name": "cryoai",
-    "encoder.channels": [8, 16],
-    "encoder.head_hidden": [32],
-    "volume.hidden_dim": 32,
-    "train.batch_size": 8,
-    "train.tensorboard": False,
-    "train.progress": False,
+    **TINY_RUN,
     "train.max_steps": 3,
 }
 

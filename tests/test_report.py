@@ -19,16 +19,11 @@ from cryoforge.evaluate import FSCReport, plot_fsc
 from cryoforge.io.mrc import read_map
 from cryoforge.report.progress_plot import ResolutionSeries, plot_progress
 from cryoforge.report.slices import extent_angstrom, plot_slices
+from cryoforge.testing import TINY_RUN
 from cryoforge.train import run
 
 SMALL = {
-    "schedule.name": "cryoai",
-    "encoder.channels": [8, 16],
-    "encoder.head_hidden": [32],
-    "volume.hidden_dim": 32,
-    "train.batch_size": 8,
-    "train.tensorboard": False,
-    "train.progress": False,
+    **TINY_RUN,
     "train.max_steps": 6,
     "train.log_every": 1,
 }

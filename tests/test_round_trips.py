@@ -35,6 +35,7 @@ from cryoforge.sources.cs import CryosparcSource
 from cryoforge.sources.mrcs import MrcsSource
 from cryoforge.sources.star import StarSource
 from cryoforge.sources.subsets import select_particles
+from cryoforge.testing import TINY_RUN
 from cryoforge.types import BuildContext, Pose
 
 STARS = {  # file: (RELION version written, box size)
@@ -350,15 +351,7 @@ def test_output_dir_spelling_and_out_alias(tiny, tmp_path):
 
 # ----------------------------------------------------------------------------- portable runs
 
-SMALL = {
-    "schedule.name": "cryoai",
-    "encoder.channels": [8, 16],
-    "encoder.head_hidden": [32],
-    "volume.hidden_dim": 32,
-    "train.batch_size": 8,
-    "train.tensorboard": False,
-    "train.progress": False,
-}
+SMALL = TINY_RUN
 
 
 def _small(*args: str) -> list[str]:

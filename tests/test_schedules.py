@@ -22,22 +22,15 @@ from cryoforge.engine.loop import stage_budget, stage_fraction
 from cryoforge.engine.run import run
 from cryoforge.errors import ConfigError
 from cryoforge.ops.filters import lowpass_disk
-from cryoforge.testing import check_component
+from cryoforge.testing import TINY_RUN, check_component
 
-SMALL = {
-    "schedule.name": "cryoai",
-    "encoder.channels": [8, 16],
-    "encoder.head_hidden": [32],
-    "volume.hidden_dim": 32,
-    "train.batch_size": 8,
-    "train.tensorboard": False,
-    "train.progress": False,
-}
+SMALL = TINY_RUN
 
 PLUGIN = '''
 import os, signal
 import torch
 import cryoforge
+from cryoforge.testing import TINY_RUN
 
 
 class TwoStage(cryoforge.Schedule):

@@ -18,17 +18,10 @@ from cryoforge.config import RunConfig, apply_override
 from cryoforge.errors import TrainingDiverged
 from cryoforge.io.star import read_star
 from cryoforge.simulate import SimulationSettings, simulate
+from cryoforge.testing import TINY_RUN
 from cryoforge.train import load_checkpoint, run
 
-SMALL = {
-    "schedule.name": "cryoai",
-    "encoder.channels": [8, 16],
-    "encoder.head_hidden": [32],
-    "volume.hidden_dim": 32,
-    "train.batch_size": 8,
-    "train.tensorboard": False,
-    "train.progress": False,
-}
+SMALL = TINY_RUN
 
 
 def config_for(star: Path, out: Path, **over) -> RunConfig:

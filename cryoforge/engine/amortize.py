@@ -48,6 +48,11 @@ class AmortizeOptions(Options):
     lr_schedule: Literal["constant", "cosine"] = Field(
         "cosine", description="learning rate over the stage: constant, or cosine decay to zero"
     )
+    loss_views: bool = Field(
+        True,
+        description="train on every view of the loss (the symmetrized loss's π-rotated copy too), "
+        "or on the images alone (half the encoder passes per step)",
+    )
 
 
 def stage_lr(base_lr: float, step: int, total: int, schedule: str) -> float:
@@ -114,12 +119,13 @@ def run_amortize(ctx: RunContext, stage: Stage) -> None:
     ctx.optimizer, ctx.optimizer_stage = optimizer, stage.name
     noise = prog.get("noise_std") or estimate_noise_std(ctx)
     prog["noise_std"] = noise
-    views = [VIEWS[v] for v in ctx.pipeline.loss.views]
+    views = [VIEWS[v] for v in ctx.pipeline.loss.views] if opts.loss_views else [VIEWS["identity"]]
     px = ctx.source.pixel_size_angstrom
     batch_size = opts.batch_size or tc.batch_size
     n_syn = round(batch_size * opts.synthetic_fraction)
     n_real = max(1, batch_size - n_syn)
     n_batches = math.ceil(len(ctx.index) / n_real)
+    images_seen, rate_t0 = 0, ctx.clock.elapsed()
     while prog["step"] < total:
         perm = np.random.default_rng(tc.seed + 7919 * (prog["epoch"] + 1)).permutation(ctx.index)
         for b in range(prog["step"] % n_batches, n_batches):
@@ -159,6 +165,8 @@ def run_amortize(ctx: RunContext, stage: Stage) -> None:
             ctx.state["step"] += 1
             ctx.state["elapsed_s"] = ctx.clock.elapsed()
             lv = float(loss.detach())
+            images_seen += len(images)
+            rate = images_seen / max(ctx.state["elapsed_s"] - rate_t0, 1e-9)
             logged = ctx.state["step"] % tc.log_every == 0
             if logged:
                 ctx.result.history.append(
@@ -166,7 +174,7 @@ def run_amortize(ctx: RunContext, stage: Stage) -> None:
                 )
             ctx.emit(
                 "on_step",
-                StepInfo(stage, ctx.state["step"], prog["step"], total, prog["epoch"], lv, 0.0, 1.0, logged),
+                StepInfo(stage, ctx.state["step"], prog["step"], total, prog["epoch"], lv, rate, 1.0, logged),
             )
             if prog["step"] >= total:
                 return

@@ -12,7 +12,7 @@ import math
 
 import torch
 
-from cryoforge.ops.rotations import euler_relion_to_matrix
+from cryoforge.ops.rotations import euler_relion_to_matrix, quaternion_to_matrix
 
 
 def fibonacci_directions(n: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -54,6 +54,27 @@ def so3_grid(n_directions: int, n_inplane: int) -> torch.Tensor:
 def grid_spacing_deg(n_directions: int, n_inplane: int) -> float:
     """Typical spacing in degrees of :func:`so3_grid` (the larger of its two spacings)."""
     return max(math.degrees(math.sqrt(4 * math.pi / n_directions)), 360.0 / n_inplane)
+
+
+def uniform_rotations(n: int) -> torch.Tensor:
+    """``(n, 3, 3)`` rotations spread near-uniformly over SO(3), deterministically.
+
+    Quaternions on a super-Fibonacci spiral (Alexa, CVPR 2022): point ``i`` has
+    ``s = i + 1/2``, ``r = sqrt(s/n)``, ``R = sqrt(1 - s/n)``, angles ``2πs/√2`` and ``2πs/ψ``
+    (``ψ ≈ 1.53375``, the root of ``ψ⁴ = ψ + 4``). Neighbouring rotations are about
+    :func:`uniform_spacing_deg` apart. Unlike :func:`so3_grid` it has any number of points
+    and no direction × in-plane structure (used where no slices are shared, e.g. map alignment).
+    """
+    s = torch.arange(n, dtype=torch.float64) + 0.5
+    r, R = torch.sqrt(s / n), torch.sqrt(1 - s / n)
+    alpha, beta = 2 * math.pi * s / math.sqrt(2), 2 * math.pi * s / 1.533751168755204288118041
+    q = torch.stack([r * alpha.sin(), r * alpha.cos(), R * beta.sin(), R * beta.cos()], -1)
+    return quaternion_to_matrix(q)
+
+
+def uniform_spacing_deg(n: int) -> float:
+    """Typical spacing (degrees) of ``n`` uniform rotations: the radius of a ball holding ``1/n`` of SO(3)."""
+    return math.degrees((6 * math.pi / n) ** (1 / 3))
 
 
 def local_rotations(step_deg: float, n: int = 1) -> torch.Tensor:
