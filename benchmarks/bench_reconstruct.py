@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import shutil
 import subprocess
@@ -94,6 +95,8 @@ def main() -> None:
     try:
         for n in sizes:
             star = make_dataset(folder, n, L)
+            os.sync()  # a stack written just now is dirty in the page cache: read right away, its
+            # pages stayed in the reader's RSS (772 MB at 40k images of 64 px, against 422 MB synced)
             stack_mb = n * L * L * 4 / 2**20
             proc = subprocess.run(
                 [sys.executable, __file__, "--child", str(star), str(folder / f"map_{n}.mrc")],
