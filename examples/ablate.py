@@ -119,6 +119,7 @@ def main() -> None:
         if a.append and (out / "ablation.json").is_file()
         else []
     )
+    tag = f"{a.schedule}{a.steps}" + ("" if a.amortize_steps is None else f"_amortize{a.amortize_steps}")
     for vol in volumes:
         for loss in a.losses:
             for seed in a.seeds:
@@ -131,7 +132,7 @@ def main() -> None:
                     "amortize_steps": a.amortize_steps,
                     "particles": particles,
                     "gt_map": gt,
-                    "out": str(out / "runs" / f"{vol}_{loss}_{seed}"),
+                    "out": str(out / "runs" / f"{vol}_{loss}_{seed}_{tag}"),
                     "command": "python examples/ablate.py " + " ".join(sys.argv[1:]),
                 }
                 print(f"== {vol} / {loss} / seed {seed}", flush=True)

@@ -51,7 +51,7 @@ class SearchOptions(Options):
     inplane: int = Field(24, ge=4, description="in-plane angles per direction")
     iterations: int = Field(12, ge=1, description="global search iterations")
     band_px: tuple[float, float] = Field(
-        (3.0, 8.0), description="band radius in Fourier pixels at the first and last iteration"
+        (5.0, 8.0), description="band radius in Fourier pixels at the first and last iteration"
     )
     keep: int = Field(8, ge=1, description="best rotations kept per image (soft assignment)")
     refine_steps_deg: list[float] = Field(
