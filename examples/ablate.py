@@ -75,7 +75,8 @@ def child(spec: dict) -> dict:
         "wall_s": wall,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
-    if res.pipeline.encoder is not None:  # the amortized encoder, one pass over the particles
+    trained_encoder = spec["schedule"] == "cryoai" or schedule.options.get("amortize_steps", 1) > 0
+    if res.pipeline.encoder is not None and trained_encoder:  # one pass over the particles
         out = infer_run(run_dir, None, str(run_dir / "encoder_poses.star"))
         truth = read_star(Path(spec["particles"])).rotations
         if truth is not None:
