@@ -32,6 +32,11 @@ class Pose:
     def index(self, idx: torch.Tensor) -> Pose:
         return Pose(self.rotation[idx], self.shift_angstrom[idx])
 
+    @staticmethod
+    def cat(parts: list[Pose]) -> Pose:
+        """The poses of ``parts`` one after another (along the batch)."""
+        return Pose(torch.cat([p.rotation for p in parts]), torch.cat([p.shift_angstrom for p in parts]))
+
 
 @dataclass(frozen=True)
 class CTFParams:
