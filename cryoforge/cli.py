@@ -431,6 +431,12 @@ def _print_result(result) -> None:
 @subset_options
 @plugins_dir_option
 @click.option("--overwrite", is_flag=True, help="replace an existing --out (never an input)")
+@click.option(
+    "--average-views/--single-view",
+    default=True,
+    show_default=True,
+    help="average the encoder's poses over the 8 turned and mirrored copies of each image",
+)
 def infer(
     run_dir: str,
     particles: str | None,
@@ -440,6 +446,7 @@ def infer(
     first: int | None,
     plugins_dirs: tuple[str, ...],
     overwrite: bool,
+    average_views: bool,
 ) -> None:
     """Predict poses for a whole dataset with a trained encoder (no gradients, dataset order).
 
@@ -454,7 +461,15 @@ def infer(
         raise ConfigError(f"--batch-size: must be at least 1 (got {batch_size})")
     start = time.time()
     path = infer_run(
-        Path(run_dir), particles, out_star, batch_size, ind, first, list(plugins_dirs), overwrite=overwrite
+        Path(run_dir),
+        particles,
+        out_star,
+        batch_size,
+        ind,
+        first,
+        list(plugins_dirs),
+        overwrite=overwrite,
+        average_views=average_views,
     )
     cs = path.with_suffix(".cs")
     click.echo(f"wrote {path}" + (f" and {cs}" if cs.is_file() and cs.stat().st_mtime >= start - 1 else ""))

@@ -12,6 +12,7 @@ from cryoforge.engine.batches import infer_poses
 from cryoforge.engine.build import build_pipeline
 from cryoforge.engine.checkpoint import load_checkpoint
 from cryoforge.engine.context import CHECKPOINT
+from cryoforge.engine.grid_views import infer_poses_grid_averaged
 from cryoforge.engine.portable import load_run_config
 from cryoforge.engine.pose_files import write_pose_files
 from cryoforge.engine.run import pick_device, prepare
@@ -31,6 +32,7 @@ def infer_run(
     first: int | None = None,
     plugins_dirs: list[str] | None = None,
     overwrite: bool = False,
+    average_views: bool = True,
 ) -> Path:
     """Predict poses for every particle (dataset order) with the encoder of ``run_dir``.
 
@@ -40,6 +42,8 @@ def infer_run(
     columns (:func:`~cryoforge.engine.pose_files.write_pose_files`); a ``.cs`` input also gets a
     ``.cs`` next to it. The outputs (default ``RUN_DIR/inferred_poses.star``) must not exist
     unless ``overwrite``, and are never inputs (the particles, their stacks, the run's files).
+    ``average_views`` averages the encoder's poses over the 8 symmetries of the pixel grid
+    (:mod:`cryoforge.engine.grid_views`); off, each pose is one forward pass, as in training.
 
     Everything is checked before any image is read: the run (a checkpoint with an encoder), the
     outputs and their folder, and that the particles have the box the encoder was trained on.
@@ -103,7 +107,10 @@ def infer_run(
     device = pick_device(config.train.device)
     pipeline.to(device)
     index = np.arange(len(source))
-    pose = infer_poses(pipeline, source, index, batch_size, device)
+    if average_views:
+        pose = infer_poses_grid_averaged(pipeline, source, index, batch_size, device)
+    else:
+        pose = infer_poses(pipeline, source, index, batch_size, device)
     write_pose_files(out, source, index, pose)
     return out
 

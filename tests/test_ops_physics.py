@@ -18,9 +18,9 @@ from cryoforge.ops.fft import (
     volume_to_fourier,
 )
 from cryoforge.ops.grids import centered_freqs, half_plane_query, rfft_grid_2d
-from cryoforge.ops.images import rotate_pi
+from cryoforge.ops.images import GRID_SYMMETRIES_XY, apply_grid_symmetry, rotate_pi
 from cryoforge.ops.projection import project_real_space
-from cryoforge.ops.rotations import random_rotations, rotate_pose_pi
+from cryoforge.ops.rotations import grid_symmetry_pose, random_rotations, rotate_pose_pi
 from cryoforge.ops.shift import phase_shift, translate_images
 from cryoforge.ops.slicing import central_slice_coords
 
@@ -135,6 +135,66 @@ def test_rotate_pi_pose_rule_matches_rendering():
     a = rotate_pi(project_real_space(vol, R))
     b = project_real_space(vol, R2.float())
     assert torch.allclose(a[0, 1:, 1:], b[0, 1:, 1:], atol=1e-4)
+
+
+@pytest.mark.parametrize("L", [8, 9])
+@pytest.mark.parametrize("name", list(GRID_SYMMETRIES_XY))
+def test_grid_symmetry_moves_pixels_by_its_matrix(L, name):
+    """A pixel at offset u = (x, y) from the centre lands at A u; eight distinct, invertible maps."""
+    A = GRID_SYMMETRIES_XY[name]
+    c = L // 2
+    img = torch.zeros(L, L)
+    img[c + 1, c + 3] = 1  # x = +3, y = +1
+    out = apply_grid_symmetry(img, A)
+    x, y = A[0][0] * 3 + A[0][1] * 1, A[1][0] * 3 + A[1][1] * 1
+    assert out[c + y, c + x] == 1 and out.sum() == 1
+    inverse = tuple(zip(*A, strict=True))  # Aᵀ = A⁻¹
+    g = torch.Generator().manual_seed(0)
+    noise = torch.rand(2, L, L, generator=g)
+    assert torch.equal(apply_grid_symmetry(apply_grid_symmetry(noise, A), inverse), noise)
+
+
+def test_grid_symmetries_are_the_eight_of_d4_and_rot180_is_rotate_pi():
+    g = torch.Generator().manual_seed(1)
+    img = torch.rand(10, 10, generator=g)
+    outs = [apply_grid_symmetry(img, A) for A in GRID_SYMMETRIES_XY.values()]
+    assert len({tuple(o.flatten().tolist()) for o in outs}) == 8
+    assert torch.equal(apply_grid_symmetry(img, GRID_SYMMETRIES_XY["rot180"]), rotate_pi(img))
+
+
+@pytest.mark.parametrize("name", list(GRID_SYMMETRIES_XY))
+def test_grid_symmetry_pose_rule_matches_rendering(name):
+    """Moving a projection at R by A equals projecting at B·R (B = [[A, 0], [0, det A]]).
+
+    The reference is the real-space line integral, not the Fourier renderer; mirrors included
+    (a mirror image is the projection seen from the other side)."""
+    L = 16
+    g = torch.Generator().manual_seed(3)
+    z = torch.arange(L) - L // 2
+    zz, yy, xx = torch.meshgrid(z, z, z, indexing="ij")
+    ball = (zz**2 + yy**2 + xx**2) < 25  # inside the box at every rotation: z → −z is exact
+    vol = torch.rand(L, L, L, generator=g) * ball
+    R = random_rotations(2, g)
+    A = GRID_SYMMETRIES_XY[name]
+    R2, _ = grid_symmetry_pose(A, R, torch.zeros(2, 2))
+    a = apply_grid_symmetry(project_real_space(vol, R), A)
+    b = project_real_space(vol, R2.float())
+    assert torch.allclose(a, b, atol=1e-4)
+    assert torch.allclose(torch.linalg.det(R2), torch.ones(2))
+
+
+@pytest.mark.parametrize("name", ["rot90", "flip_x", "antitranspose"])
+def test_grid_symmetry_shift_rule(name):
+    """Shift then move equals move then shift by A t (odd L: no Nyquist term to break the symmetry)."""
+    L = 15
+    g = torch.Generator().manual_seed(4)
+    img = torch.rand(1, L, L, generator=g).double()
+    t = torch.tensor([[1.5, -2.25]], dtype=torch.float64)
+    A = GRID_SYMMETRIES_XY[name]
+    _, t2 = grid_symmetry_pose(A, torch.eye(3, dtype=torch.float64)[None], t)
+    a = apply_grid_symmetry(translate_images(img, t), A)
+    b = translate_images(apply_grid_symmetry(img, A), t2)
+    assert torch.allclose(a, b, atol=1e-9)
 
 
 def test_wavelength_relativistic_values():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 from pydantic import Field
 from torch import nn
@@ -18,6 +20,27 @@ def gaussian_bank(sigmas_px: list[float], size: int) -> torch.Tensor:
     d2 = r[None, :] ** 2 + r[:, None] ** 2
     kernels = [torch.exp(-d2 / (2 * s * s)) for s in sigmas_px]
     return torch.stack([k / k.sum() for k in kernels])[:, None].float()
+
+
+def conv_dtype(precision: str, device: torch.device) -> torch.dtype:
+    """The convolutions' dtype for ``precision`` on ``device``.
+
+    ``auto`` is bf16 on a CPU with native bf16 arithmetic (AVX512-BF16 or AMX): the encoder's
+    forward and backward take 27 instead of 62 ms for 64 images of 32 px on 2 cores, with the same
+    pose accuracy (``docs/validation.md``). Elsewhere (older CPUs emulate bf16; GPUs untested
+    here) it is fp32.
+    """
+    if precision == "bf16":
+        return torch.bfloat16
+    if precision == "auto" and device.type == "cpu" and cpu_has_native_bf16():
+        return torch.bfloat16
+    return torch.float32
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes in bf16 natively (torch's own check; False on torch without it)."""
+    checks = [getattr(torch.cpu, n, None) for n in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    return any(bool(c()) for c in checks if c is not None)
 
 
 class DoubleConv(nn.Sequential):
@@ -69,6 +92,11 @@ class VGGEncoder(Encoder):
         )
         batch_norm: bool = Field(True, description="batch normalisation after each convolution")
         predict_shift: bool = Field(True, description="train the shift head (else shifts are 0)")
+        precision: Literal["auto", "fp32", "bf16"] = Field(
+            "auto",
+            description="arithmetic of the convolutions: bf16 (autocast; the heads stay fp32), fp32, "
+            "or auto: bf16 on a CPU with native bf16 (AVX512-BF16 / AMX), else fp32",
+        )
 
     def __init__(self, options: Options, ctx: BuildContext) -> None:
         super().__init__(options, ctx)
@@ -102,8 +130,11 @@ class VGGEncoder(Encoder):
         self.pixel_size_angstrom = ctx.pixel_size_angstrom
 
     def forward(self, images: torch.Tensor) -> Pose:
-        x = nn.functional.conv2d(images[:, None], self.filters, padding=self.options.filter_size // 2)
-        x = self.features(x.contiguous(memory_format=torch.channels_last)).flatten(1)
+        dtype = conv_dtype(self.options.precision, images.device)
+        with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+            x = nn.functional.conv2d(images[:, None], self.filters, padding=self.options.filter_size // 2)
+            x = self.features(x.contiguous(memory_format=torch.channels_last)).flatten(1)
+        x = x.float()
         rot = sixd_to_matrix(self.rotation_head(x))
         shift_px = self.shift_head(x)
         if not self.options.predict_shift:

@@ -220,3 +220,64 @@ def align_rotations(pred: torch.Tensor, true: torch.Tensor) -> tuple[torch.Tenso
             best = (err, A, mirrored, aligned)
     assert best is not None
     return best[1], best[2], best[3]
+
+
+def grid_symmetry_pose(
+    A_xy: tuple[tuple[int, int], tuple[int, int]], rotation: torch.Tensor, shift: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pose of an image moved by the pixel-grid symmetry ``A`` (see ``apply_grid_symmetry``).
+
+    ``P_R(A⁻¹u) = P_{B R}(u)`` with ``B = [[A, 0], [0, det A]]``: an in-plane rotation turns the
+    view about z, and a mirror image is the projection seen from the other side (z → −z), so ``B``
+    is always a proper rotation. The shift becomes ``A t``.
+
+    Parameters
+    ----------
+    rotation
+        ``(..., 3, 3)`` rotations of the original images.
+    shift
+        ``(..., 2)`` shifts ``(x, y)``, any unit.
+    """
+    A = torch.tensor(A_xy, dtype=rotation.dtype, device=rotation.device)
+    B = torch.eye(3, dtype=rotation.dtype, device=rotation.device)
+    B[:2, :2] = A
+    B[2, 2] = torch.linalg.det(A).round()
+    return B @ rotation, shift @ A.to(shift.dtype).T
+
+
+def project_to_rotation(M: torch.Tensor) -> torch.Tensor:
+    """Nearest rotation (Frobenius norm) to each ``(..., 3, 3)`` matrix: ``U diag(1, 1, det UVᵀ) Vᵀ``."""
+    U, _, Vh = torch.linalg.svd(M.to(torch.float64))
+    d = torch.linalg.det(U @ Vh)
+    D = torch.diag_embed(torch.stack([torch.ones_like(d), torch.ones_like(d), d], -1))
+    return (U @ D @ Vh).to(M.dtype)
+
+
+def consensus_rotations(
+    candidates: torch.Tensor, anchor: torch.Tensor, max_deg: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Chordal mean of the candidates within ``max_deg`` of the anchor, per particle.
+
+    Parameters
+    ----------
+    candidates
+        ``(V, B, 3, 3)``: ``V`` estimates of each of ``B`` rotations.
+    anchor
+        ``(B, 3, 3)``: the estimate the others must agree with; it is always in its own mean.
+    max_deg
+        Candidates further than this geodesic angle from the anchor are left out.
+
+    Returns
+    -------
+    rotation
+        ``(B, 3, 3)`` nearest rotation to the mean of the agreeing matrices
+        (:func:`project_to_rotation`).
+    agree
+        ``(V, B)`` bool: which candidates were averaged.
+    """
+    V, B = candidates.shape[:2]
+    dist = geodesic_distance_deg(anchor.expand(V, B, 3, 3).reshape(-1, 3, 3), candidates.reshape(-1, 3, 3))
+    agree = dist.reshape(V, B) <= max_deg
+    w = agree.to(candidates.dtype)[..., None, None]
+    total = (w * candidates).sum(0) + anchor
+    return project_to_rotation(total), agree

@@ -1,0 +1,81 @@
+"""Pose inference averaged over the 8 symmetries of the pixel grid (test-time augmentation).
+
+A particle image turned by 90° or mirrored is, exactly, the image of the same particle at
+another known pose (:func:`cryoforge.ops.rotations.grid_symmetry_pose`), and it is as likely under
+the data: random in-plane angles, random astigmatism, white noise. The encoder therefore gives 8
+estimates of every pose, one per moved copy. Mapped back, they scatter around the truth with
+partly independent errors; their mean is more accurate than any one. The pose the pipeline
+picks (its loss's choice among its own views) is the anchor: estimates further than
+``max_deg`` from it are left out, so an encoder that confuses symmetry mates is not averaged
+across them. Still one pass of the encoder per copy, with no search.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from cryoforge.engine.batches import make_batch
+from cryoforge.ops.images import GRID_SYMMETRIES_XY, apply_grid_symmetry
+from cryoforge.ops.rotations import consensus_rotations, grid_symmetry_pose
+from cryoforge.pipeline import Pipeline
+from cryoforge.roles import Source
+from cryoforge.types import Pose
+
+
+def _inverse(A: tuple[tuple[int, int], tuple[int, int]]) -> tuple[tuple[int, int], tuple[int, int]]:
+    return ((A[0][0], A[1][0]), (A[0][1], A[1][1]))  # Aᵀ = A⁻¹
+
+
+@torch.no_grad()
+def grid_averaged_poses(pipeline: Pipeline, images: torch.Tensor, anchor: Pose, max_deg: float) -> Pose:
+    """Average the encoder's poses over the 8 grid symmetries of ``images``, around ``anchor``.
+
+    Parameters
+    ----------
+    images
+        ``(B, L, L)`` particle images.
+    anchor
+        ``(B,)`` poses the estimates must agree with (the pipeline's own choice).
+    max_deg
+        Agreement radius (geodesic degrees).
+
+    Returns
+    -------
+    ``(B,)`` poses: the chordal mean rotation and the mean shift (Å) of the agreeing estimates.
+    """
+    assert pipeline.encoder is not None
+    rots, shifts = [], []
+    for A in GRID_SYMMETRIES_XY.values():
+        pose = pipeline.encoder(apply_grid_symmetry(images, A))
+        r, t = grid_symmetry_pose(_inverse(A), pose.rotation, pose.shift_angstrom)
+        rots.append(r)
+        shifts.append(t)
+    R = torch.stack(rots)
+    rotation, agree = consensus_rotations(R, anchor.rotation.to(R), max_deg)
+    w = agree.to(R.dtype)[..., None]
+    shift = ((w * torch.stack(shifts)).sum(0) + anchor.shift_angstrom) / (w.sum(0) + 1)
+    return Pose(rotation, shift)
+
+
+def infer_poses_grid_averaged(
+    pipeline: Pipeline,
+    source: Source,
+    index: np.ndarray,
+    batch_size: int,
+    device: torch.device,
+    max_deg: float = 20.0,
+) -> Pose:
+    """:func:`~cryoforge.engine.batches.infer_poses`, then :func:`grid_averaged_poses` per batch."""
+    was_training = pipeline.training
+    pipeline.eval()
+    rots, shifts = [], []
+    with torch.no_grad():
+        for s in range(0, len(index), batch_size):
+            batch = make_batch(source, index[s : s + batch_size], device)
+            anchor = pipeline(batch).pose
+            pose = grid_averaged_poses(pipeline, batch.images, anchor, max_deg)
+            rots.append(pose.rotation.cpu())
+            shifts.append(pose.shift_angstrom.cpu())
+    pipeline.train(was_training)
+    return Pose(torch.cat(rots), torch.cat(shifts))

@@ -1,0 +1,109 @@
+"""Grid-symmetry averaging of inferred poses, and the encoder's bf16 convolutions."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from cryoforge.encoders.vgg import VGGEncoder, conv_dtype, cpu_has_native_bf16
+from cryoforge.engine.grid_views import grid_averaged_poses
+from cryoforge.ops.images import GRID_SYMMETRIES_XY, apply_grid_symmetry
+from cryoforge.ops.rotations import (
+    consensus_rotations,
+    geodesic_distance_deg,
+    grid_symmetry_pose,
+    project_to_rotation,
+    random_rotations,
+    rotvec_to_matrix,
+)
+from cryoforge.types import BuildContext, Pose
+
+
+def _perturb(R: torch.Tensor, deg: float, g: torch.Generator) -> torch.Tensor:
+    axis = torch.randn((*R.shape[:-2], 3), generator=g, dtype=R.dtype)
+    axis = axis / axis.norm(dim=-1, keepdim=True) * np.deg2rad(deg)
+    return R @ rotvec_to_matrix(axis)
+
+
+def test_project_to_rotation_is_the_nearest_rotation():
+    g = torch.Generator().manual_seed(0)
+    R = random_rotations(5, g, torch.float64)
+    assert torch.allclose(project_to_rotation(3.0 * R), R, atol=1e-12)
+    M = R + 0.1 * torch.randn(5, 3, 3, generator=g, dtype=torch.float64)
+    P = project_to_rotation(M)
+    eye = torch.eye(3, dtype=torch.float64).expand(5, 3, 3)
+    assert torch.allclose(P @ P.transpose(-1, -2), eye, atol=1e-10)
+    assert torch.allclose(torch.linalg.det(P), torch.ones(5, dtype=torch.float64))
+    # no rotation is closer to M than P (Frobenius), among many random ones near it
+    others = _perturb(P[None].expand(200, 5, 3, 3), 3.0, g)
+    assert bool(((others - M).pow(2).sum((-1, -2)) >= (P - M).pow(2).sum((-1, -2)) - 1e-12).all())
+
+
+def test_consensus_averages_agreeing_estimates_and_drops_outliers():
+    """8 estimates with independent 4° errors: their mean is ~√8 closer; π-flipped ones are left out."""
+    g = torch.Generator().manual_seed(1)
+    B = 2000
+    truth = random_rotations(B, g, torch.float64)
+    cands = _perturb(truth[None].expand(8, B, 3, 3), 4.0, g)
+    flipped = torch.diag(torch.tensor([-1.0, -1.0, 1.0], dtype=torch.float64)) @ cands[-2:]
+    cands = torch.cat([cands[:-2], flipped])  # two of eight confuse a π symmetry mate
+    mean, agree = consensus_rotations(cands, cands[0], max_deg=20.0)
+    single = geodesic_distance_deg(cands[1], truth).median()
+    err = geodesic_distance_deg(mean, truth).median()
+    assert bool(agree[:-2].all()) and not bool(agree[-2:].any())
+    assert float(err) < 0.55 * float(single)  # 6 independent + anchor counted twice: ~1/√6.7
+
+
+def test_grid_averaged_poses_maps_every_copy_back():
+    """An encoder that knows the pose of each moved copy exactly returns the truth after averaging."""
+    L, B = 12, 6
+    g = torch.Generator().manual_seed(2)
+    images = torch.randn(B, L, L, generator=g)
+    truth = Pose(random_rotations(B, g), torch.randn(B, 2, generator=g))
+    table = []
+    for A in GRID_SYMMETRIES_XY.values():
+        r, t = grid_symmetry_pose(A, truth.rotation, truth.shift_angstrom)
+        table.append((apply_grid_symmetry(images, A), r, t))
+
+    class Oracle(torch.nn.Module):
+        def forward(self, x):
+            for moved, r, t in table:
+                if torch.equal(x, moved):
+                    return Pose(r, t)
+            raise AssertionError("unexpected input")
+
+    class P:
+        encoder = Oracle()
+
+    out = grid_averaged_poses(P(), images, truth, max_deg=10.0)
+    assert float(geodesic_distance_deg(out.rotation, truth.rotation).max()) < 0.05  # float32 arccos near 0
+    assert torch.allclose(out.shift_angstrom, truth.shift_angstrom, atol=1e-5)
+
+
+def test_bf16_convolutions_track_fp32_and_auto_follows_the_cpu():
+    enc = VGGEncoder(VGGEncoder.Options(channels=[8, 16], head_hidden=[32]), BuildContext(16, 2.0)).eval()
+    x = torch.randn(4, 16, 16, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        enc.options.precision = "fp32"
+        a = enc(x)
+        enc.options.precision = "bf16"
+        b = enc(x)
+    assert b.rotation.dtype == torch.float32 and b.shift_angstrom.dtype == torch.float32
+    assert float(geodesic_distance_deg(a.rotation, b.rotation).max()) < 3.0  # bf16: 8-bit mantissa
+    assert not torch.equal(a.rotation, b.rotation)  # it really ran in bf16
+    want = torch.bfloat16 if cpu_has_native_bf16() else torch.float32
+    assert conv_dtype("auto", torch.device("cpu")) == want
+    assert conv_dtype("fp32", torch.device("cpu")) == torch.float32
+    assert conv_dtype("auto", torch.device("cuda")) == torch.float32
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_vgg_backward_in_both_precisions(precision):
+    enc = VGGEncoder(
+        VGGEncoder.Options(channels=[8, 16], head_hidden=[32], precision=precision), BuildContext(16, 2.0)
+    )
+    pose = enc(torch.randn(4, 16, 16))
+    (pose.rotation.sum() + pose.shift_angstrom.sum()).backward()
+    grads = [p.grad for p in enc.features.parameters()]
+    assert all(gr is not None and torch.isfinite(gr).all() and gr.dtype == torch.float32 for gr in grads)
