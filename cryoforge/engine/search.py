@@ -135,7 +135,7 @@ def global_iteration(
         The mean squared residual per frequency at the best rotations (the noise estimate).
     """
     m = sp.radius_px < band_px
-    P = project_fourier(oversampled_spectrum(volume.double(), 2), grid, sp.freqs[m]).to(torch.complex64)
+    P = project_fourier(oversampled_spectrum(volume.double(), 2), grid, sp.freqs[m], dtype=torch.complex64)
     N = len(sp.Y)
     index = torch.empty(N, keep, dtype=torch.long)
     score = torch.empty(N, keep)
@@ -188,10 +188,11 @@ def refine_locally(
     residual = 0.0
     for rows, Y, C in _full_size_batches(ctx, max(1, batch // 4)):
         cand = loc[None] @ rotation[rows, None]
-        P = project_fourier(spec, cand.reshape(-1, 3, 3), freqs).reshape(len(Y), len(loc), -1)
-        best = pair_errors_batched(Y, C, P).min(1)
+        P = project_fourier(spec, cand.reshape(-1, 3, 3), freqs, dtype=torch.complex64)
+        P = P.reshape(len(Y), len(loc), -1)
+        best = pair_errors_batched(Y.to(P.dtype), None if C is None else C.float(), P).min(1)
         out[rows] = cand[torch.arange(len(Y)), best.indices]
-        residual += float((best.values + Y.abs().pow(2).sum(1)).sum()) / Y.shape[1]
+        residual += float((best.values.double() + Y.abs().pow(2).sum(1)).sum()) / Y.shape[1]
         if acc is not None:
             acc.add(Y, freqs, out[rows], C)
     return out, residual / len(ctx.index), None if acc is None else acc.volume(wiener)

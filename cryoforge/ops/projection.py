@@ -93,7 +93,11 @@ def oversampled_spectrum(volume: torch.Tensor, oversample: int = 2) -> torch.Ten
 
 
 def project_fourier(
-    spectrum: torch.Tensor, rotation: torch.Tensor, freqs_2d: torch.Tensor, oversample: int = 2
+    spectrum: torch.Tensor,
+    rotation: torch.Tensor,
+    freqs_2d: torch.Tensor,
+    oversample: int = 2,
+    dtype: torch.dtype = torch.complex128,
 ) -> torch.Tensor:
     """Central slices of an :func:`oversampled_spectrum` at image frequencies, zero beyond Nyquist.
 
@@ -108,28 +112,33 @@ def project_fourier(
         ``(B, 3, 3)``.
     freqs_2d
         ``(M, 2)`` image frequencies in cycles/pixel.
+    dtype
+        ``complex128``, or ``complex64`` to compute the slice coordinates in float32 as well
+        (the interpolation is float32 either way): 1.6x faster, for pose scoring.
 
     Returns
     -------
-    ``(B, M)`` complex128.
+    ``(B, M)`` of ``dtype``.
     """
     N = spectrum.shape[-1]
-    k3 = central_slice_coords(rotation.double(), freqs_2d.double())
+    real = torch.float32 if dtype == torch.complex64 else torch.float64
+    k3 = central_slice_coords(rotation.to(real), freqs_2d.to(real))
     inside = k3.pow(2).sum(-1) < 0.25
-    vals = _trilinear(spectrum, k3 * N + N // 2)
+    vals = _trilinear(spectrum, k3 * N + N // 2, real)
     return torch.where(inside, vals, torch.zeros_like(vals))
 
 
-def _trilinear(grid: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+def _trilinear(grid: torch.Tensor, pos: torch.Tensor, real: torch.dtype = torch.float64) -> torch.Tensor:
     """Trilinear samples of a complex ``[z, y, x]`` grid at ``(..., 3)`` index positions ``(x, y, z)``.
 
-    Outside the grid is zero. Uses ``grid_sample`` on the (real, imaginary) channels in float32.
+    Outside the grid is zero. Uses ``grid_sample`` on the (real, imaginary) channels in float32;
+    the result has real and imaginary parts of dtype ``real``.
     """
     N = grid.shape[-1]
     vol = torch.stack([grid.real, grid.imag]).float()[None]  # (1, 2, N, N, N)
     g = (pos.float() * (2.0 / (N - 1)) - 1).reshape(1, 1, 1, -1, 3)
     out = F.grid_sample(vol, g, mode="bilinear", padding_mode="zeros", align_corners=True)
-    out = out.reshape(2, *pos.shape[:-1]).double()
+    out = out.reshape(2, *pos.shape[:-1]).to(real)
     return torch.complex(out[0], out[1])
 
 
@@ -186,18 +195,20 @@ class BackprojectionSums:
 
     ``add`` grids a batch of image spectra; ``volume`` divides with a Wiener-like term and
     returns the map. Nothing else is kept, so memory does not grow with the number of images.
+
+    Each sample is splatted once, at ``+k``: its Friedel mate ``conj(Y)`` at ``−k`` is added by
+    mirroring the sums in :meth:`volume`. Trilinear weights are symmetric under ``k → −k``, so
+    this equals splatting both, at half the cost. The sums therefore live on a grid one voxel
+    wider than ``L`` (index ``L`` is the mirror of index 0 for even L), as ``(re, im, weight)``,
+    plus a margin (see :func:`_splat`).
     """
 
-    def __init__(self, num: torch.Tensor, den: torch.Tensor, L: int) -> None:
-        self.num, self.den, self.L = num, den, L
+    def __init__(self, sums: torch.Tensor, L: int) -> None:
+        self.sums, self.L = sums, L
 
     @classmethod
     def zeros(cls, L: int, device: torch.device | str | None = None) -> BackprojectionSums:
-        return cls(
-            torch.zeros(L**3, dtype=torch.complex128, device=device),
-            torch.zeros(L**3, dtype=torch.float64, device=device),
-            L,
-        )
+        return cls(torch.zeros(3, (L + 3) ** 3, dtype=torch.float64, device=device), L)
 
     def add(
         self,
@@ -226,37 +237,48 @@ class BackprojectionSums:
             p = weights.double().reshape(-1, 1)
             vals, wts = vals * p, wts * p
         k3 = central_slice_coords(rotation.double(), k2)
-        for sign, v in ((1.0, vals), (-1.0, vals.conj())):
-            _splat(self.num, self.den, sign * k3 * L + L // 2, v, wts, L)
+        data = torch.stack([vals.real, vals.imag, wts], -1).reshape(-1, 3)
+        _splat(self.sums, k3.reshape(-1, 3) * L + L // 2, data, L + 1)
 
     def volume(self, wiener: float = 1e-2) -> torch.Tensor:
         """``(L, L, L)`` real map ``[z, y, x]``: ``Σ w C Y / (Σ w C² + wiener · mean)``."""
         L = self.L
-        filled = self.den > 0
+        A = self.sums.reshape(3, L + 3, L + 3, L + 3)[:, 1:-1, 1:-1, 1:-1].permute(1, 2, 3, 0)  # 0 … L
+        c2 = 2 * (L // 2)  # lattice index j mirrors to c2 − j
+        mirror = A[c2 - L + 1 : c2 + 1, c2 - L + 1 : c2 + 1, c2 - L + 1 : c2 + 1].flip(0, 1, 2)
+        A = A[:L, :L, :L]
+        num = torch.complex(A[..., 0] + mirror[..., 0], A[..., 1] - mirror[..., 1]).reshape(-1)
+        den = (A[..., 2] + mirror[..., 2]).reshape(-1)
+        filled = den > 0
         if not filled.any():
             return torch.zeros(L, L, L)
-        reg = wiener * self.den[filled].mean()
-        spec3 = torch.where(filled, self.num / (self.den + reg), torch.zeros_like(self.num)).reshape(L, L, L)
+        reg = wiener * den[filled].mean()
+        spec3 = torch.where(filled, num / (den + reg), torch.zeros_like(num)).reshape(L, L, L)
         return fourier_to_volume(spec3).float()
 
 
-def _splat(
-    num: torch.Tensor, den: torch.Tensor, pos: torch.Tensor, vals: torch.Tensor, wts: torch.Tensor, L: int
-) -> None:
-    pos = pos.reshape(-1, 3)
-    vals, wts = vals.reshape(-1), wts.reshape(-1)
+def _splat(sums: torch.Tensor, pos: torch.Tensor, data: torch.Tensor, n: int) -> None:
+    """Trilinear splat of ``(P, C)`` ``data`` at ``(P, 3)`` voxel positions ``(x, y, z)``.
+
+    ``sums`` is ``(C, (n + 2)³)``: lattice indices ``−1 … n`` per axis (stored at ``+1``), so
+    every corner of a point whose lower corner lies in ``[−1, n − 1]`` is on the grid, and no
+    per-corner bounds check is needed; other points touch no index in ``[0, n − 1]`` and are
+    dropped. One ``bincount`` per channel over all 8 corners.
+    """
+    m = n + 2
     base = torch.floor(pos)
     frac = pos - base
-    base = base.long()
-    for dx in (0, 1):
-        for dy in (0, 1):
-            for dz in (0, 1):
-                ix, iy, iz = base[:, 0] + dx, base[:, 1] + dy, base[:, 2] + dz
-                wx = frac[:, 0] if dx else 1 - frac[:, 0]
-                wy = frac[:, 1] if dy else 1 - frac[:, 1]
-                wz = frac[:, 2] if dz else 1 - frac[:, 2]
-                wt = wx * wy * wz
-                ok = (ix >= 0) & (ix < L) & (iy >= 0) & (iy < L) & (iz >= 0) & (iz < L)
-                flat = (iz * L + iy) * L + ix
-                num.index_add_(0, flat[ok], (vals * wt)[ok])
-                den.index_add_(0, flat[ok], (wts * wt)[ok])
+    base = base.long() + 1
+    keep = ((base >= 0) & (base <= n)).all(-1)
+    base = base * keep[:, None]
+    flat0 = (base[:, 2] * m + base[:, 1]) * m + base[:, 0]
+    offsets = torch.tensor(
+        [dz * m * m + dy * m + dx for dz in (0, 1) for dy in (0, 1) for dx in (0, 1)], device=pos.device
+    )
+    flat = (flat0[None] + offsets[:, None]).reshape(-1)
+    fx, fy, fz = (frac[:, i] * keep for i in range(3))
+    kx, ky, kz = ((1 - frac[:, i]) * keep for i in range(3))
+    wz, wy, wx = torch.stack([kz, fz]), torch.stack([ky, fy]), torch.stack([kx, fx])
+    w = (wz[:, None, None] * wy[None, :, None] * wx[None, None, :]).reshape(8, -1)  # (8, P)
+    for c in range(data.shape[-1]):
+        sums[c] += torch.bincount(flat, (w * data[:, c]).reshape(-1), minlength=m**3)
