@@ -50,6 +50,8 @@ CONFIGS: dict[str, dict] = {
     "no-marching": {"schedule.search": {"band_px": [8.0, 8.0]}, "schedule.amortize_steps": 0},
     "march-5": {"schedule.search": {"band_px": [5.0, 8.0]}, "schedule.amortize_steps": 0},  # milder
     "march-4": {"schedule.search": {"band_px": [4.0, 8.0]}, "schedule.amortize_steps": 0},
+    # the encoder's budget (the default is 5,000 steps)
+    "amortize-6000": {"schedule.amortize_steps": 6000},
 }
 
 
@@ -147,7 +149,9 @@ def amortized_inference(
     if not (fresh / "particles.star").is_file():
         simulate_molecule(molecule, fresh, seed + 100, n, snr)
     t0 = time.perf_counter()
-    out = infer_run(run_dir, str(fresh / "particles.star"), str(run_dir / "fresh_inferred.star"))
+    out = infer_run(
+        run_dir, str(fresh / "particles.star"), str(run_dir / "fresh_inferred.star"), overwrite=True
+    )
     wall = time.perf_counter() - t0
     pe = pose_errors(
         torch.tensor(read_star(out).rotations), torch.tensor(read_star(fresh / "particles.star").rotations)

@@ -32,7 +32,7 @@ class AbinitSchedule(Schedule):
             default_factory=dict, description="options of the search stage (see docs/components.md)"
         )
         fit_steps: int = Field(300, ge=1, description="volume fit steps at the table's poses")
-        amortize_steps: int = Field(5000, ge=0, description="encoder training steps (0: no amortization)")
+        amortize_steps: int = Field(6000, ge=0, description="encoder training steps (0: no amortization)")
         amortize: dict[str, Any] = Field(default_factory=dict, description="options of the amortize stage")
 
     def stages(self) -> list[Stage]:
