@@ -24,6 +24,11 @@ from pathlib import Path
 import numpy as np
 
 
+def dataset_paths(folder: Path, n: int, L: int) -> tuple[Path, Path]:
+    """The stack and star of the ``n``-image, ``L``-px dataset in ``folder``."""
+    return folder / f"stack_{n}_{L}.mrcs", folder / f"particles_{n}_{L}.star"
+
+
 def make_dataset(folder: Path, n: int, L: int) -> Path:
     """``n`` random ``L``-px images with random RELION angles and defocus: a star and an mrcs."""
     import mrcfile
@@ -31,7 +36,7 @@ def make_dataset(folder: Path, n: int, L: int) -> Path:
     import starfile
 
     folder.mkdir(parents=True, exist_ok=True)
-    stack, star = folder / f"stack_{n}_{L}.mrcs", folder / f"particles_{n}_{L}.star"
+    stack, star = dataset_paths(folder, n, L)
     if star.is_file():
         return star
     rng = np.random.default_rng(0)
@@ -101,7 +106,7 @@ def main() -> None:
             # written by its own process: a parent that had just written the stack would hand its
             # resident pages to the reconstruct child at fork, and ru_maxrss counts them
             subprocess.run([sys.executable, __file__, "--make", str(folder), str(n), str(L)], check=True)
-            star = folder / f"particles_{n}_{L}.star"
+            star = dataset_paths(folder, n, L)[1]
             os.sync()  # a stack written just now is dirty in the page cache: read right away, its
             # pages stayed in the reader's RSS (772 MB at 40k images of 64 px, against 422 MB synced)
             stack_mb = n * L * L * 4 / 2**20
