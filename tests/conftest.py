@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -22,6 +24,39 @@ def shared_data() -> Path:
 @pytest.fixture(scope="session")
 def cryodrgn(shared_data: Path) -> Path:
     return shared_data / "cryodrgn"
+
+
+@pytest.fixture(scope="session")
+def example_plugin_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder holding ``plugins/cryoforge-example`` as pip installs it (wheel metadata and entry point).
+
+    Installed with ``--target`` rather than into the running environment: an interpreter that is
+    already running never sees a distribution installed under it, so discovery is checked by a fresh
+    interpreter with this folder on ``PYTHONPATH``. No network: ``--no-build-isolation`` builds with
+    the setuptools of the test extra, ``--no-deps`` reuses the cryoforge of this environment.
+    """
+    site = tmp_path_factory.mktemp("example-plugin-site")
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--disable-pip-version-check",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "--target",
+            str(site),
+            str(ROOT / "plugins" / "cryoforge-example"),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    assert (site / "cryoforge_example").is_dir()
+    return site
 
 
 @pytest.fixture(scope="session")

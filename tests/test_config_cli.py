@@ -100,13 +100,26 @@ def test_cli_dry_run_resolves_overrides(tiny):
     assert json.loads(r.output)["loss"]["name"] == "l2"
 
 
-def test_cli_example_plugin_dry_run():
-    from importlib.metadata import entry_points
+def test_cli_example_plugin_dry_run(example_plugin_site, tmp_path):
+    # the installed command, in a fresh process that sees the installed example plugin
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
 
-    if not any(ep.name == "cryoforge-example" for ep in entry_points(group="cryoforge")):
-        pytest.skip("example plugin not installed (test_plugins installs it)")
-    r = invoke("run", "--volume", "gaussians", "--dry-run")
-    assert r.exit_code == 0 and json.loads(r.output)["volume"]["options"]["n_gaussians"] == 64
+    env = {**os.environ, "PYTHONPATH": str(example_plugin_site)}
+    env.pop("CRYOFORGE_DISABLE_PLUGIN_AUTOLOAD", None)
+    command = Path(sys.executable).with_name("cryoforge")
+    r = subprocess.run(
+        [str(command), "run", "--volume", "gaussians", "--dry-run"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["volume"]["options"]["n_gaussians"] == 64
 
 
 @pytest.mark.parametrize(

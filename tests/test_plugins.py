@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
-from importlib.metadata import entry_points
 from pathlib import Path
 
 import pytest
@@ -20,28 +21,30 @@ from cryoforge.plugins import (
 from cryoforge.registry import KINDS, Registry
 
 ROOT = Path(__file__).resolve().parents[1]
-EXAMPLE = ROOT / "plugins" / "cryoforge-example"
 
 
-def _ensure_example_installed() -> None:
-    if not any(ep.name == "cryoforge-example" for ep in entry_points(group="cryoforge")):
-        subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "pip",
-                "install",
-                "-q",
-                "--no-deps",
-                "--no-build-isolation",
-                "-e",
-                str(EXAMPLE),
-            ],
-            check=True,
-        )
-        import importlib
+def _example_registry(site: Path, **env: str) -> dict:
+    """Load the registry in a *new* interpreter that sees the installed example plugin.
 
-        importlib.invalidate_caches()
+    The plugin is installed (real wheel metadata, entry point included) into ``site``; only a fresh
+    interpreter started with ``site`` on its path can be trusted to discover it, as a user's would.
+    """
+    code = (
+        "import json\n"
+        "from cryoforge.plugins import load_registry\n"
+        "reg = load_registry()\n"
+        "names = reg.names('volume')\n"
+        "print(json.dumps({'names': names, 'provider': reg.provider('volume', 'gaussians')"
+        " if 'gaussians' in names else None}))\n"
+    )
+    environ = {k: v for k, v in os.environ.items() if k not in (NO_AUTOLOAD_ENV, BLOCK_ENV)}
+    environ.update(env)
+    environ["PYTHONPATH"] = os.pathsep.join([str(site), *filter(None, [os.environ.get("PYTHONPATH")])])
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=environ, capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def test_builtins_cover_every_role(registry):
@@ -53,21 +56,17 @@ def test_builtins_cover_every_role(registry):
     assert registry.provider("volume", "fouriernet") == "cryoforge.volumes"
 
 
-def test_example_plugin_discovered_through_entry_points(monkeypatch):
-    _ensure_example_installed()
-    monkeypatch.delenv(NO_AUTOLOAD_ENV, raising=False)
-    reg = load_registry()
-    assert "gaussians" in reg.names("volume")
-    assert reg.provider("volume", "gaussians") == "cryoforge-example"
+def test_example_plugin_discovered_through_entry_points(example_plugin_site):
+    found = _example_registry(example_plugin_site)
+    assert "gaussians" in found["names"]
+    assert found["provider"] == "cryoforge-example"
 
 
-def test_disable_autoload_and_block(monkeypatch):
-    _ensure_example_installed()
-    monkeypatch.setenv(NO_AUTOLOAD_ENV, "1")
-    assert "gaussians" not in load_registry().names("volume")
-    monkeypatch.delenv(NO_AUTOLOAD_ENV)
-    monkeypatch.setenv(BLOCK_ENV, "cryoforge-example")
-    assert "gaussians" not in load_registry().names("volume")
+def test_disable_autoload_and_block(example_plugin_site):
+    assert "gaussians" not in _example_registry(example_plugin_site, **{NO_AUTOLOAD_ENV: "1"})["names"]
+    assert (
+        "gaussians" not in _example_registry(example_plugin_site, **{BLOCK_ENV: "cryoforge-example"})["names"]
+    )
 
 
 def test_wildcards_and_unknown_name(registry):
