@@ -108,9 +108,10 @@ def write_cs(path: str | Path, table: ParticleTable, stack_path: str) -> None:
 
     n = len(table)
     px = float(table.pixel_size_angstrom or 1.0)
+    encoded = stack_path.encode("utf-8")
     dtype = [
         ("uid", "<u8"),
-        ("blob/path", "S256"),
+        ("blob/path", f"S{max(256, len(encoded))}"),  # never truncated (a path may exceed 256 bytes)
         ("blob/idx", "<u4"),
         ("blob/shape", "<u4", (2,)),
         ("blob/psize_A", "<f4"),
@@ -128,7 +129,7 @@ def write_cs(path: str | Path, table: ParticleTable, stack_path: str) -> None:
     ]
     arr = np.zeros(n, dtype=dtype)
     arr["uid"] = np.arange(n)
-    arr["blob/path"] = stack_path.encode()
+    arr["blob/path"] = encoded
     arr["blob/idx"] = np.arange(n)
     arr["blob/shape"] = table.box_size or 0
     arr["blob/psize_A"] = px

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import warnings
+import csv
+import io
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import starfile
 
 from cryoforge.errors import InputFileError
 from cryoforge.io.star_document import (
@@ -15,6 +15,9 @@ from cryoforge.io.star_document import (
     StarBlock,
     StarDocument,
     format_exact,
+    quote,
+    read_star_document,
+    unquote,
     write_star_document,
 )
 from cryoforge.io.table import ParticleTable
@@ -24,20 +27,50 @@ from cryoforge.ops.rotations import euler_relion_to_matrix, matrix_to_euler_reli
 OPTICS_FIELDS = ("rlnVoltage", "rlnSphericalAberration", "rlnAmplitudeContrast")
 
 
-def _read_blocks(path: Path) -> dict[str, pd.DataFrame]:
-    read_text_file(path, "STAR file")  # exists, readable, UTF-8 (else one line naming the byte)
+def _numeric(column: pd.Series) -> pd.Series:
+    """A column's values: numbers when every value is one (as starfile reads them), else text."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            blocks = starfile.read(path, always_dict=True)
-    except Exception as exc:  # starfile raises a variety of parser errors
-        raise InputFileError(path, f"cannot parse STAR file ({exc})") from None
-    tables = {k: v for k, v in blocks.items() if isinstance(v, pd.DataFrame)}
-    for block, table in tables.items():
-        dup = table.columns[table.columns.duplicated()]
-        if len(dup):
-            raise InputFileError(path, f"column appears twice in data_{block}", str(dup[0]))
+        return pd.to_numeric(column)
+    except (ValueError, TypeError):
+        return column
+
+
+def _read_blocks(path: Path) -> dict[str, pd.DataFrame]:
+    """Every loop of a STAR file as a table of unquoted values (STAR 1.1 quoting, as RELION)."""
+    read_text_file(path, "STAR file")  # exists, readable, UTF-8 (else one line naming the byte)
+    tables: dict[str, pd.DataFrame] = {}
+    for block in read_star_document(path).blocks:
+        if not block.loop or block.name in tables:
+            continue
+        seen: set[str] = set()
+        for label in block.labels:
+            if label in seen:
+                raise InputFileError(path, f"column appears twice in data_{block.name}", label)
+            seen.add(label)
+        tables[block.name] = _loop_table(block)
     return tables
+
+
+def _loop_table(block: StarBlock) -> pd.DataFrame:
+    text = "\n".join(block.lines)
+    if not block.lines:
+        return pd.DataFrame({label: pd.Series([], dtype=object) for label in block.labels})
+    if not any(c in text for c in "'\"#"):  # bare words only: split on whitespace (C speed)
+        raw = pd.read_csv(
+            io.StringIO(text),
+            sep=r"\s+",
+            header=None,
+            names=range(len(block.labels)),
+            dtype=object,
+            quoting=csv.QUOTE_NONE,
+            na_filter=False,
+            engine="c",
+        )
+        columns = [raw[j] for j in range(len(block.labels))]
+    else:
+        rows = [[unquote(t) for t in block.row(i)] for i in range(len(block))]
+        columns = [pd.Series(c, dtype=object) for c in zip(*rows, strict=True)]
+    return pd.DataFrame({label: _numeric(c) for label, c in zip(block.labels, columns, strict=True)})
 
 
 def read_star(path: str | Path, box_size: int | None = None) -> ParticleTable:
@@ -85,8 +118,9 @@ def read_star(path: str | Path, box_size: int | None = None) -> ParticleTable:
         if name in parts.columns:
             values = pd.to_numeric(parts[name], errors="coerce").to_numpy(np.float64)
             missing = np.isnan(values) & parts[name].notna().to_numpy()
-            text = parts[name].astype(str).str.strip().str.lower().to_numpy()
-            missing &= text != "nan"
+            if missing.any():
+                text = parts[name].astype(str).str.strip().str.lower().to_numpy()
+                missing &= text != "nan"
             if missing.any():  # a word where a number belongs: quote it
                 i = int(np.argmax(missing))
                 raise InputFileError(path, f"particle {i + 1}: {parts[name].iloc[i]!r} is not a number", name)
@@ -190,7 +224,7 @@ def table_document(table: ParticleTable) -> StarDocument:
     f6 = lambda a: [f"{v:.6f}" for v in np.asarray(a, dtype=np.float64)]
     cols: dict[str, list[str]] = {}
     if table.image_names is not None:
-        cols["rlnImageName"] = [str(v) for v in table.image_names]
+        cols["rlnImageName"] = [quote(str(v)) for v in table.image_names]
     if table.has_ctf:  # CTF-free data are written without defocus columns (RELION reads them so)
         for label, k in (
             ("rlnDefocusU", "defocus_u_angstrom"),
@@ -212,7 +246,7 @@ def table_document(table: ParticleTable) -> StarDocument:
     for k, v in table.extra.items():
         if k.startswith("rln") and k not in cols:
             v = np.asarray(v)
-            cols[k] = f6(v) if np.issubdtype(v.dtype, np.floating) else [str(x) for x in v]
+            cols[k] = f6(v) if np.issubdtype(v.dtype, np.floating) else [quote(str(x)) for x in v]
     lines = [" ".join(row) for row in zip(*cols.values(), strict=True)]
     return StarDocument([optics, StarBlock("particles", list(cols), lines)], RELION31_VERSION)
 

@@ -10,7 +10,6 @@ caller resolved them, the image names.
 from __future__ import annotations
 
 import re
-import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -52,11 +51,54 @@ PIXEL_TO_ANGSTROM_LABELS = {
 _VERSION = re.compile(r"^#\s*version\s+(\d+)")
 
 
+# STAR 1.1 / CIF tokens: a quoted value ends at its quote followed by whitespace (so a quote
+# inside a value needs no escape), ``#`` at the start of a token begins a comment, anything else
+# runs to the next whitespace (quotes and ``#`` inside a bare word are part of it).
+_TOKEN = re.compile(r"""'.*?'(?=\s|$)|".*?"(?=\s|$)|#.*|\S+""")
+_RESERVED = re.compile(r"^(data_|loop_|save_|global_|stop_)", re.IGNORECASE)
+
+
 def split_tokens(line: str) -> list[str]:
     """One STAR data line → its values as written (quoted values keep their quotes)."""
-    if '"' in line or "'" in line:
-        return shlex.split(line, posix=False)
-    return line.split()
+    if '"' not in line and "'" not in line and "#" not in line:
+        return line.split()
+    return [t for t in _TOKEN.findall(line) if not t.startswith("#")]
+
+
+def unquote(token: str) -> str:
+    """A value as written → the value (``'a b'`` and ``"a b"`` → ``a b``; bare words unchanged)."""
+    if len(token) >= 2 and token[0] == token[-1] and token[0] in "'\"":
+        return token[1:-1]
+    return token
+
+
+def quote(value: str) -> str:
+    """``value`` as a STAR token that reads back as ``value`` (our reader, RELION, gemmi, starfile).
+
+    Bare when it can be; otherwise in double quotes, or single quotes when the value holds a
+    double quote. Values with whitespace, an empty value, a leading quote, ``_``, ``$``, ``;``,
+    ``[`` or ``]``, a reserved word (``data_``, ``loop_``, ...) and any ``#`` (starfile reads a
+    bare ``#`` as a comment) are quoted.
+
+    Raises
+    ------
+    ValueError
+        For a value no single-line STAR token can hold: a line break, or both quote characters
+        each followed by whitespace.
+    """
+    value = str(value)
+    if "\n" in value or "\r" in value:
+        raise ValueError(f"{value!r}: a line break cannot be written in a STAR file")
+    if value and not (
+        any(c.isspace() for c in value) or value[0] in "'\"_$;[]" or "#" in value or _RESERVED.match(value)
+    ):
+        return value
+    for q in ('"', "'"):
+        if not re.search(q + r"\s", value) and not value.endswith(q):
+            if q == '"' and '"' in value and "'" not in value:
+                continue  # prefer single quotes around a double quote
+            return f"{q}{value}{q}"
+    raise ValueError(f"{value!r}: holds both quote characters before whitespace; not a STAR value")
 
 
 @dataclass
@@ -349,7 +391,7 @@ def overlay_poses(
             new_values[lab] = [format_float(v) for v in col]
         labels = [lab for lab in labels if lab not in STALE_ORIGIN_LABELS]
     if image_names is not None:
-        new_values["rlnImageName"] = [str(n) for n in image_names]
+        new_values["rlnImageName"] = [quote(str(n)) for n in image_names]
     for lab, vals in new_values.items():
         if len(vals) != len(rows):
             raise ValueError(f"{lab}: {len(vals)} values for {len(rows)} rows")
