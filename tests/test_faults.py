@@ -311,3 +311,61 @@ def test_resume_onto_a_missing_device_is_refused_before_config_json(killed_run, 
     ok = _inproc(_cli("run", "--resume", d, "-o", "train.device", "cpu"))
     assert ok.exit_code == 0, ok.output
     assert load_checkpoint(d / "checkpoint.pt")["state"]["step"] == 6
+
+
+SIGNAL_AT_STEP = '''
+"""Sends $CRYOFORGE_TEST_SIGNAL to its own process during backward pass number $CRYOFORGE_TEST_SIGNAL_AT."""
+import os
+
+import torch
+
+_backward = torch.Tensor.backward
+_calls = [0]
+
+
+def _backward_then_signal(self, *args, **kwargs):
+    _calls[0] += 1
+    if _calls[0] == int(os.environ.get("CRYOFORGE_TEST_SIGNAL_AT", "0")):
+        os.kill(os.getpid(), int(os.environ["CRYOFORGE_TEST_SIGNAL"]))
+    return _backward(self, *args, **kwargs)
+
+
+torch.Tensor.backward = _backward_then_signal
+'''
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_signal_saves_a_checkpoint_exits_128_plus_signum_and_resumes_exactly(
+    tiny, tmp_path, one_thread, signum
+):
+    """SIGTERM (a scheduler's time limit) or SIGINT (Ctrl-C) during step 4: the run finishes that
+    step, checkpoints it (newer than the periodic one of step 2), says so in one line and exits
+    with 128 + signum; ``--resume`` ends equal to an uninterrupted run."""
+    over = {"train.max_steps": 6, "train.checkpoint_every_steps": 2, "train.checkpoint_every_s": 1e6}
+    ref = _inproc(_run_args(tiny["star"], tmp_path / "ref", **over))
+    assert ref.exit_code == 0, ref.output
+    plug = tmp_path / "plug"
+    plug.mkdir()
+    (plug / "signal_at_step.py").write_text(SIGNAL_AT_STEP)
+    d = tmp_path / "r"
+    t0 = time.monotonic()
+    proc = subprocess.run(
+        [*_run_args(tiny["star"], d, **over), "--plugins-dir", str(plug)],
+        env={**ENV, "CRYOFORGE_TEST_SIGNAL_AT": "4", "CRYOFORGE_TEST_SIGNAL": str(int(signum))},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 128 + signum, proc.stderr
+    assert "Traceback" not in proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("Interrupted")]
+    assert len(lines) == 1 and signal.Signals(signum).name in lines[0] and "--resume" in lines[0], proc.stderr
+    assert time.monotonic() - t0 < 60
+    assert load_checkpoint(d / "checkpoint.pt")["state"]["step"] == 4  # not the periodic one of step 2
+    assert _temp_files(d) == [] and not (d / LOCK).exists()
+    res = _inproc(_cli("run", "--resume", d))
+    assert res.exit_code == 0, res.output
+    a, b = load_checkpoint(tmp_path / "ref" / "checkpoint.pt"), load_checkpoint(d / "checkpoint.pt")
+    assert b["state"]["step"] == 6
+    for k, v in a["model"].items():
+        assert torch.equal(v, b["model"][k]), k

@@ -27,6 +27,7 @@ from cryoforge.config import Options
 from cryoforge.engine.batches import make_batch
 from cryoforge.engine.callbacks import StepInfo
 from cryoforge.engine.context import RunContext
+from cryoforge.engine.signals import stop_point
 from cryoforge.engine.stages import register_runner
 from cryoforge.errors import TrainingDiverged
 from cryoforge.losses.views import VIEWS
@@ -130,6 +131,7 @@ def run_amortize(ctx: RunContext, stage: Stage) -> None:
     while prog["step"] < total:
         perm = np.random.default_rng(tc.seed + 7919 * (prog["epoch"] + 1)).permutation(ctx.index)
         for b in range(prog["step"] % n_batches, n_batches):
+            stop_point(ctx)  # the state resumes exactly here (step, epoch; the optimizer is ctx's)
             gen = torch.Generator().manual_seed(tc.seed * 1_000_003 + prog["step"])
             chunk = perm[b * n_real : (b + 1) * n_real]
             batch = make_batch(ctx.source, chunk, ctx.device)

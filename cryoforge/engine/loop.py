@@ -14,6 +14,7 @@ from cryoforge.config import Options, TrainConfig
 from cryoforge.engine.batches import make_batch
 from cryoforge.engine.callbacks import StepInfo
 from cryoforge.engine.context import RunContext
+from cryoforge.engine.signals import stop_point
 from cryoforge.engine.stages import register_runner
 from cryoforge.errors import TrainingDiverged
 from cryoforge.schedules.base import Stage
@@ -112,6 +113,7 @@ def train_gradient(ctx: RunContext, stage: Stage) -> None:
     while not (epochs and prog["epoch"] >= epochs):
         perm = np.random.default_rng(tc.seed + prog["epoch"]).permutation(ctx.index)
         for b in range(prog["batch"], n_batches):
+            stop_point(ctx)  # the state resumes exactly here: batch b of this epoch is next
             chunk = perm[b * per_step : (b + 1) * per_step][rank::world]
             if len(chunk) == 0:
                 continue

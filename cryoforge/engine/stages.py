@@ -78,13 +78,22 @@ def schedule_stages(config: RunConfig, registry: Registry, ctx: BuildContext | N
 
 
 def run_stages(ctx: RunContext, stages: list[Stage]) -> None:
-    """Run ``stages`` in order from ``ctx.state["stage"]``: completed stages are not rerun."""
-    for i in range(ctx.state["stage"], len(stages)):
-        if ctx.steps_left() == 0:  # train.max_steps, the run's budget over all stages, is spent
-            return
-        stage = stages[i]
-        ctx.state["stage"] = i
-        ctx.emit("on_stage_start", stage)
-        RUNNERS[stage.kind](ctx, stage)
-        ctx.state["stage"] = i + 1
-        ctx.emit("on_stage_end", stage)
+    """Run ``stages`` in order from ``ctx.state["stage"]``: completed stages are not rerun.
+
+    SIGINT and SIGTERM stop the run at the next :func:`cryoforge.engine.signals.stop_point` of a
+    stage loop (or between stages), checkpointed, with exit code ``128 + signal number``.
+    """
+    from cryoforge.engine.signals import handling, stop_point
+
+    with handling():
+        for i in range(ctx.state["stage"], len(stages)):
+            stop_point(ctx)
+            if ctx.steps_left() == 0:  # train.max_steps, the run's budget over all stages, is spent
+                return
+            stage = stages[i]
+            ctx.state["stage"] = i
+            ctx.emit("on_stage_start", stage)
+            RUNNERS[stage.kind](ctx, stage)
+            ctx.state["stage"] = i + 1
+            ctx.emit("on_stage_end", stage)
+        stop_point(ctx)
