@@ -143,3 +143,37 @@ def pair_errors_batched(
     c2 = torch.ones_like(images_ft.real) if ctf is None else ctf * ctf
     power = projections.real.pow(2) + projections.imag.pow(2)
     return torch.einsum("bm,bkm->bk", c2, power) - 2 * cross
+
+
+def shift_grid_px(extent_px: float, step_px: float) -> torch.Tensor:
+    """In-plane offsets ``(x, y)`` on a square grid of ``step_px`` inside the disc of radius ``extent_px``.
+
+    Returns
+    -------
+    ``(S, 2)`` float64 offsets in pixels, the zero offset first, then by increasing length.
+    """
+    n = math.floor(extent_px / step_px + 1e-9) if step_px > 0 else 0
+    r = torch.arange(-n, n + 1, dtype=torch.float64) * step_px
+    d = torch.stack(torch.meshgrid(r, r, indexing="xy"), -1).reshape(-1, 2)
+    d = d[d.norm(dim=1) <= extent_px + 1e-9]
+    return d[torch.argsort(d.norm(dim=1), stable=True)]
+
+
+def pair_cross(images_ft: torch.Tensor, ctf: torch.Tensor | None, projections: torch.Tensor) -> torch.Tensor:
+    """``Re Σ_m C_im conj(Y_im) P_jm`` for every image ``i`` and projection ``j``: ``(B, J)`` float32.
+
+    The shift-dependent half of :func:`pair_errors` (``error = power − 2 · cross``); a translated
+    image changes only this term, so a shift search repeats it with the power term computed once.
+    """
+    a = images_ft if ctf is None else images_ft * ctf
+    a = torch.cat([a.real, a.imag], 1).float()
+    p = torch.cat([projections.real, projections.imag], 1).float()
+    return a @ p.T
+
+
+def pair_power(ctf: torch.Tensor | None, projections: torch.Tensor, batch: int) -> torch.Tensor:
+    """``Σ_m C_im² |P_jm|²`` for every image ``i`` (``batch`` of them when CTF-free) and projection ``j``."""
+    power = (projections.real.pow(2) + projections.imag.pow(2)).float()
+    if ctf is None:
+        return power.sum(1)[None].expand(batch, -1)
+    return (ctf * ctf).float() @ power.T

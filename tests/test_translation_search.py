@@ -1,0 +1,97 @@
+"""Translations in the pose search: the shift grid, the split score, and RELION's own shifted projections."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from cryoforge.engine.search import global_iteration, map_centre_px, recentred_origins
+from cryoforge.io.star import read_star
+from cryoforge.ops.fft import fourier_to_volume, rfft2_images, volume_to_fourier
+from cryoforge.ops.grids import half_plane_query
+from cryoforge.ops.projection import project_real_space
+from cryoforge.ops.search import pair_cross, pair_errors, pair_power, shift_grid_px, so3_grid
+from cryoforge.ops.shift import translate_images
+
+
+def test_shift_grid_is_a_disc_of_steps_with_zero_first():
+    d = shift_grid_px(3.0, 1.0)
+    assert torch.equal(d[0], torch.zeros(2, dtype=d.dtype))
+    assert d.norm(dim=1).max() <= 3.0 + 1e-9
+    assert len(d) == sum(1 for x in range(-3, 4) for y in range(-3, 4) if x * x + y * y <= 9)  # 29
+    assert len(shift_grid_px(1.5, 1.0)) == 9  # the 3 x 3 local grid
+    assert len(shift_grid_px(0.0, 1.0)) == 1
+
+
+def test_split_score_equals_pair_errors():
+    """``power − 2 · cross`` is the squared error, for CTF and CTF-free scoring alike."""
+    g = torch.Generator().manual_seed(1)
+    Y = torch.randn(5, 7, dtype=torch.complex64, generator=g)
+    C = torch.randn(5, 7, generator=g)
+    P = torch.randn(4, 7, dtype=torch.complex64, generator=g)
+    for c in (C, None):
+        split = pair_power(c, P, len(Y)) - 2 * pair_cross(Y, c, P)
+        assert torch.allclose(split, pair_errors(Y, c, P), atol=1e-4)
+
+
+def test_recentred_origins_move_the_map_and_keep_the_images():
+    """A map translated by c and seen at origin o gives the image of the centred map at the new origin."""
+    L = 24
+    r = torch.arange(L, dtype=torch.float64) - L // 2
+    z, y, x = torch.meshgrid(r, r, r, indexing="ij")
+
+    def blob(cx: float, cy: float, cz: float) -> torch.Tensor:
+        return torch.exp(-((x - cx) ** 2 + (y - cy) ** 2 + (z - cz) ** 2) / 8)
+
+    vol = blob(0, 0, 0) + 0.7 * blob(3, 1, -2) + 0.5 * blob(-2, 3, 1)  # asymmetric, smooth
+    moved = torch.roll(vol, shifts=(1, -3, 2), dims=(0, 1, 2))  # [z, y, x] rolled by (z, y, x) = (1, −3, 2)
+    c = torch.tensor([2.0, -3.0, 1.0], dtype=torch.float64)  # the same move as (x, y, z)
+    rot = so3_grid(12, 4)[[5, 17, 30]]
+    origin = torch.tensor([[1.0, 2.0], [-2.0, 0.5], [0.0, 0.0]], dtype=torch.float64)
+    seen = translate_images(project_real_space(moved, rot), -origin)  # a particle sits at −origin
+    centred = translate_images(project_real_space(vol, rot), -recentred_origins(origin, rot, c))
+    peak = float(seen.abs().max())
+    assert (seen - centred).abs().max() < 0.01 * peak  # interpolation only
+    wrong = translate_images(project_real_space(vol, rot), -(origin + (rot @ c)[..., :2]))
+    assert (seen - wrong).abs().max() > 0.5 * peak  # the opposite sign is far off
+    assert torch.allclose(map_centre_px(moved) - map_centre_px(vol), c, atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def ribosome_64(shared_data: Path) -> torch.Tensor:
+    """The 70S map Fourier-cropped to 64³ (frequencies −32…31, scaled by (64/65)³), as its README says."""
+    vol = torch.from_numpy(np.load(shared_data / "relion_project" / "clean70SRibosome_vol.npy"))
+    spec = volume_to_fourier(vol) * 65
+    c = 65 // 2
+    crop = spec[c - 32 : c + 32, c - 32 : c + 32, c - 32 : c + 32] * (64 / 65) ** 3
+    return fourier_to_volume(crop / 64)
+
+
+def test_search_finds_relion_origins_sign_included(shared_data: Path, ribosome_64: torch.Tensor):
+    """RELION's shifted projections, searched over rotations × shifts within ±14 px: the star's origins."""
+    star = shared_data / "relion_project" / "rln_proj_64_shifted.star"
+    table = read_star(star)
+    from cryoforge.io.mrc import open_stack
+
+    images = torch.from_numpy(np.asarray(open_stack(star.with_suffix(".mrcs"))[:], dtype=np.float64))
+    L = images.shape[-1]
+    flat, freqs = half_plane_query(L)
+    sp = SimpleNamespace(
+        Y=rfft2_images(images).reshape(len(images), -1)[:, flat].to(torch.complex64),
+        freqs=freqs,
+        radius_px=freqs.norm(dim=1) * L,
+        size=L,
+        ctf=lambda sl: None,
+    )
+    offsets = shift_grid_px(15.0, 1.0)
+    assert offsets.abs().max() >= 14
+    _, _, _, origins = global_iteration(sp, ribosome_64, so3_grid(300, 24), 12.0, 1, 100, None, offsets)
+    want = torch.as_tensor(table.shifts_angstrom) / float(table.pixel_size_angstrom)
+    assert want.abs().max() >= 5  # the set is really off-centre
+    assert (origins[:, 0] - want).abs().max() <= 0.5, (origins[:, 0], want)
+    assert math.isfinite(float(origins.sum()))
