@@ -748,7 +748,9 @@ def test_1100_one_image_stacks_at_ulimit_256(tmp_path):
 
     n, L = 1100, 8
     for i in range(n):
-        write_mrc(tmp_path / f"mic{i:04d}.mrcs", np.full((1, L, L), float(i), np.float32), 2.0, stack=True)
+        image = np.full((1, L, L), float(i), np.float32)
+        image[0, 1, 1] += 0.5  # not constant: a stack of constant images carries no signal and is refused
+        write_mrc(tmp_path / f"mic{i:04d}.mrcs", image, 2.0, stack=True)
     ctf = {k: np.zeros(n) for k in CTF_FIELDS}
     ctf.update(defocus_u_angstrom=np.full(n, 1e4), defocus_v_angstrom=np.full(n, 1e4))
     ctf.update(voltage_kv=np.full(n, 300.0), cs_mm=np.full(n, 2.7), amplitude_contrast=np.full(n, 0.1))

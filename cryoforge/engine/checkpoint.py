@@ -67,8 +67,41 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     return ck
 
 
+def _first_not_finite(tensors: dict[str, Any]) -> str | None:
+    """The name of the first floating-point tensor holding NaN or Inf, or ``None``."""
+    for name, t in tensors.items():
+        if isinstance(t, torch.Tensor) and t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            return name
+    return None
+
+
 def save_checkpoint(ctx: RunContext) -> None:
-    """Write ``ctx``'s model, optimizer, state and history to ``ctx.checkpoint_path``."""
+    """Write ``ctx``'s model, optimizer, state and history to ``ctx.checkpoint_path``.
+
+    Raises
+    ------
+    TrainingDiverged
+        When a weight or the pose table holds NaN or Inf: the last checkpoint written stays the
+        last good one (a NaN checkpoint is never written).
+    """
+    from cryoforge.errors import TrainingDiverged
+
+    tensors = {f"weight {k}": v for k, v in ctx.pipeline.state_dict().items()}
+    for name, enc in ctx.spare_encoders().items():
+        tensors.update({f"encoder {name} weight {k}": v for k, v in enc.state_dict().items()})
+    if ctx.poses is not None:
+        tensors.update(poses=ctx.poses.rotation, shifts=ctx.poses.shift_angstrom)
+    bad = _first_not_finite(tensors)
+    if bad is not None:
+        kept = (
+            f"the last good checkpoint is kept in {ctx.checkpoint_path}"
+            if ctx.checkpoint_path.is_file()
+            else "no checkpoint had been written yet"
+        )
+        raise TrainingDiverged(
+            f"{bad} became NaN or Inf by step {ctx.state['step']}; {kept}; "
+            "lower train.lr_* or check the input data"
+        )
     ck: dict[str, Any] = {
         "model": ctx.pipeline.state_dict(),
         "optimizer": ctx.optimizer.state_dict() if ctx.optimizer is not None else {},

@@ -73,6 +73,19 @@ def _loop_table(block: StarBlock) -> pd.DataFrame:
     return pd.DataFrame({label: _numeric(c) for label, c in zip(block.labels, columns, strict=True)})
 
 
+def _check_group_numbers(path: Path, block: str, column: pd.Series) -> None:
+    """``rlnOpticsGroup`` holds whole numbers (RELION's group ids), else one line naming the row."""
+    values = pd.to_numeric(column, errors="coerce").to_numpy(np.float64)
+    bad = ~np.isfinite(values) | (values != np.round(values))
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise InputFileError(
+            path,
+            f"data_{block} row {i + 1}: {column.iloc[i]!r} is not an optics group number",
+            "rlnOpticsGroup",
+        )
+
+
 def read_star(path: str | Path, box_size: int | None = None) -> ParticleTable:
     """Read particles, CTF, poses and image references from a RELION STAR file.
 
@@ -105,6 +118,15 @@ def read_star(path: str | Path, box_size: int | None = None) -> ParticleTable:
         optics = blocks["optics"]
         if "rlnOpticsGroup" not in parts.columns:
             raise InputFileError(path, "particles table lacks the column", "rlnOpticsGroup")
+        if "rlnOpticsGroup" not in optics.columns:
+            raise InputFileError(path, "data_optics lacks the column", "rlnOpticsGroup")
+        for block, table in (("optics", optics), ("particles", parts)):
+            _check_group_numbers(path, block, table["rlnOpticsGroup"])
+        twice = optics["rlnOpticsGroup"][optics["rlnOpticsGroup"].duplicated()]
+        if len(twice):  # a merge would double every particle of that group
+            raise InputFileError(
+                path, f"optics group {twice.iloc[0]} is defined twice in data_optics", "rlnOpticsGroup"
+            )
         keep = [c for c in optics.columns if c not in parts.columns or c == "rlnOpticsGroup"]
         merged = parts.merge(optics[keep], on="rlnOpticsGroup", how="left", sort=False)
         if merged[keep[1]].isna().any() if len(keep) > 1 else False:

@@ -21,6 +21,9 @@ from cryoforge.sources.quality import QUALITY_SAMPLE, DataQuality
 from cryoforge.sources.subsets import select_particles
 from cryoforge.types import BuildContext
 
+#: a pixel this many standard deviations of the data from their mean marks a corrupt image
+MAX_NORMALIZED_PIXEL = 1e6
+
 
 class StackOptions(Options):
     """Options common to every stack-backed source."""
@@ -93,13 +96,50 @@ class StackSource(Source):
         if self.table.rotations is not None:
             check_finite(self.path, self.POSE_FIELD, self.table.rotations)
         self.poses = self.table.pose()
-        self._scale, self._offset = 1.0, 0.0
+        self._scale, self._offset, self._limit = 1.0, 0.0, float("inf")
         rng = np.random.default_rng(0)
         sample = np.sort(rng.choice(len(self), size=min(len(self), QUALITY_SAMPLE), replace=False))
         imgs = self.read_images(sample)
         self.quality = DataQuality.measure(self._file_id, self._index, imgs)
+        self._check_sample(sample, imgs)
         if options.normalize:
             self._offset, self._scale = float(imgs.mean()), float(imgs.std()) or 1.0
+            if not (np.isfinite(self._offset) and np.isfinite(self._scale)):  # float32 overflow
+                self._offset, self._scale = (
+                    float(imgs.mean(dtype=np.float64)),
+                    float(imgs.std(dtype=np.float64)),
+                )
+            self._limit = MAX_NORMALIZED_PIXEL
+
+    def _check_sample(self, sample: np.ndarray, imgs: np.ndarray) -> None:
+        """Refuse data without signal (every sampled image constant, e.g. an all-zero stack) and
+        an image whose pixels are absurd next to the others' (a corrupt 3e38), before training."""
+        q = self.quality
+        if q.sampled and q.constant == q.sampled:
+            what = "all zeros" if q.blank == q.sampled else "constant (zero variance)"
+            scope = "every image" if q.sampled == len(self) else f"all {q.sampled} images sampled"
+            raise InputFileError(
+                self._stack_paths[self._file_id[sample[0]]],
+                f"{scope} {what}: the data carry no signal",
+                "data",
+            )
+        flat = imgs.reshape(len(imgs), -1).astype(np.float64)
+        centre = np.median(flat.mean(1))
+        spread = np.median(flat.std(1))
+        if spread == 0:  # most images constant: measure against the pixel spread of all
+            spread = flat.std()
+        dev = np.abs(flat - centre).max(1)
+        bad = np.nonzero(dev > MAX_NORMALIZED_PIXEL * spread)[0]
+        if len(bad):
+            i = sample[bad[0]]
+            value = flat[bad[0]][np.argmax(np.abs(flat[bad[0]] - centre))]
+            raise InputFileError(
+                self._stack_paths[self._file_id[i]],
+                f"image {self._index[i] + 1} has a pixel of {value:.3g}, more than "
+                f"{MAX_NORMALIZED_PIXEL:.0e} times the images' typical standard deviation "
+                f"({spread:.3g}): a corrupt image?",
+                "data",
+            )
 
     #: the column that names a missing pixel size in messages, and the one that holds poses
     PIXEL_FIELD = "rlnImagePixelSize"
@@ -208,5 +248,14 @@ class StackSource(Source):
             out = fourier_crop(torch.from_numpy(out), self.image_size).numpy()
         if self._sign is not None:  # cryoSPARC blob/sign: make the molecule white
             out *= self._sign[index][:, None, None]
-        out = (out - self._offset) / self._scale
+        with np.errstate(over="ignore", invalid="ignore"):  # a corrupt 3e38 pixel: refused below
+            out = (out - self._offset) / self._scale
+        if not np.all(np.abs(out) <= self._limit):  # outside the sample: a corrupt image (3e38)
+            bad = index[~(np.abs(out) <= self._limit).reshape(len(index), -1).all(1)][0]
+            raise InputFileError(
+                self._stack_paths[self._file_id[bad]],
+                f"image {self._index[bad] + 1} has a pixel more than {self._limit:.0e} standard "
+                "deviations of the data from their mean: a corrupt image?",
+                "data",
+            )
         return -out if self.options.invert_contrast else out
