@@ -65,7 +65,7 @@ def simulate_molecule(name: str, folder: Path, seed: int, n: int = 5000, snr: fl
 
     from cryoforge.engine.evaluation import resample_map
     from cryoforge.io.mrc import write_mrc
-    from cryoforge.simulate import SimulationSettings, simulate
+    from cryoforge.simulation.simulate import SimulationSettings, simulate
 
     src, px = MOLECULES[name]
     px = px * 32 / BOX
@@ -141,9 +141,9 @@ def amortized_inference(
     """``cryoforge infer`` on ``n`` fresh particles of the molecule: median error, no search."""
     import torch
 
-    from cryoforge.evaluate import pose_errors
-    from cryoforge.infer import infer_run
+    from cryoforge.engine.infer import infer_run
     from cryoforge.io.star import read_star
+    from cryoforge.metrics.poses import pose_errors
 
     fresh = work / f"{molecule}_fresh_s{seed}"
     if not (fresh / "particles.star").is_file():

@@ -75,7 +75,7 @@ def make_dataset(folder: Path, n: int, L: int) -> Path:
 
 def child(star: str, out: str) -> None:
     """Run in a fresh process: reconstruct, then print peak RSS and time as JSON."""
-    from cryoforge.reconstruct import reconstruct_file
+    from cryoforge.engine.reconstruct import reconstruct_file
 
     t0 = time.perf_counter()
     reconstruct_file(Path(star), Path(out), None, True, overwrite=True)  # the bench's own map

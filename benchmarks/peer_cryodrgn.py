@@ -27,9 +27,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cryoforge.evaluate import align_map, fsc_report, pose_errors
 from cryoforge.io.mrc import read_map
 from cryoforge.io.star import read_star
+from cryoforge.metrics.alignment import align_map
+from cryoforge.metrics.fsc import fsc_report
+from cryoforge.metrics.poses import pose_errors
 from cryoforge.sources.pickles import load_array_pickle
 
 

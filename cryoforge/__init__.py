@@ -5,16 +5,15 @@ The public face for users and plugin authors::
     from cryoforge import hookimpl, Options, Volume, load_registry, run
 """
 
-from cryoforge.config import ComponentConfig, Options, RunConfig, TrainConfig
-from cryoforge.distribution import installed_version
+from cryoforge.config import ComponentConfig, RunConfig, TrainConfig
 from cryoforge.errors import CryoforgeError
 from cryoforge.hookspecs import hookimpl
+from cryoforge.options import Options
 from cryoforge.plugins import load_registry
 from cryoforge.roles import Encoder, Imaging, Loss, Schedule, Source, Volume
 from cryoforge.schedules.base import Stage
 from cryoforge.types import BuildContext, CTFParams, ParticleBatch, Pose
-
-__version__ = installed_version()  # of the distribution cryoforge-em (cryoforge.distribution.DIST_NAME)
+from cryoforge.version import __version__
 
 
 def run(

@@ -1,8 +1,9 @@
 """Typed configuration: component options, training settings and the whole run.
 
-Every component declares a nested ``Options`` model (a subclass of :class:`Options`, which forbids
-unknown keys). A :class:`RunConfig` names one component per role and holds their options as plain
-dicts until :func:`resolve` validates each against its component's model and fills in defaults.
+Every component declares a nested ``Options`` model (a subclass of
+:class:`cryoforge.options.Options`, which forbids unknown keys). A :class:`RunConfig` names one
+component per role and holds their options as plain dicts until :func:`resolve` validates each
+against its component's model and fills in defaults.
 """
 
 from __future__ import annotations
@@ -10,22 +11,25 @@ from __future__ import annotations
 import json
 import tomllib
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from cryoforge.errors import ConfigError
-
-if TYPE_CHECKING:
-    from cryoforge.registry import Registry
+from cryoforge.options import Options as Options  # re-export: engine.loop, engine.search, sources.base
+from cryoforge.options import format_validation_error
 
 ROLES = ("source", "encoder", "volume", "imaging", "loss", "schedule")
 
 
-class Options(BaseModel):
-    """Base class for a component's options: unknown keys are errors."""
+class ComponentLookup(Protocol):
+    """What :func:`resolve` needs of a registry: the component class of a role and a name.
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    :class:`cryoforge.registry.Registry` satisfies it; the config does not import the registry,
+    which sits above it.
+    """
+
+    def get(self, kind: str, name: str) -> type: ...
 
 
 class ComponentConfig(BaseModel):
@@ -110,26 +114,6 @@ class RunConfig(BaseModel):
     plugins: dict[str, str] = Field(default_factory=dict, description="filled in by run()")
 
 
-def format_validation_error(err: ValidationError, prefix: str = "") -> str:
-    """Render a pydantic error as one line naming the field, e.g. ``volume.options.omega_0``."""
-    parts = []
-    for e in err.errors():
-        loc = ".".join(str(x) for x in e["loc"])
-        field = f"{prefix}.{loc}" if prefix and loc else (prefix or loc)
-        msg = e["msg"]
-        if e["type"] == "extra_forbidden":
-            msg = "unknown option"
-        parts.append(
-            f"{field}: {msg}"
-            + (
-                f" (got {e['input']!r})"
-                if "input" in e and e["type"] != "extra_forbidden" and not isinstance(e["input"], dict)
-                else ""
-            )
-        )
-    return "; ".join(parts)
-
-
 def load_config_file(path: str | Path) -> RunConfig:
     """Read a TOML or JSON run configuration.
 
@@ -200,7 +184,7 @@ def _set_nested(d: dict[str, Any], keys: list[str], value: Any) -> None:
     d[keys[-1]] = value
 
 
-def resolve(config: RunConfig, registry: Registry) -> RunConfig:
+def resolve(config: RunConfig, registry: ComponentLookup) -> RunConfig:
     """Validate every component's options with its own model and fill in all defaults.
 
     Raises

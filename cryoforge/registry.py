@@ -52,7 +52,7 @@ class Registry:
         name = getattr(cls, "name", None)
         if not isinstance(name, str) or not name:
             raise PluginError(f"plugin {provider!r}: {cls.__qualname__} has no string `name`")
-        from cryoforge.config import Options
+        from cryoforge.options import Options
 
         opts = getattr(cls, "Options", None)
         if not (inspect.isclass(opts) and issubclass(opts, Options)):
@@ -94,7 +94,8 @@ class Registry:
 
     def build(self, kind: str, name: str, options: dict[str, Any] | Any = None, ctx: Any = None):
         """Instantiate component ``name`` with validated ``options`` and a build context."""
-        from cryoforge.config import ConfigError, format_validation_error
+        from cryoforge.errors import ConfigError
+        from cryoforge.options import format_validation_error
         from cryoforge.types import BuildContext
 
         cls = self.get(kind, name)

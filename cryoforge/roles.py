@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from cryoforge.config import Options
+from cryoforge.options import Options
 from cryoforge.types import BuildContext, CTFParams, Pose
 
 if TYPE_CHECKING:

@@ -23,7 +23,7 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from cryoforge.config import Options
+from cryoforge.options import Options
 from cryoforge.roles import BASES
 from cryoforge.types import BuildContext, CTFParams, Pose
 
@@ -256,7 +256,7 @@ def write_tiny_dataset(folder: Path, n: int = 24, L: int = TEST_L, seed: int = 0
     from cryoforge.io.cryosparc import write_cs
     from cryoforge.io.mrc import write_mrc
     from cryoforge.io.star import read_star
-    from cryoforge.simulate import SimulationSettings, simulate
+    from cryoforge.simulation.simulate import SimulationSettings, simulate
 
     folder.mkdir(parents=True, exist_ok=True)
     g = np.random.default_rng(seed)

@@ -32,10 +32,10 @@ def child(spec: dict) -> dict:
 
     import cryoforge
     from cryoforge.config import ComponentConfig
-    from cryoforge.demo import demo_config
-    from cryoforge.evaluate import pose_errors
-    from cryoforge.infer import infer_run
+    from cryoforge.engine.infer import infer_run
     from cryoforge.io.star import read_star
+    from cryoforge.metrics.poses import pose_errors
+    from cryoforge.simulation.demo import demo_config
 
     base = demo_config(Path(spec["out"]))
     train = {"seed": spec["seed"], "progress": False, "tensorboard": False, "pictures": False}
@@ -109,7 +109,7 @@ def main() -> None:
     out = Path(a.out)
     particles, gt = a.particles, a.gt_map
     if particles is None:
-        from cryoforge.demo import ensure_demo_data
+        from cryoforge.simulation.demo import ensure_demo_data
 
         particles = str(ensure_demo_data(out / "data"))
         gt = gt or str(out / "data" / "map.mrc")

@@ -14,12 +14,13 @@ import pytest
 import torch
 
 from cryoforge.config import RunConfig, apply_override, load_config_file
-from cryoforge.evaluate import pose_errors
+from cryoforge.engine.checkpoint import load_checkpoint
+from cryoforge.engine.run import run
 from cryoforge.io.star import read_star
+from cryoforge.metrics.poses import pose_errors
 from cryoforge.ops.rotations import geodesic_distance_deg
 from cryoforge.ops.search import grid_spacing_deg, local_rotations, pair_errors, so3_grid
-from cryoforge.simulate import SimulationSettings, simulate
-from cryoforge.train import load_checkpoint, run
+from cryoforge.simulation.simulate import SimulationSettings, simulate
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -145,7 +146,7 @@ def test_search_stage_resumes_after_kill_mid_stage(clean_case, tmp_path):
 
 def test_examples_demo_toml_is_the_shipped_default():
     """``examples/demo.toml`` is the file ``run --demo`` uses; its schedule is the default."""
-    from cryoforge.demo import DEMO_CONFIG, demo_config
+    from cryoforge.simulation.demo import DEMO_CONFIG, demo_config
 
     assert (ROOT / "examples" / "demo.toml").read_text() == DEMO_CONFIG.read_text()
     cfg = demo_config(Path("demo_run"))
@@ -160,7 +161,7 @@ def test_simulate_demo_makes_the_run_demo_dataset(tmp_path):
     from click.testing import CliRunner
 
     from cryoforge.cli import cli
-    from cryoforge.demo import DEMO_SETTINGS
+    from cryoforge.simulation.demo import DEMO_SETTINGS
 
     r = CliRunner().invoke(cli, ["simulate", "--demo", "--out", str(tmp_path / "d")])
     assert r.exit_code == 0, r.output

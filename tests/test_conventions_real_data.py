@@ -17,14 +17,14 @@ import torch
 from click.testing import CliRunner
 
 from cryoforge.cli import cli
-from cryoforge.evaluate import fsc
 from cryoforge.io.mrc import read_map, write_mrc
+from cryoforge.metrics.fsc import fsc
 from cryoforge.ops.ctf import ctf_2d
 from cryoforge.ops.fft import fourier_to_volume, volume_to_fourier
 from cryoforge.ops.grids import half_plane_query
 from cryoforge.ops.projection import oversampled_spectrum, project_fourier
 from cryoforge.ops.rotations import random_rotations
-from cryoforge.simulate import SimulationSettings, simulate, simulate_images
+from cryoforge.simulation.simulate import SimulationSettings, simulate, simulate_images
 from cryoforge.types import BuildContext
 
 

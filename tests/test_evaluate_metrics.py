@@ -9,20 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from cryoforge.evaluate import (
-    FSCReport,
-    align_map,
-    estimate_shift,
-    find_crossing,
-    fsc,
-    fsc_report,
-    mirror_z,
-    resolution_at,
-    rotate_map,
-    shift_map,
-    write_json,
-)
-from cryoforge.evaluate_cli import metric_rows
+from cryoforge.metrics.alignment import align_map
+from cryoforge.metrics.fsc import FSCReport, find_crossing, fsc, fsc_report, resolution_at
+from cryoforge.metrics.resample import mirror_z, rotate_map, shift_map
+from cryoforge.metrics.summary import metric_rows, write_json
+from cryoforge.metrics.translation import estimate_shift
 from cryoforge.ops.rotations import geodesic_distance_deg, random_rotations
 from cryoforge.ops.search import uniform_rotations, uniform_spacing_deg
 
@@ -32,7 +23,7 @@ J = torch.diag(torch.tensor([1.0, 1.0, -1.0], dtype=torch.float64))
 @pytest.fixture(scope="module")
 def adk_map() -> torch.Tensor:
     """Adenylate kinase (the built-in demo structure) at 32³, 3 Å/px: a realistic, chiral map."""
-    from cryoforge.potential import atomic_model_to_map, demo_structure_path
+    from cryoforge.simulation.potential import atomic_model_to_map, demo_structure_path
 
     return torch.from_numpy(atomic_model_to_map(demo_structure_path(), 32, 3.0))
 
@@ -128,8 +119,8 @@ def test_metrics_json_is_strict_and_table_reads_bounds(tmp_path):
 
 def test_evaluate_files_writes_bounds_for_real_maps(adk_map, tmp_path):
     """Map vs itself stays at 1 to Nyquist (a bound); map vs its negative is below 0.143 at once."""
-    from cryoforge.evaluate_cli import evaluate_files
     from cryoforge.io.mrc import write_mrc
+    from cryoforge.metrics.files import evaluate_files
 
     write_mrc(tmp_path / "map.mrc", adk_map.numpy(), 3.0)
     write_mrc(tmp_path / "neg.mrc", -adk_map.numpy(), 3.0)

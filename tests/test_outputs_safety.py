@@ -196,7 +196,7 @@ def test_a_run_marks_its_folder_first_and_a_finished_run_is_kept(run_copy, tiny)
 
 def test_demo_marks_its_run_before_simulating(tmp_path, monkeypatch):
     """``run --demo`` claims ``demo_run/`` (marker) before the data appear in ``demo_run/data``."""
-    import cryoforge.demo as demo
+    import cryoforge.simulation.demo as demo
 
     seen = {}
 
@@ -366,7 +366,7 @@ def test_a_folder_holding_only_this_runs_inputs_is_accepted(tiny, tmp_path):
 
 def test_demo_accepts_an_unmarked_folder_holding_only_its_data(tmp_path, monkeypatch):
     """``demo_run/data`` simulated by an earlier version (no marker): claimed, data kept."""
-    import cryoforge.demo as demo
+    import cryoforge.simulation.demo as demo
 
     data = tmp_path / "demo_run" / "data"
     data.mkdir(parents=True)

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from cryoforge.engine.reconstruct import backproject_source
 from cryoforge.imaging.cryoai import CryoAIImaging
 from cryoforge.ops.projection import backproject
 from cryoforge.plugins import load_registry
-from cryoforge.reconstruct import backproject_source
 from cryoforge.types import BuildContext
 
 

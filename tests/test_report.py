@@ -15,12 +15,13 @@ import pytest
 from PIL import Image
 
 from cryoforge.config import RunConfig, apply_override
-from cryoforge.evaluate import FSCReport, plot_fsc
+from cryoforge.engine.run import run
 from cryoforge.io.mrc import read_map
+from cryoforge.metrics.fsc import FSCReport
+from cryoforge.metrics.plot import plot_fsc
 from cryoforge.report.progress_plot import ResolutionSeries, plot_progress
 from cryoforge.report.slices import extent_angstrom, plot_slices
 from cryoforge.testing import TINY_RUN
-from cryoforge.train import run
 
 SMALL = {
     **TINY_RUN,

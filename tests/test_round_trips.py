@@ -287,8 +287,8 @@ def test_subset_source_writes_only_its_rows(cryodrgn, tmp_path):
 
 
 def test_reconstruct_first_n_equals_reconstructing_those_rows(tiny, tmp_path):
+    from cryoforge.engine.reconstruct import reconstruct_file
     from cryoforge.io.mrc import read_map
-    from cryoforge.reconstruct import reconstruct_file
 
     toy = tiny["star"]
     reconstruct_file(toy, tmp_path / "first.mrc", None, False, first=10)
@@ -432,7 +432,7 @@ def test_cs_fields_with_a_relion_column_reach_the_star(cryodrgn):
 
 
 def test_a_runs_config_json_repeats_it_from_anywhere(tiny, tmp_path, monkeypatch):
-    from cryoforge.cli import build_config
+    from cryoforge.commands.common import build_config
     from cryoforge.engine.portable import portable_json
     from cryoforge.plugins import load_registry
 

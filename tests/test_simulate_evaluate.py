@@ -10,12 +10,14 @@ import torch
 from click.testing import CliRunner
 
 from cryoforge.cli import cli
-from cryoforge.evaluate import align_map, fsc, mirror_z, resolution_at, rotate_map
 from cryoforge.io.mrc import open_stack, read_map
 from cryoforge.io.star import read_star
+from cryoforge.metrics.alignment import align_map
+from cryoforge.metrics.fsc import fsc, resolution_at
+from cryoforge.metrics.resample import mirror_z, rotate_map
 from cryoforge.ops.projection import backproject
 from cryoforge.ops.rotations import random_rotations
-from cryoforge.simulate import SimulationSettings, simulate
+from cryoforge.simulation.simulate import SimulationSettings, simulate
 
 
 def test_fsc_identity_and_noise():
@@ -75,7 +77,7 @@ def test_simulation_snr_and_metadata(tmp_path):
 
 
 def test_atomic_model_potential_is_centred(shared_data):
-    from cryoforge.potential import atomic_model_to_map
+    from cryoforge.simulation.potential import atomic_model_to_map
 
     vol = atomic_model_to_map(shared_data / "structures" / "adk_open.pdb", 48, 2.0)
     r = np.arange(48) - 24

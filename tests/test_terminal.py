@@ -58,7 +58,7 @@ def test_piped_stdout_gets_plain_progress_lines_while_training(tiny, tmp_path):
 
 
 def _summary(capsys, result: RunResult) -> list[str]:
-    from cryoforge.cli import _print_result
+    from cryoforge.commands.run import _print_result
 
     _print_result(result)
     return capsys.readouterr().out.splitlines()

@@ -15,11 +15,12 @@ import pytest
 import torch
 
 from cryoforge.config import RunConfig, apply_override
+from cryoforge.engine.checkpoint import load_checkpoint
+from cryoforge.engine.run import run
 from cryoforge.errors import TrainingDiverged
 from cryoforge.io.star import read_star
-from cryoforge.simulate import SimulationSettings, simulate
+from cryoforge.simulation.simulate import SimulationSettings, simulate
 from cryoforge.testing import TINY_RUN
-from cryoforge.train import load_checkpoint, run
 
 SMALL = TINY_RUN
 
@@ -104,7 +105,7 @@ def test_ab_initio_converges_and_symmetrized_beats_l2(demo_clean, tmp_path):
 
 
 def test_run_directory_contents_and_inference_order(tiny, tmp_path):
-    from cryoforge.infer import infer_run
+    from cryoforge.engine.infer import infer_run
 
     c = config_for(tiny["star"], tmp_path / "r", **{"train.max_steps": 6})
     res = run(c)

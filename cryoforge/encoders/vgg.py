@@ -8,8 +8,8 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from cryoforge.config import Options
 from cryoforge.ops.rotations import sixd_to_matrix
+from cryoforge.options import Options
 from cryoforge.roles import Encoder
 from cryoforge.types import BuildContext, Pose
 

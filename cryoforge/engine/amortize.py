@@ -23,7 +23,6 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from cryoforge.config import Options
 from cryoforge.engine.batches import make_batch
 from cryoforge.engine.callbacks import StepInfo
 from cryoforge.engine.context import RunContext
@@ -32,6 +31,7 @@ from cryoforge.engine.stages import register_runner
 from cryoforge.errors import TrainingDiverged
 from cryoforge.losses.views import VIEWS
 from cryoforge.ops.rotations import random_rotations
+from cryoforge.options import Options
 from cryoforge.schedules.base import Stage
 from cryoforge.types import ParticleBatch, Pose
 

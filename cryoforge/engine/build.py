@@ -1,4 +1,4 @@
-"""The model and its optimizer, from a resolved configuration."""
+"""The model, its optimizer and its device, from a resolved configuration."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from collections.abc import Callable
 import torch
 
 from cryoforge.config import RunConfig
+from cryoforge.errors import ConfigError
 from cryoforge.pipeline import Pipeline
 from cryoforge.registry import Registry
 from cryoforge.types import BuildContext
@@ -38,3 +39,12 @@ def optimizer_factory(config: RunConfig) -> Callable[[Pipeline], torch.optim.Opt
         return torch.optim.Adam(groups, amsgrad=True)
 
     return make
+
+
+def pick_device(name: str) -> torch.device:
+    """``train.device`` as a device: ``auto`` is CUDA when available, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"train.device: {name!r} requested but CUDA is not available")
+    return torch.device(name)

@@ -14,7 +14,6 @@ import numpy as np
 import torch
 
 from cryoforge.config import RunConfig
-from cryoforge.engine.callbacks import Callback
 from cryoforge.errors import ConfigError
 from cryoforge.pipeline import Pipeline
 from cryoforge.registry import Registry
@@ -80,7 +79,8 @@ class RunContext:
     make_optimizer
         Optimizer factory: ``make_optimizer(pipeline)`` for the pipeline's current modules.
     callbacks
-        Called in order (rank 0 only); see :meth:`emit`.
+        :class:`cryoforge.engine.callbacks.Callback` objects, called in order (rank 0 only); see
+        :meth:`emit`. Typed loosely: the callbacks module imports this one, not the reverse.
     state
         Checkpointed, mutable: ``stage`` (index of the current stage; ``len(stages)`` when done),
         ``step`` and ``elapsed_s`` of the whole run, ``encoder`` (name of the pipeline's encoder,
@@ -105,7 +105,7 @@ class RunContext:
     device: torch.device
     pipeline: Pipeline
     make_optimizer: Callable[[Pipeline], torch.optim.Optimizer]
-    callbacks: list[Callback] = field(default_factory=list)
+    callbacks: list[Any] = field(default_factory=list)
     rank: int = 0
     world: int = 1
     state: dict[str, Any] = field(default_factory=new_state)

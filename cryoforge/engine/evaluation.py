@@ -15,8 +15,12 @@ import torch
 
 from cryoforge.engine.callbacks import Callback, Exported
 from cryoforge.engine.context import RunContext
-from cryoforge.evaluate import align_map, fsc_report, plot_fsc, pose_errors, write_json
 from cryoforge.io.mrc import read_map
+from cryoforge.metrics.alignment import align_map
+from cryoforge.metrics.fsc import fsc_report
+from cryoforge.metrics.plot import plot_fsc
+from cryoforge.metrics.poses import pose_errors
+from cryoforge.metrics.summary import write_json
 from cryoforge.ops.fft import fourier_to_volume, volume_to_fourier
 
 

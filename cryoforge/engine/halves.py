@@ -24,8 +24,10 @@ from cryoforge.engine.callbacks import Callback, StepInfo
 from cryoforge.engine.checkpoint import save_checkpoint
 from cryoforge.engine.context import RunContext, RunResult
 from cryoforge.engine.export import export
-from cryoforge.evaluate import FSCReport, align_map, fsc_report, plot_fsc
 from cryoforge.io.mrc import read_map, write_mrc
+from cryoforge.metrics.alignment import align_map
+from cryoforge.metrics.fsc import FSCReport, fsc_report
+from cryoforge.metrics.plot import plot_fsc
 
 log = logging.getLogger("cryoforge")
 

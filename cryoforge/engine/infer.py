@@ -9,13 +9,13 @@ import numpy as np
 
 from cryoforge.config import apply_override
 from cryoforge.engine.batches import infer_poses
-from cryoforge.engine.build import build_pipeline
+from cryoforge.engine.build import build_pipeline, pick_device
 from cryoforge.engine.checkpoint import load_checkpoint
 from cryoforge.engine.context import CHECKPOINT
 from cryoforge.engine.grid_views import infer_poses_grid_averaged
 from cryoforge.engine.portable import load_run_config
 from cryoforge.engine.pose_files import write_pose_files
-from cryoforge.engine.run import pick_device, prepare
+from cryoforge.engine.run import prepare
 from cryoforge.errors import InputFileError
 from cryoforge.io.mrc import stack_info
 from cryoforge.io.outputs import MARKER, refuse_existing, refuse_input_overlap, source_input_paths

@@ -43,7 +43,7 @@ OUTPUTS = (
 
 
 def _metric_rows(metrics: dict[str, Any]) -> list[tuple[str, str, bool]]:
-    from cryoforge.evaluate_cli import metric_rows
+    from cryoforge.metrics.summary import metric_rows
 
     return [(k, v, is_truth_metric(k)) for k, v in metric_rows(metrics)]
 

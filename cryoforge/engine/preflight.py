@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from cryoforge.config import RunConfig, load_config_file, resolve
-from cryoforge.engine.build import build_pipeline
+from cryoforge.engine.build import build_pipeline, pick_device
 from cryoforge.engine.checkpoint import load_checkpoint
 from cryoforge.engine.context import CHECKPOINT
 from cryoforge.errors import ConfigError, InputFileError
@@ -86,8 +86,6 @@ def preflight(config: RunConfig, registry: Registry, source: Source, bctx: Build
         An unusable device, known poses asked of a source without them, or a component that
         cannot be built for these images.
     """
-    from cryoforge.engine.run import pick_device
-
     device = pick_device(config.train.device)
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
         raise ConfigError(

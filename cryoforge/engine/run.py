@@ -17,7 +17,7 @@ import torch.distributed as dist
 
 from cryoforge.config import RunConfig, resolve
 from cryoforge.engine.batches import infer_poses
-from cryoforge.engine.build import build_pipeline, optimizer_factory
+from cryoforge.engine.build import build_pipeline, optimizer_factory, pick_device
 from cryoforge.engine.callbacks import Callback
 from cryoforge.engine.checkpoint import CheckpointCallback, load_checkpoint, restore
 from cryoforge.engine.context import Clock, RunContext, RunResult
@@ -32,7 +32,6 @@ from cryoforge.engine.progress import ProgressCallback
 from cryoforge.engine.stages import run_stages, schedule_stages
 from cryoforge.engine.tensorboard import TensorBoardCallback
 from cryoforge.errors import ConfigError
-from cryoforge.evaluate import align_map, fsc_report, plot_fsc, pose_errors, write_json
 from cryoforge.io.atomic import atomic_path
 from cryoforge.io.mrc import read_map, write_mrc
 from cryoforge.io.outputs import (
@@ -42,6 +41,11 @@ from cryoforge.io.outputs import (
     run_output_paths,
     source_input_paths,
 )
+from cryoforge.metrics.alignment import align_map
+from cryoforge.metrics.fsc import fsc_report
+from cryoforge.metrics.plot import plot_fsc
+from cryoforge.metrics.poses import pose_errors
+from cryoforge.metrics.summary import write_json
 from cryoforge.plugins import build_registry, get_plugin_manager, plugin_versions
 from cryoforge.registry import Registry
 from cryoforge.roles import Source
@@ -50,15 +54,6 @@ from cryoforge.types import BuildContext
 log = logging.getLogger("cryoforge")
 
 # ----------------------------------------------------------------------------- set-up
-
-
-def pick_device(name: str) -> torch.device:
-    """``train.device`` as a device: ``auto`` is CUDA when available, else the CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"train.device: {name!r} requested but CUDA is not available")
-    return torch.device(name)
 
 
 def distributed() -> tuple[int, int]:

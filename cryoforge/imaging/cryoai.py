@@ -9,11 +9,11 @@ from __future__ import annotations
 import torch
 from pydantic import Field
 
-from cryoforge.config import Options
 from cryoforge.ops.fft import irfft2_images
 from cryoforge.ops.grids import half_plane_query
 from cryoforge.ops.shift import origin_phase
 from cryoforge.ops.slicing import central_slice_coords
+from cryoforge.options import Options
 from cryoforge.roles import Imaging, Volume
 from cryoforge.types import BuildContext, CTFParams, Pose
 

@@ -25,6 +25,7 @@ from typing import Any, Literal
 
 from cryoforge.errors import InputFileError
 from cryoforge.io.atomic import TEMP_TAG, atomic_path
+from cryoforge.version import __version__
 
 try:  # POSIX; elsewhere runs are not locked
     import fcntl
@@ -156,8 +157,6 @@ def write_run_marker(run_dir: Path, fresh: bool = False, **fields: Any) -> dict[
 
     An existing marker is updated (its creation time kept) unless ``fresh``.
     """
-    from cryoforge import __version__
-
     marker = {} if fresh else (read_run_marker(run_dir) or {})
     marker.setdefault("cryoforge_run", 1)
     marker.setdefault("created", time.strftime("%Y-%m-%dT%H:%M:%S%z"))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from cryoforge.config import Options
+from cryoforge.options import Options
 from cryoforge.roles import Loss
 
 

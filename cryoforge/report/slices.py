@@ -44,7 +44,7 @@ def projections(vol: np.ndarray) -> list[tuple[str, np.ndarray, tuple[str, str]]
     The oblique view rotates the map (trilinear, about voxel ``L//2``; :func:`diagonal_view`) and
     sums along z: it looks down the body diagonal (1, 1, 1).
     """
-    from cryoforge.evaluate import rotate_map
+    from cryoforge.metrics.resample import rotate_map
 
     oblique = rotate_map(torch.from_numpy(np.ascontiguousarray(vol, dtype=np.float32)), diagonal_view())
     return [

@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import Field
 
-from cryoforge.config import Options
+from cryoforge.options import Options
 from cryoforge.roles import Schedule
 from cryoforge.schedules.base import Stage
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from cryoforge.config import Options
+from cryoforge.options import Options
 from cryoforge.roles import Schedule
 from cryoforge.schedules.base import Stage
 

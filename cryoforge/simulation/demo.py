@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from cryoforge.config import RunConfig
-from cryoforge.simulate import SimulationSettings, simulate
+from cryoforge.simulation.simulate import SimulationSettings, simulate
 
 DEMO_SETTINGS = dict(
     n_particles=5000,
@@ -18,7 +18,7 @@ DEMO_SETTINGS = dict(
 )
 
 
-DEMO_CONFIG = Path(__file__).parent / "data" / "demo.toml"
+DEMO_CONFIG = Path(__file__).parent.parent / "data" / "demo.toml"
 """The shipped default configuration (``examples/demo.toml`` is the same file)."""
 
 
@@ -42,7 +42,7 @@ def claim_demo_run(run_dir: Path, data_dir: Path, overwrite: bool = False) -> Pa
     into it, so that ``run --demo`` afterwards recognises its own folder.
     """
     from cryoforge.io.outputs import RunLock, check_run_dir, run_dir_kind, write_run_marker
-    from cryoforge.simulate import OUTPUT_NAMES
+    from cryoforge.simulation.simulate import OUTPUT_NAMES
 
     own = [data_dir / n for n in OUTPUT_NAMES]  # an earlier version's demo data, unmarked
     check_run_dir(run_dir, resume=False, overwrite=overwrite, inputs=own)

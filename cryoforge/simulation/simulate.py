@@ -19,7 +19,7 @@ from cryoforge.ops.grids import rfft_grid_2d
 from cryoforge.ops.projection import oversampled_spectrum, project_fourier
 from cryoforge.ops.rotations import random_rotations
 from cryoforge.ops.shift import origin_phase
-from cryoforge.potential import atomic_model_to_map, demo_structure_path
+from cryoforge.simulation.potential import atomic_model_to_map, demo_structure_path
 
 
 @dataclass

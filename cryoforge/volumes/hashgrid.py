@@ -9,7 +9,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from cryoforge.config import Options
+from cryoforge.options import Options
 from cryoforge.roles import Volume
 from cryoforge.types import BuildContext
 from cryoforge.volumes.layers import hermitian_query, relu_mlp

@@ -7,7 +7,7 @@ import math
 import torch
 from pydantic import Field
 
-from cryoforge.config import Options
+from cryoforge.options import Options
 from cryoforge.roles import Volume
 from cryoforge.types import BuildContext
 from cryoforge.volumes.layers import hermitian_query, relu_mlp

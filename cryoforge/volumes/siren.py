@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from pydantic import Field
 
-from cryoforge.config import Options
+from cryoforge.options import Options
 from cryoforge.roles import Volume
 from cryoforge.types import BuildContext
 from cryoforge.volumes.layers import Siren, hermitian_query

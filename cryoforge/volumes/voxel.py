@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from cryoforge.config import Options
+from cryoforge.options import Options
 from cryoforge.roles import Volume
 from cryoforge.types import BuildContext
 from cryoforge.volumes.layers import hermitian_query

@@ -1,0 +1,63 @@
+"""``cryoforge infer``: poses for a whole dataset from a trained run's encoder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from cryoforge.commands.common import plugins_dir_option, subset_options
+
+
+@click.command()
+@click.argument("run_dir", type=click.Path())
+@click.option("--particles", type=click.Path(), help="particles to predict (default: the run's)")
+@click.option(
+    "--out", "out_star", type=click.Path(), help="output .star (default RUN_DIR/inferred_poses.star)"
+)
+@click.option("--batch-size", default=512, show_default=True)
+@subset_options
+@plugins_dir_option
+@click.option("--overwrite", is_flag=True, help="replace an existing --out (never an input)")
+@click.option(
+    "--average-views/--single-view",
+    default=True,
+    show_default=True,
+    help="average the encoder's poses over the 8 turned and mirrored copies of each image",
+)
+def infer(
+    run_dir: str,
+    particles: str | None,
+    out_star: str | None,
+    batch_size: int,
+    ind: str | None,
+    first: int | None,
+    plugins_dirs: tuple[str, ...],
+    overwrite: bool,
+    average_views: bool,
+) -> None:
+    """Predict poses for a whole dataset with a trained encoder (no gradients, dataset order).
+
+    The star keeps every column of the input; a cryoSPARC input also gets a .cs next to it.
+    """
+    import time
+
+    from cryoforge.engine.infer import infer_run
+    from cryoforge.errors import ConfigError
+
+    if batch_size < 1:
+        raise ConfigError(f"--batch-size: must be at least 1 (got {batch_size})")
+    start = time.time()
+    path = infer_run(
+        Path(run_dir),
+        particles,
+        out_star,
+        batch_size,
+        ind,
+        first,
+        list(plugins_dirs),
+        overwrite=overwrite,
+        average_views=average_views,
+    )
+    cs = path.with_suffix(".cs")
+    click.echo(f"wrote {path}" + (f" and {cs}" if cs.is_file() and cs.stat().st_mtime >= start - 1 else ""))

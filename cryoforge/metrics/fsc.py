@@ -1,0 +1,181 @@
+"""FSC and resolution: shells one Fourier pixel wide, threshold crossings without extrapolation,
+and :class:`FSCReport` (a curve with its pixel size and its resolution labels)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+
+def fsc(map1: torch.Tensor, map2: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Fourier shell correlation by shells one Fourier pixel wide (RELION's shells).
+
+    Voxel ``k`` (integer indices of the FFT grid) belongs to shell ``round(|k|)``; shells past
+    ``L//2`` (the corners of the cube) are left out. Shell 0 holds only the mean and reads 1 by
+    definition, as in RELION (its raw value would be ±1 from the signs of the two means).
+
+    Parameters
+    ----------
+    map1, map2
+        ``(L, L, L)`` real maps ``[z, y, x]``.
+
+    Returns
+    -------
+    freqs
+        ``(L//2 + 1,)`` shell frequencies in cycles/pixel (``i / L``; 0 … 0.5 for even L).
+    values
+        ``(L//2 + 1,)`` FSC per shell, ``values[0] == 1``.
+    """
+    L = map1.shape[-1]
+    a = torch.fft.fftn(torch.as_tensor(map1, dtype=torch.float64))
+    b = torch.fft.fftn(torch.as_tensor(map2, dtype=torch.float64))
+    f = torch.fft.fftfreq(L, dtype=torch.float64)
+    kz, ky, kx = torch.meshgrid(f, f, f, indexing="ij")
+    shell = torch.round(torch.sqrt(kx**2 + ky**2 + kz**2) * L).long().flatten()
+    n = L // 2 + 1
+    keep = shell < n
+    shell = shell[keep]
+    a, b = a.flatten()[keep], b.flatten()[keep]
+    num = torch.zeros(n, dtype=torch.float64).index_add_(0, shell, (a * b.conj()).real)
+    pa = torch.zeros(n, dtype=torch.float64).index_add_(0, shell, a.abs() ** 2)
+    pb = torch.zeros(n, dtype=torch.float64).index_add_(0, shell, b.abs() ** 2)
+    values = (num / torch.sqrt(pa * pb).clamp_min(1e-30)).numpy()
+    values[0] = 1.0
+    return np.arange(n) / L, values
+
+
+ResolutionBound = Literal["nyquist", "not_reached"]
+
+
+@dataclass(frozen=True)
+class FSCCrossing:
+    """Where an FSC curve first drops below a threshold.
+
+    Attributes
+    ----------
+    threshold
+        The FSC threshold (0.5, 0.143, …).
+    freq_per_px
+        Crossing frequency in cycles/pixel, interpolated linearly between the two shells that
+        bracket it; the last shell's frequency (Nyquist for even L) when ``bound == "nyquist"``;
+        NaN when ``bound == "not_reached"``.
+    bound
+        ``None`` for a crossing inside the measured band; ``"nyquist"`` when the curve stays at or
+        above the threshold up to the last shell (the resolution is at least that good: an upper
+        bound on the resolution in Å); ``"not_reached"`` when the curve is already below the
+        threshold at shell 1 (the resolution is worse than the box, ``L`` pixels).
+    """
+
+    threshold: float
+    freq_per_px: float
+    bound: ResolutionBound | None
+
+    @property
+    def resolution_px(self) -> float:
+        """``1 / freq`` in pixels; NaN when not reached."""
+        return 1.0 / self.freq_per_px if self.freq_per_px > 0 else math.nan
+
+    def resolution_angstrom(self, pixel_size_angstrom: float) -> float:
+        """Resolution in Å (the Nyquist limit when bounded there; NaN when not reached)."""
+        return self.resolution_px * pixel_size_angstrom
+
+    def label(self, pixel_size_angstrom: float, box_size: int | None = None) -> str:
+        """Human-readable resolution: ``"6.4 Å"``, ``"≤ 6.0 Å (Nyquist)"`` or ``"not reached"``."""
+        if self.bound == "not_reached":
+            if box_size:
+                return f"not reached (> {box_size * pixel_size_angstrom:.1f} Å)"
+            return "not reached"
+        text = f"{self.resolution_angstrom(pixel_size_angstrom):.1f} Å"
+        return f"≤ {text} (Nyquist)" if self.bound == "nyquist" else text
+
+
+def find_crossing(freqs: np.ndarray, values: np.ndarray, threshold: float) -> FSCCrossing:
+    """First drop of an FSC curve below ``threshold``, without extrapolation.
+
+    Shell 0 (the mean) is ignored. If shell ``i ≥ 2`` is the first below the threshold, the
+    crossing is interpolated linearly between shells ``i - 1`` (at or above) and ``i`` (below).
+
+    Parameters
+    ----------
+    freqs
+        ``(n,)`` shell frequencies in cycles/pixel, ``freqs[0] == 0``.
+    values
+        ``(n,)`` FSC per shell.
+    threshold
+        FSC threshold.
+
+    Returns
+    -------
+    The crossing; see :class:`FSCCrossing` for the ``"nyquist"`` and ``"not_reached"`` bounds.
+    """
+    freqs, values = np.asarray(freqs, dtype=float), np.asarray(values, dtype=float)
+    if len(values) < 2 or values[1] < threshold:
+        return FSCCrossing(threshold, math.nan, "not_reached")
+    for i in range(2, len(values)):
+        if values[i] < threshold:
+            f0, f1, v0, v1 = freqs[i - 1], freqs[i], values[i - 1], values[i]
+            return FSCCrossing(threshold, float(f0 + (v0 - threshold) / (v0 - v1) * (f1 - f0)), None)
+    return FSCCrossing(threshold, float(freqs[-1]), "nyquist")
+
+
+def resolution_at(freqs: np.ndarray, values: np.ndarray, threshold: float) -> float:
+    """Frequency (cycles/pixel) where the FSC first drops below ``threshold`` (linear crossing).
+
+    Never extrapolates: a curve that stays above the threshold returns the last shell's frequency
+    (Nyquist, a bound), one below it from shell 1 returns NaN. Use :func:`find_crossing` to tell
+    these cases apart.
+    """
+    return find_crossing(freqs, values, threshold).freq_per_px
+
+
+@dataclass
+class FSCReport:
+    """An FSC curve with its pixel size: ``freqs`` and ``values`` ``(L//2 + 1,)``, cycles/pixel."""
+
+    freqs: np.ndarray
+    values: np.ndarray
+    pixel_size_angstrom: float
+
+    @property
+    def box_size(self) -> int:
+        """``L``, from the shell spacing ``1 / L``."""
+        return round(1 / self.freqs[1]) if len(self.freqs) > 1 else 1
+
+    def crossing(self, threshold: float) -> FSCCrossing:
+        """Where the curve first drops below ``threshold`` (see :func:`find_crossing`)."""
+        return find_crossing(self.freqs, self.values, threshold)
+
+    def resolution_angstrom(self, threshold: float) -> float:
+        """Resolution in Å; the Nyquist limit when never crossed, NaN when not reached."""
+        return self.crossing(threshold).resolution_angstrom(self.pixel_size_angstrom)
+
+    def resolution_label(self, threshold: float) -> str:
+        """``"6.4 Å"``, ``"≤ 6.0 Å (Nyquist)"`` or ``"not reached (> 96.0 Å)"``."""
+        return self.crossing(threshold).label(self.pixel_size_angstrom, self.box_size)
+
+    def summary(self, thresholds: tuple[float, ...] = (0.5, 0.143)) -> dict[str, Any]:
+        """Metrics per threshold ``t``.
+
+        ``resolution_{t}_angstrom`` and ``resolution_{t}_px`` (floats: the Nyquist limit when the
+        curve never drops below ``t``, NaN when it is below from shell 1), ``resolution_{t}_bound``
+        (``None``, ``"nyquist"`` or ``"not_reached"``) and ``resolution_{t}_text`` (e.g.
+        ``"≤ 6.0 Å (Nyquist)"``).
+        """
+        out: dict[str, Any] = {}
+        for t in thresholds:
+            c = self.crossing(t)
+            out[f"resolution_{t}_angstrom"] = c.resolution_angstrom(self.pixel_size_angstrom)
+            out[f"resolution_{t}_px"] = c.resolution_px
+            out[f"resolution_{t}_bound"] = c.bound
+            out[f"resolution_{t}_text"] = c.label(self.pixel_size_angstrom, self.box_size)
+        return out
+
+
+def fsc_report(map1: torch.Tensor, map2: torch.Tensor, pixel_size_angstrom: float) -> FSCReport:
+    """FSC of two ``(L, L, L)`` maps (see :func:`fsc`) with their voxel size in Å."""
+    freqs, values = fsc(map1, map2)
+    return FSCReport(freqs, values, pixel_size_angstrom)
