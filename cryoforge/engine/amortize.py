@@ -45,7 +45,9 @@ class AmortizeOptions(Options):
     synthetic_fraction: float = Field(
         0.5, ge=0, le=1, description="share of each batch made of fresh projections of the map"
     )
-    shift_weight: float = Field(0.01, ge=0, description="weight of the origin error (px²)")
+    shift_weight: float = Field(
+        0.05, ge=0, description="weight of the origin error (per px of distance, beside the chordal distance)"
+    )
     batch_size: int | None = Field(None, ge=2, description="images per step (None: train.batch_size)")
     rotation_loss: Literal["chordal", "chordal2"] = Field(
         "chordal",
@@ -72,11 +74,16 @@ def chordal_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 def synthetic_batch(
     ctx: RunContext, n: int, noise_std: float, gen: torch.Generator
 ) -> tuple[ParticleBatch, Pose]:
-    """``n`` projections of the current map at random poses, CTFs of random particles, noise."""
+    """``n`` projections of the current map at random poses, CTFs and origins of random particles, noise.
+
+    Each synthetic image takes the CTF and the table's origin of a random particle, so the
+    encoder sees the data's own spread of off-centre particles.
+    """
     N = len(ctx.index)
     pick = ctx.index[torch.randint(N, (n,), generator=gen).numpy()]
     template = make_batch(ctx.source, pick, ctx.device)
-    pose = Pose(random_rotations(n, gen).float().to(ctx.device), torch.zeros(n, 2, device=ctx.device))
+    origin = ctx.table_pose(pick).shift_angstrom.float().to(ctx.device)
+    pose = Pose(random_rotations(n, gen).float().to(ctx.device), origin)
     with torch.no_grad():
         clean = ctx.pipeline.imaging(ctx.pipeline.volume, pose, template.ctf)
         noisy = clean + noise_std * torch.randn(clean.shape, generator=gen).to(clean)
@@ -147,7 +154,9 @@ def run_amortize(ctx: RunContext, stage: Stage) -> None:
             if opts.rotation_loss == "chordal":
                 err = (err + 1e-8).sqrt()
             shift_err = pred.shift_angstrom - want.shift_angstrom
-            loss = (err + opts.shift_weight * shift_err.pow(2).sum(-1) / px**2).mean()
+            # the distance (not its square), like the rotation's: every particle counts alike
+            shift_px = (shift_err.pow(2).sum(-1) / px**2 + 1e-8).sqrt()
+            loss = (err + opts.shift_weight * shift_px).mean()
             if not torch.isfinite(loss):
                 raise TrainingDiverged(
                     f"encoder loss became {float(loss)} in stage {stage.name!r}; lower its lr"

@@ -32,6 +32,7 @@ from cryoforge.config import Options
 from cryoforge.engine.callbacks import StepInfo
 from cryoforge.engine.checkpoint import save_checkpoint
 from cryoforge.engine.context import RunContext
+from cryoforge.engine.signals import stop_point
 from cryoforge.engine.stages import register_runner
 from cryoforge.errors import ConfigError
 from cryoforge.ops.fft import fourier_crop, rfft2_images
@@ -426,6 +427,7 @@ def run_search(ctx: RunContext, stage: Stage) -> None:
         local = shift_grid_px(step_px * crop * 1.5, step_px * crop) if searching_shifts else None
         limit = opts.shift_extent_px * crop
         while prog["iteration"] < opts.iterations:
+            stop_point(ctx)  # a signal stops here: the iteration's state resumes exactly
             if ctx.steps_left() == 0:  # train.max_steps caps the whole run
                 return
             it = prog["iteration"]
@@ -460,6 +462,7 @@ def run_search(ctx: RunContext, stage: Stage) -> None:
         else None
     )
     while prog["refined"] < len(steps):
+        stop_point(ctx)
         if ctx.steps_left() == 0:
             return
         j = prog["refined"]
