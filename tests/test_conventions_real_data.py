@@ -93,6 +93,7 @@ def test_relion_projections_are_reproduced_at_the_stars_poses(registry, relion_p
             str(tmp_path / "sim"),
             "--snr",
             "0",
+            "--wrap",  # relion_project translates periodically
         ],
     )
     assert r.exit_code == 0, r.output
@@ -177,7 +178,9 @@ def test_simulate_like_then_reconstruct_reaches_near_nyquist(shifted_star, tmp_p
     res_px = 2.0 if len(below) == 0 else 1 / f[1 + below[0]]
     assert res_px <= 2.2
     cc = np.corrcoef(rec.ravel(), truth.ravel())[0, 1]
-    assert cc > 0.8  # positive: the molecule is white in our stacks, as in RELION's
+    # positive: the molecule is white in our stacks, as in RELION's (a flipped contrast gives < 0; the
+    # images are formed in a padded box, so what the CTF and the shifts move out of the box is lost)
+    assert cc > 0.7
 
 
 def test_simulated_stacks_show_the_molecule_white(shifted_star):

@@ -95,3 +95,26 @@ def test_search_finds_relion_origins_sign_included(shared_data: Path, ribosome_6
     assert want.abs().max() >= 5  # the set is really off-centre
     assert (origins[:, 0] - want).abs().max() <= 0.5, (origins[:, 0], want)
     assert math.isfinite(float(origins.sum()))
+
+
+def test_simulated_shifts_move_the_particle_out_of_the_box_without_wrapping():
+    """``pad = 2``: an origin of −10 px moves the particle 10 px right and nothing comes in from the left."""
+    from cryoforge.simulation.simulate import simulate_images
+
+    L = 32
+    r = torch.arange(L, dtype=torch.float64) - L // 2
+    z, y, x = torch.meshgrid(r, r, r, indexing="ij")
+    vol = torch.exp(-((x - 9) ** 2 + y**2 + z**2) / 4) + torch.exp(-(x**2 + (y - 3) ** 2 + z**2) / 6)
+    eye = torch.eye(3, dtype=torch.float64)[None]
+    centred = simulate_images(vol, eye, torch.zeros(1, 2), None, 1.0, pad=2)[0]
+    moved = simulate_images(vol, eye, torch.tensor([[-10.0, 0.0]]), None, 1.0, pad=2)[0]
+    wrapped = simulate_images(vol, eye, torch.tensor([[-10.0, 0.0]]), None, 1.0, pad=1)[0]
+    peak = float(centred.abs().max())
+    # both paths agree where nothing leaves the box, and pad = 1 is the periodic translation
+    assert torch.allclose(
+        centred, simulate_images(vol, eye, torch.zeros(1, 2), None, 1.0)[0], atol=1e-4 * peak
+    )
+    assert torch.allclose(moved[:, 10:], centred[:, :-10], atol=1e-3 * peak)
+    assert moved[:, :8].abs().max() < 1e-3 * peak  # the blob at x = +9 left the box
+    assert torch.allclose(wrapped, torch.roll(centred, 10, dims=1), atol=1e-3 * peak)
+    assert wrapped[:, :8].abs().max() > 0.3 * peak  # ... and wrapped round without padding

@@ -40,6 +40,12 @@ from cryoforge.errors import InputFileError
 @click.option("--shift-std", default=0.0, show_default=True, type=float, help="Gaussian shift σ in Å")
 @click.option("--defocus", default=None, type=float, help="median defocus in Å [default: 20000]")
 @click.option("--no-ctf", is_flag=True, help="do not apply a CTF (with --like: ignore the table's)")
+@click.option(
+    "--wrap",
+    is_flag=True,
+    help="form images in the box itself, so shifts and the CTF's spread wrap round its edge (as "
+    "relion_project does); default: a box twice as wide, cropped, so large origins leave the box",
+)
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--overwrite", is_flag=True, help="replace a dataset already in --out")
 def simulate(
@@ -54,6 +60,7 @@ def simulate(
     shift_std,
     defocus,
     no_ctf,
+    wrap,
     seed,
     overwrite,
 ) -> None:
@@ -95,6 +102,7 @@ def simulate(
         defocus_median_angstrom=defocus or base["defocus_median_angstrom"],
         apply_ctf=not no_ctf,
         seed=seed,
+        pad=not wrap,
     )
     if demo:
         s.box_size, s.pixel_size_angstrom = DEMO_SETTINGS["box_size"], DEMO_SETTINGS["pixel_size_angstrom"]

@@ -39,6 +39,7 @@ class SimulationSettings:
     amplitude_contrast: float = 0.1
     apply_ctf: bool = True
     seed: int = 0
+    pad: bool = True  # form images in a 2× box and crop: shifts and the CTF's spread do not wrap
 
 
 @dataclass
@@ -78,12 +79,20 @@ def simulate_images(
     pixel_size_angstrom: float | np.ndarray,
     batch: int = 128,
     oversample: int = 2,
+    pad: int = 1,
 ) -> torch.Tensor:
     """Noise-free particle images in RELION's conventions.
 
     Each image is the central slice of the map's 2×-oversampled, gridding-corrected spectrum (the
     map's exact projection up to Nyquist), times the CTF (RELION's sign: the molecule is white),
     placed at ``−origin`` (``shifts_px`` are origins as a RELION star states them).
+
+    With ``pad = 1`` the image is formed in the box itself, so a shift or the CTF's spread wraps
+    round the box edge (as RELION's ``relion_project`` does). With ``pad = 2`` it is formed in a
+    box twice as wide and cropped, as on a micrograph: a particle moved by a large origin leaves
+    the box, and what the CTF spreads beyond the edge is lost. The padded slice samples the
+    2×-oversampled spectrum at its own lattice points (spacing ``1 / (pad·L)``), so padding adds
+    no interpolation.
 
     Parameters
     ----------
@@ -103,9 +112,11 @@ def simulate_images(
     ``(N, L, L)`` float32 images.
     """
     L = volume.shape[-1]
-    freqs = rfft_grid_2d(L).reshape(-1, 2).double()
+    P = pad * L  # the box the image is formed in (cycles/px are the same: the pixel size is)
+    freqs = rfft_grid_2d(P).reshape(-1, 2).double()
     spectrum = oversampled_spectrum(volume, oversample)
     px_all = np.broadcast_to(np.asarray(pixel_size_angstrom, dtype=np.float64), (len(rotations),))
+    start = P // 2 - L // 2  # the padded box's centre P//2 becomes the crop's centre L//2
     out = []
     for s in range(0, len(rotations), batch):
         spec = project_fourier(spectrum, rotations[s : s + batch], freqs, oversample)
@@ -114,7 +125,9 @@ def simulate_images(
             px = torch.as_tensor(px_all[s : s + batch].copy()).reshape(-1, 1, 1)
             spec = spec * ctf_2d(freqs[None] / px, **c)
         spec = spec * origin_phase(freqs, shifts_px[s : s + batch].double())
-        out.append(irfft2_images(spec.reshape(-1, L, L // 2 + 1), L).float())
+        # orthonormal DFTs: the same projection's coefficients scale as 1 / box
+        img = irfft2_images(spec.reshape(-1, P, P // 2 + 1) * (L / P), P)
+        out.append(img[:, start : start + L, start : start + L].float())
     return torch.cat(out)
 
 
@@ -231,7 +244,9 @@ def simulate(
         pixel_sizes = np.where(np.isfinite(pixel_sizes), pixel_sizes, voxel)
     vol = torch.from_numpy(vol_np)
     shifts_px = shifts_a / torch.tensor(np.array(pixel_sizes, dtype=np.float64))[:, None]
-    clean = simulate_images(vol, rot, shifts_px, ctf if settings.apply_ctf else None, pixel_sizes)
+    clean = simulate_images(
+        vol, rot, shifts_px, ctf if settings.apply_ctf else None, pixel_sizes, pad=2 if settings.pad else 1
+    )
     realised = None
     images = clean
     if settings.snr is not None:
