@@ -118,3 +118,24 @@ def test_simulated_shifts_move_the_particle_out_of_the_box_without_wrapping():
     assert moved[:, :8].abs().max() < 1e-3 * peak  # the blob at x = +9 left the box
     assert torch.allclose(wrapped, torch.roll(centred, 10, dims=1), atol=1e-3 * peak)
     assert wrapped[:, :8].abs().max() > 0.3 * peak  # ... and wrapped round without padding
+
+
+def test_shift_errors_remove_one_global_translation_of_the_map():
+    """Origins that differ only by a moved map score 0 px; per-particle errors remain as they are."""
+    from cryoforge.metrics.poses import pose_errors, shift_errors_px
+    from cryoforge.ops.rotations import random_rotations
+
+    g = torch.Generator().manual_seed(4)
+    R = random_rotations(500, g).double()
+    true = torch.randn(500, 2, generator=g, dtype=torch.float64) * 6.0  # Å
+    T = torch.tensor([1.5, -2.0, 0.7], dtype=torch.float64)  # px
+    moved = true + (R[:, :2, :] @ T) * 3.0  # the same particles seen in a map moved by T, at 3 Å/px
+    err, fitted = shift_errors_px(R, moved, true, 3.0)
+    assert torch.allclose(fitted, T, atol=1e-9) and err.max() < 1e-9
+    kick = torch.zeros(500, 2, dtype=torch.float64)
+    kick[::5, 0] = 3.0  # every fifth particle 1 px off in x
+    err, _ = shift_errors_px(R, moved + kick, true, 3.0, translation_px=T)
+    assert torch.allclose(err[::5], torch.ones(100, dtype=torch.float64)) and err[1::5].max() < 1e-9
+    pe = pose_errors(R, R, moved + kick, true, 3.0)
+    assert pe["trans_median_px"] < 0.05 and 0.5 < pe["trans_p90_px"] <= 1.05
+    assert pe["trans_mse_px2"] == pytest.approx(0.2, abs=0.02)

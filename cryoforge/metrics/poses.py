@@ -17,8 +17,10 @@ def pose_errors(
     """cryoAI's pose metrics after the best global alignment over both hands.
 
     Returns the median squared Frobenius norm ``‖R_pred A − R_true‖²``, the median and mean
-    angular error in degrees, the hand, and (when shifts are given) the mean squared translation
-    error in px² and Å².
+    angular error in degrees, the hand, and (when shifts are given) the translation error per
+    particle after the in-plane part of one global 3D translation is removed
+    (:func:`shift_errors_px`): its median and 90th percentile in px, its mean square in px² and
+    Å², and that translation (``trans_global_px``, px, the predicted map's frame).
     """
     A, mirrored, aligned = align_rotations(pred_rot.double(), true_rot.double())
     frob = (aligned - true_rot.double()).pow(2).sum((-1, -2))
@@ -30,8 +32,48 @@ def pose_errors(
         "mirrored": bool(mirrored),
     }
     if pred_shift_a is not None and true_shift_a is not None:
-        d2 = (pred_shift_a.double() - true_shift_a.double()).pow(2).sum(-1).mean()
-        out["trans_mse_angstrom2"] = float(d2)
-        out["trans_mse_px2"] = float(d2) / pixel_size_angstrom**2
+        err_px, T = shift_errors_px(pred_rot, pred_shift_a, true_shift_a, pixel_size_angstrom)
+        out["trans_median_px"] = float(err_px.median())
+        out["trans_p90_px"] = float(err_px.quantile(0.9))
+        out["trans_mse_px2"] = float(err_px.pow(2).mean())
+        out["trans_mse_angstrom2"] = out["trans_mse_px2"] * pixel_size_angstrom**2
+        out["trans_global_px"] = [float(t) for t in T]
     out["_A"] = A  # type: ignore[assignment]
     return out
+
+
+def shift_errors_px(
+    pred_rot: torch.Tensor,
+    pred_shift_a: torch.Tensor,
+    true_shift_a: torch.Tensor,
+    pixel_size_angstrom: float = 1.0,
+    translation_px: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-particle origin errors ``(N,)`` in px, up to one global 3D translation of the map.
+
+    A map moved by ``T`` (px, ``(x, y, z)``) changes the origin of a particle at pose ``R`` by
+    ``(R T)_xy``, so two reconstructions that differ only in where the molecule sits in the box
+    have origins that differ by that amount. ``translation_px`` is that translation when it is
+    known (a map alignment's); otherwise it is the least-squares fit of
+    ``o_pred − o_true ≈ (R_pred T)_xy`` over all particles (3 unknowns).
+
+    Parameters
+    ----------
+    pred_rot
+        ``(N, 3, 3)`` predicted rotations (the frame of the predicted map).
+    pred_shift_a, true_shift_a
+        ``(N, 2)`` origins in Å, the file's sign.
+
+    Returns
+    -------
+    errors
+        ``(N,)`` distances in px after removing ``(R_pred T)_xy``.
+    translation
+        ``(3,)`` the ``T`` used, px.
+    """
+    d = (pred_shift_a.double() - true_shift_a.double()) / pixel_size_angstrom
+    rows = pred_rot.double()[:, :2, :]  # (N, 2, 3): the in-plane part of R T
+    if translation_px is None:
+        translation_px = torch.linalg.lstsq(rows.reshape(-1, 3), d.reshape(-1, 1)).solution.reshape(3)
+    T = translation_px.double()
+    return (d - rows @ T).norm(dim=-1), T

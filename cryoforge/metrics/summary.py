@@ -63,6 +63,8 @@ def metric_rows(metrics: dict[str, Any]) -> list[tuple[str, str]]:
             if isinstance(px, float) and math.isfinite(px):
                 text += f", {px:.2f} px"
             rows.append((base, text))
+        elif isinstance(value, list | tuple) and all(isinstance(v, float) for v in value):
+            rows.append((key, "(" + ", ".join(f"{v:.3g}" for v in value) + ")"))
         else:
             rows.append((key, f"{value:.4g}" if isinstance(value, float) else str(value)))
     return rows
