@@ -40,19 +40,29 @@ class ComponentConfig(BaseModel):
     options: dict[str, Any] = Field(default_factory=dict)
 
 
-class TrainConfig(BaseModel):
-    """Training settings (the cryoAI defaults, sized for a CPU demo where noted)."""
+MAX_STEPS = 10**12
+"""The largest step, epoch or log count a setting may name (far beyond any run; a typo above)."""
 
-    model_config = ConfigDict(extra="forbid")
-    epochs: int = Field(20, ge=0, description="passes over the data (0 = only the time budget)")
+
+class TrainConfig(BaseModel):
+    """Training settings (the cryoAI defaults, sized for a CPU demo where noted).
+
+    Every number is finite and within the bounds of its field, so that a run refuses a bad value
+    before it starts rather than in a later stage.
+    """
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    epochs: int = Field(20, ge=0, le=MAX_STEPS, description="passes over the data (0 = only the time budget)")
     max_time_s: float | None = Field(None, gt=0, description="stop after this wall-clock time")
-    batch_size: int = Field(32, ge=1, description="particles per optimizer step on each process")
-    lr_encoder: float = Field(1e-3, gt=0, description="Adam learning rate of the encoder")
+    batch_size: int = Field(
+        32, ge=1, le=1_000_000, description="particles per optimizer step on each process"
+    )
+    lr_encoder: float = Field(1e-3, gt=0, le=10, description="Adam learning rate of the encoder")
     lr_volume: float | None = Field(
-        None, gt=0, description="Adam learning rate of the volume (None: the volume's recommended_lr)"
+        None, gt=0, le=10, description="Adam learning rate of the volume (None: the volume's recommended_lr)"
     )
     grad_clip: float | None = Field(1.0, gt=0, description="max gradient norm (None: off)")
-    seed: int = Field(0, description="random seed of weights, batch order and half-set split")
+    seed: int = Field(0, ge=0, lt=2**63, description="random seed of weights, batch order and half-set split")
     device: str = Field("auto", description="'auto', 'cpu', 'cuda' or 'cuda:N'")
 
     @field_validator("device")
@@ -74,13 +84,16 @@ class TrainConfig(BaseModel):
     max_steps: int | None = Field(
         None,
         ge=1,
+        le=MAX_STEPS,
         description="the run's step budget over all stages together (a search iteration counts as "
         "a step); a stage's own budget applies within it",
     )
-    checkpoint_every_steps: int | None = Field(None, ge=1, description="also checkpoint every N steps")
+    checkpoint_every_steps: int | None = Field(
+        None, ge=1, le=MAX_STEPS, description="also checkpoint every N steps"
+    )
     checkpoint_every_s: float = Field(120.0, gt=0, description="seconds between checkpoints")
     export_every_s: float = Field(300.0, gt=0, description="seconds between map/pose exports")
-    log_every: int = Field(10, ge=1, description="steps between log lines / scalars")
+    log_every: int = Field(10, ge=1, le=MAX_STEPS, description="steps between log lines / scalars")
     half_sets: bool = Field(False, description="two independent runs on the two halves")
     gt_poses: bool = Field(False, description="use the source's known poses (no encoder)")
     tensorboard: bool = Field(True, description="write TensorBoard scalars when installed")

@@ -6,13 +6,46 @@ without importing each other (see ``docs/architecture.md``).
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+
+INT_LIMIT = 2**53
+"""No option is an integer this large (in magnitude): a typo, or a value no tensor can index."""
+
+
+def check_int_range(value: Any) -> Any:
+    """``value`` unchanged when every integer in it (lists, tuples and dicts too) is below
+    :data:`INT_LIMIT` in magnitude.
+
+    Raises
+    ------
+    ValueError
+        For the first integer out of range.
+    """
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and abs(value) >= INT_LIMIT:
+        raise ValueError(f"integer out of range (|value| must be below 2**53, got {value})")
+    if isinstance(value, (list, tuple)):
+        for v in value:
+            check_int_range(v)
+    elif isinstance(value, dict):
+        for v in value.values():
+            check_int_range(v)
+    return value
 
 
 class Options(BaseModel):
-    """Base class for a component's options: unknown keys are errors."""
+    """Base class for a component's options: unknown keys are errors, numbers are finite
+    (``inf`` and ``nan`` are refused) and no integer reaches :data:`INT_LIMIT`."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _int_range(cls, value: Any) -> Any:
+        return check_int_range(value)
 
 
 def format_validation_error(err: ValidationError, prefix: str = "") -> str:

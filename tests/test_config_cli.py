@@ -77,11 +77,16 @@ def test_cli_version_and_plugins():
     assert r.exit_code == 0 and "omega_0_modulant" in r.output and "FourierNet" in r.output
 
 
-def test_cli_dry_run_resolves_overrides(tiny):
+def test_cli_dry_run_resolves_overrides(tiny, tmp_path):
     r = invoke(
         "run",
         "--particles",
         str(tiny["star"]),
+        "-d",
+        str(tmp_path / "r"),
+        "-o",
+        "encoder.channels",
+        "[8, 8]",
         "--volume",
         "fouriernet",
         "-o",

@@ -16,7 +16,10 @@ from cryoforge.errors import ConfigError, InputFileError
 @click.command()
 @component_options
 @click.option(
-    "--dry-run", is_flag=True, help="print the resolved config (with the schedule's stages) and exit"
+    "--dry-run",
+    is_flag=True,
+    help="check everything a run checks, print the resolved config (with the schedule's stages) and "
+    "exit; writes nothing",
 )
 @click.option("--resume", "resume_dir", type=click.Path(), help="continue the run in this directory")
 @click.option("--overwrite", is_flag=True, help="replace a run already in the output directory")
@@ -60,13 +63,22 @@ def run(
         base, output_dir = load_run_config(resume_dir, list(plugins_dirs)), resume_dir
     cfg = build_config(config_file, role_names(names), overrides, particles, output_dir, demo, base)
     cfg = _apply_subset(cfg, ind, first)
-    if dry_run:
-        click.echo(_dry_run_json(cfg, load_registry(list(plugins_dirs))))
-        return
     from cryoforge.io.writable import check_writable
 
+    if dry_run:
+        path = cfg.source.options.get("path")
+        if path and Path(path).exists():  # the verdict of a real run: folder, data, device, model
+            from cryoforge.engine.run import check_run
+
+            check_writable(cfg.output_dir, "--output-dir")
+            cfg, registry, _ = check_run(cfg, list(plugins_dirs), bool(resume_dir), overwrite)
+        else:  # no data yet (or none given): every option, of the components, training and stages
+            registry = load_registry(list(plugins_dirs))
+        click.echo(_dry_run_json(cfg, registry))
+        return
     check_writable(cfg.output_dir, "--output-dir")  # before any work
-    if demo and not resume_dir:
+    if demo and not resume_dir:  # the options, before the demo's folder is claimed and simulated
+        _dry_run_json(cfg, load_registry(list(plugins_dirs)))
         from cryoforge.simulation.demo import claim_demo_run
 
         claim_demo_run(Path(cfg.output_dir), Path(cfg.source.options["path"]).parent, overwrite)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 import torch
 from pydantic import Field
@@ -66,6 +66,10 @@ def mlp_head(cin: int, cout: int, hidden: tuple[int, ...]) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+Width = Annotated[int, Field(ge=1, le=65536)]
+"""Channels of a convolution block or units of a hidden layer."""
+
+
 class VGGEncoder(Encoder):
     """cryoAI's encoder: fixed Gaussian low-pass bank, VGG16-like DoubleConv blocks, two FC heads.
 
@@ -79,15 +83,20 @@ class VGGEncoder(Encoder):
     name = "vgg"
 
     class Options(Options):
-        channels: list[int] = Field(
+        channels: list[Width] = Field(
             default_factory=lambda: [64, 128, 256, 512, 512],
+            min_length=1,
             description="output channels of each DoubleConv block (each halves the image size)",
         )
-        n_filters: int = Field(5, ge=1, description="Gaussian low-pass filters stacked as input channels")
-        filter_size: int = Field(11, ge=1, description="side of each Gaussian filter kernel in pixels")
+        n_filters: int = Field(
+            5, ge=1, le=64, description="Gaussian low-pass filters stacked as input channels"
+        )
+        filter_size: int = Field(
+            11, ge=1, le=255, description="side of each Gaussian filter kernel in pixels"
+        )
         sigma_min_px: float = Field(0.1, gt=0, description="σ of the narrowest Gaussian filter in pixels")
         sigma_max_px: float = Field(10.0, gt=0, description="σ of the widest Gaussian filter in pixels")
-        head_hidden: list[int] = Field(
+        head_hidden: list[Width] = Field(
             default_factory=lambda: [512, 256], description="hidden widths of the rotation and shift heads"
         )
         batch_norm: bool = Field(True, description="batch normalisation after each convolution")

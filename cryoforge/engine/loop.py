@@ -15,7 +15,7 @@ from cryoforge.engine.batches import make_batch
 from cryoforge.engine.callbacks import StepInfo
 from cryoforge.engine.context import RunContext
 from cryoforge.engine.signals import stop_point
-from cryoforge.engine.stages import register_runner
+from cryoforge.engine.stages import register_runner, stage_options
 from cryoforge.errors import TrainingDiverged
 from cryoforge.schedules.base import Stage
 
@@ -69,7 +69,7 @@ def _model(ctx: RunContext) -> torch.nn.Module:
     )
 
 
-@register_runner("gradient")
+@register_runner("gradient", options=GradientOptions)
 def train_gradient(ctx: RunContext, stage: Stage) -> None:
     """Adam on the pipeline over the stage's budget, batches in a seeded order per epoch.
 
@@ -82,7 +82,7 @@ def train_gradient(ctx: RunContext, stage: Stage) -> None:
         When the loss is not finite (the last checkpoint is left as it was).
     """
     tc, state, world, rank = ctx.config.train, ctx.state, ctx.world, ctx.rank
-    opts = GradientOptions.model_validate(stage.options)
+    opts = stage_options(stage)
     if opts.poses == "table" and ctx.poses is None:
         ctx.table_pose(ctx.index[:1])  # raises the one-line error
     if opts.poses == "encoder" and not tc.gt_poses:

@@ -147,23 +147,41 @@ def check_resume(
         Naming the run's file and the setting, with both values.
     """
     cks = checkpoints(run_dir)
-    ck = load_checkpoint(cks[0]) if cks else None
+    if not cks:
+        raise InputFileError(
+            run_dir / CHECKPOINT,
+            "no checkpoint: nothing to resume, and the run's outputs are kept; to start it over, "
+            f"run it again with --config {run_dir / 'config.json'} -d {run_dir} --overwrite",
+            "--resume",
+        )
+    ck = load_checkpoint(cks[0])
     stored_from, stored = run_dir / "config.json", None
     if ck is not None and cks[0].parent == run_dir and isinstance(ck.get("config"), str):
         with contextlib.suppress(ValueError):  # (a half's checkpoint holds the half's own seed)
             stored_from, stored = cks[0], RunConfig.model_validate_json(ck["config"])
     if stored is None:
         stored_from, stored = run_dir / "config.json", load_config_file(run_dir / "config.json")
-    old = _flatten(resolve(stored, registry).model_dump(mode="json", exclude={"plugins"}))
+    stored = resolve(stored, registry)
+    old = _flatten(stored.model_dump(mode="json", exclude={"plugins"}))
     new = _flatten(config.model_dump(mode="json", exclude={"plugins"}))
     changed = [
-        k for k in sorted(set(old) | set(new)) if not resumable(k) and not _same_path(old.get(k), new.get(k))
+        k
+        for k in sorted(set(old) | set(new))
+        if not resumable(k) and not k.startswith(SCHEDULE_OPTIONS) and not _same_path(old.get(k), new.get(k))
     ]
+    if not changed:  # the schedule's options: only the stages that have not started may change
+        diffs = _changed_stages(stored, config, registry, [ck, *(load_checkpoint(p) for p in cks[1:])])
+        for k, (was, now) in diffs.items():
+            old[k], new[k] = was, now
+        changed = list(diffs)
     if changed:
         what = "; ".join(f"{_shown(k)} {old.get(k)!r} in the run, {new.get(k)!r} now" for k in changed)
         hint = (
             "resume trains on the run's particles only"
             if any(k.startswith("source.") for k in changed)
+            else "a stage that has run keeps its options; start a new run with -d, or replace this "
+            "one with --overwrite"
+            if changed[0].startswith("stage ")
             else "start a new run with -d, or replace this one with --overwrite"
         )
         raise InputFileError(stored_from, f"--resume cannot change {what} ({hint})", _shown(changed[0]))
@@ -179,6 +197,55 @@ def check_resume(
             )
     for path in cks:
         _check_shapes(pipeline, config.encoder.name, ck if path == cks[0] else load_checkpoint(path), path)
+
+
+SCHEDULE_OPTIONS = "schedule.options."
+
+_BUDGETS = ("max_steps", "epochs")
+
+
+def _changed_stages(
+    stored: RunConfig, config: RunConfig, registry: Registry, cks: list[dict[str, Any]]
+) -> dict[str, tuple[Any, Any]]:
+    """Settings of the stages a checkpoint has started that ``config`` changes: ``{key: (old, new)}``.
+
+    A stage has started when a checkpoint is past it, or holds progress in it. Its budgets may
+    change; nothing else. Stages not yet started take the new options: a resume may correct the
+    options of a stage that stopped the run.
+    """
+
+    def stages(c: RunConfig) -> list[Any]:  # unchecked: the run's own may hold the option to correct
+        return list(registry.build("schedule", c.schedule.name, c.schedule.options).stages())
+
+    before, after = stages(stored), stages(config)
+    started: set[int] = set()
+    for ck in cks:
+        state = ck.get("state") or {}
+        at = int(state.get("stage", 0))
+        progress = state.get("stages") or {}
+        for i, stage in enumerate(before):
+            if i < at or (i == at and any(bool(v) for v in (progress.get(stage.name) or {}).values())):
+                started.add(i)
+    out: dict[str, tuple[Any, Any]] = {}
+    for i in sorted(started):
+        if i >= len(after):
+            continue  # the new schedule ends before this stage (a budget of 0): the run has finished
+        a, b = _stage_settings(before[i]), _stage_settings(after[i])
+        for k in sorted(set(a) | set(b)):
+            if a.get(k) != b.get(k):
+                out[f"stage {before[i].name!r} {k}"] = (a.get(k), b.get(k))
+    return out
+
+
+def _stage_settings(stage: Any) -> dict[str, Any]:
+    """A stage as flat settings, its options with their defaults filled in; budgets left out."""
+    from cryoforge.engine.stages import stage_options
+
+    data = stage.model_dump(mode="json", exclude=set(_BUDGETS))
+    with contextlib.suppress(ConfigError):  # (an option the run had wrong is compared as written)
+        opts = stage_options(stage)
+        data["options"] = opts.model_dump(mode="json") if hasattr(opts, "model_dump") else opts
+    return _flatten(data)
 
 
 def _split_encoder(sd: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -233,7 +300,9 @@ def claim_run_dir(
         return
     run_dir.mkdir(parents=True, exist_ok=True)
     with RunLock(run_dir):
-        kind = check_run_dir(run_dir, resume, overwrite, inputs)  # again: it may have changed meanwhile
+        kind = check_run_dir(
+            run_dir, resume, overwrite, inputs, locked_ok=True
+        )  # again: it may have changed meanwhile
         for p in remove_stale_temp_files(run_dir):
             log.info("removed %s, left by an interrupted write", p)
         if not resume and kind in ("run", "legacy"):

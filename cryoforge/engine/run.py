@@ -213,15 +213,15 @@ def train_one(
 # ----------------------------------------------------------------------------- entry point
 
 
-def run(
+def check_run(
     config: RunConfig, plugins_dirs: list[str] | None = None, resume: bool = False, overwrite: bool = False
-) -> RunResult:
-    """Train as configured; see :class:`RunResult`.
+) -> tuple[RunConfig, Registry, Source]:
+    """Every check of :func:`run` before it writes a byte; writes nothing (``run --dry-run``).
 
-    A directory that already holds a run is continued with ``resume`` and replaced only with
-    ``overwrite``; a folder that is not a run (no marker, not empty) is never used. Everything is
-    checked (folder, data, device, model, and on ``resume`` the options against the checkpoint)
-    before the first byte is written; then the folder is locked for the run's duration.
+    The folder (a run is replaced only with ``overwrite``), the options of every component, of
+    the training and of every stage of the schedule, the data, the device, the model, and on
+    ``resume`` the checkpoint and the options against it. Returns the resolved config (inputs
+    absolute), the registry and the opened source.
     """
     if resume and overwrite:
         raise ConfigError("--resume and --overwrite: give one of them")
@@ -240,7 +240,23 @@ def run(
     pipeline = preflight(config, registry, source, bctx)
     if resume:
         check_resume(config, registry, run_dir, source, pipeline)
-    del pipeline
+    return config, registry, source
+
+
+def run(
+    config: RunConfig, plugins_dirs: list[str] | None = None, resume: bool = False, overwrite: bool = False
+) -> RunResult:
+    """Train as configured; see :class:`RunResult`.
+
+    A directory that already holds a run is continued with ``resume`` and replaced only with
+    ``overwrite``; a folder that is not a run (no marker, not empty) is never used. Everything is
+    checked (:func:`check_run`: folder, options of every stage, data, device, model, and on
+    ``resume`` the options against the checkpoint) before the first byte is written; then the
+    folder is locked for the run's duration.
+    """
+    rank, _ = distributed()
+    run_dir = Path(config.output_dir)
+    config, registry, source = check_run(config, plugins_dirs, resume, overwrite)
     inputs = [*source_input_paths(source), config.ground_truth_map]
     with claim_run_dir(run_dir, resume, overwrite, data_signature(source), rank == 0, inputs):
         if rank == 0:

@@ -2,19 +2,28 @@
 
 A runner is a function ``runner(ctx: RunContext, stage: Stage) -> None`` that trains until the
 stage's budget is spent, keeping its progress in ``ctx.stage_state(stage)`` so that a resumed run
-continues the stage where the checkpoint left it. Register one with a decorator::
+continues the stage where the checkpoint left it. Register one with a decorator, naming the model
+of its ``Stage.options``::
 
-    @register_runner("search")
+    @register_runner("search", options=SearchOptions)
     def search(ctx: RunContext, stage: Stage) -> None: ...
+
+Every stage of a run is checked before the run touches its folder (:func:`check_stages`): its
+kind has a runner, its encoder exists, and its options validate against the runner's model. A
+runner reads them with :func:`stage_options`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
 
 from cryoforge.config import RunConfig
 from cryoforge.engine.context import RunContext
-from cryoforge.errors import ConfigError
+from cryoforge.errors import ConfigError, PluginError
+from cryoforge.options import format_validation_error
 from cryoforge.registry import Registry
 from cryoforge.schedules.base import Stage
 from cryoforge.types import BuildContext
@@ -24,9 +33,13 @@ Runner = Callable[[RunContext, Stage], None]
 RUNNERS: dict[str, Runner] = {}
 """``Stage.kind`` → the function that executes stages of that kind."""
 
+STAGE_OPTIONS: dict[str, type[BaseModel]] = {}
+"""``Stage.kind`` → the model its ``Stage.options`` validate against (checked before a run starts)."""
 
-def register_runner(kind: str) -> Callable[[Runner], Runner]:
-    """Decorator registering ``fn`` as the runner of stages of ``kind``.
+
+def register_runner(kind: str, options: type[BaseModel] | None = None) -> Callable[[Runner], Runner]:
+    """Decorator registering ``fn`` as the runner of stages of ``kind``, whose ``Stage.options``
+    follow the model ``options`` (see :func:`register_stage_options`).
 
     Raises
     ------
@@ -39,13 +52,39 @@ def register_runner(kind: str) -> Callable[[Runner], Runner]:
         if other is not None and other is not fn:
             raise ValueError(f"stage kind {kind!r} is already run by {other.__module__}.{other.__qualname__}")
         RUNNERS[kind] = fn
+        if options is not None:
+            register_stage_options(kind, options)
         return fn
 
     return register
 
 
-def check_stages(stages: list[Stage], schedule: str) -> None:
-    """A schedule's stages are non-empty, uniquely named and of kinds some runner executes.
+def register_stage_options(kind: str, options: type[BaseModel]) -> None:
+    """Declare the model of the ``Stage.options`` of stages of ``kind``: every stage of that kind
+    is validated against it before a run starts (and before ``--overwrite`` removes anything)."""
+    STAGE_OPTIONS[kind] = options
+
+
+def stage_options(stage: Stage) -> Any:
+    """``stage.options`` validated against its kind's model (a plain dict when none is declared).
+
+    Raises
+    ------
+    ConfigError
+        Naming the stage and the option, e.g. ``stage 'amortize': options.bogus: unknown option``.
+    """
+    model = STAGE_OPTIONS.get(stage.kind)
+    if model is None:
+        return dict(stage.options)
+    try:
+        return model.model_validate(stage.options)
+    except ValidationError as exc:
+        raise ConfigError(f"stage {stage.name!r}: {format_validation_error(exc, 'options')}") from None
+
+
+def check_stages(stages: list[Stage], schedule: str, registry: Registry | None = None) -> None:
+    """A schedule's stages are non-empty, uniquely named, of kinds some runner executes, with
+    options their runner accepts and (with ``registry``) encoders that exist.
 
     Raises
     ------
@@ -67,13 +106,19 @@ def check_stages(stages: list[Stage], schedule: str) -> None:
                 f"schedule {schedule!r}: stage {s.name!r} has kind {s.kind!r}, which no runner executes "
                 f"(known: {known})"
             )
+        try:
+            stage_options(s)
+            if registry is not None and s.encoder is not None:
+                registry.get("encoder", s.encoder)
+        except (ConfigError, PluginError) as exc:
+            raise ConfigError(f"schedule {schedule!r}: {exc}") from None
 
 
 def schedule_stages(config: RunConfig, registry: Registry, ctx: BuildContext | None = None) -> list[Stage]:
     """Build the configured schedule and return its checked stages."""
     schedule = registry.build("schedule", config.schedule.name, config.schedule.options, ctx)
     stages = list(schedule.stages())
-    check_stages(stages, config.schedule.name)
+    check_stages(stages, config.schedule.name, registry)
     return stages
 
 

@@ -203,7 +203,11 @@ def holds_only(folder: Path, inputs: Iterable[str | Path | None]) -> bool:
 
 
 def check_run_dir(
-    run_dir: Path, resume: bool, overwrite: bool, inputs: Iterable[str | Path | None] = ()
+    run_dir: Path,
+    resume: bool,
+    overwrite: bool,
+    inputs: Iterable[str | Path | None] = (),
+    locked_ok: bool = False,
 ) -> RunDirKind:
     """Refuse a folder a run may not use; read-only (nothing is written or created).
 
@@ -212,6 +216,9 @@ def check_run_dir(
     that never checkpointed (a stub left by a failed start); ``overwrite`` also replaces a run
     with progress; ``resume`` needs a run. Any other folder is refused even with ``overwrite``.
 
+    A folder another process holds (:class:`RunLock`) is refused; ``locked_ok`` when the caller
+    holds the lock itself.
+
     Raises
     ------
     InputFileError
@@ -219,6 +226,9 @@ def check_run_dir(
     """
     kind = run_dir_kind(run_dir)
     option = "--resume" if resume else "--output-dir"
+    holder = None if locked_ok or kind == "file" else locked_by(Path(run_dir))
+    if holder is not None:
+        raise InputFileError(run_dir, _locked_message(holder), "--output-dir")
     if kind == "file":
         raise InputFileError(run_dir, "is a file, not a folder", option)
     if kind == "other" and not resume and holds_only(Path(run_dir), inputs):
@@ -295,6 +305,35 @@ def remove_stale_temp_files(folder: Path) -> list[Path]:
     return removed
 
 
+def _locked_message(holder: str) -> str:
+    return (
+        f"another cryoforge process (pid {holder}) is running in this folder; "
+        "wait for it to end or choose another folder"
+    )
+
+
+def locked_by(run_dir: Path) -> str | None:
+    """The pid (as written) of the process holding ``run_dir``'s :class:`RunLock`, else ``None``.
+
+    Reads only: the lock file is probed, never created.
+    """
+    if fcntl is None:  # pragma: no cover
+        return None
+    try:
+        fd = os.open(run_dir / LOCK, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            return os.read(fd, 32).decode(errors="replace").strip() or "?"
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
 class RunLock:
     """An exclusive, non-blocking lock on a run folder, held for a ``with`` block.
 
@@ -323,12 +362,7 @@ class RunLock:
             except OSError:
                 holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
                 os.close(fd)
-                raise InputFileError(
-                    self.run_dir,
-                    f"another cryoforge process (pid {holder}) is running in this folder; "
-                    "wait for it to end or choose another folder",
-                    "--output-dir",
-                ) from None
+                raise InputFileError(self.run_dir, _locked_message(holder), "--output-dir") from None
             try:  # the file we locked may have been removed by the holder that just ended
                 same = os.path.samestat(os.fstat(fd), os.stat(self.path))
             except FileNotFoundError:

@@ -33,7 +33,7 @@ class Stage(BaseModel):
         Settings for the stage's runner (runner-specific).
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     name: str = Field(min_length=1, description="unique within the schedule")
     kind: str = Field(min_length=1, description="the engine runner: gradient, search, amortize, ...")
@@ -43,8 +43,8 @@ class Stage(BaseModel):
     band: tuple[BandEdge, BandEdge] = Field(
         (1.0, 1.0), description="(start, end) frequency band, fraction of Nyquist, widened over the stage"
     )
-    max_steps: int | None = Field(None, ge=1, description="step budget (None: train.max_steps)")
-    epochs: int | None = Field(None, ge=0, description="epoch budget (None: train.epochs)")
+    max_steps: int | None = Field(None, ge=1, le=10**12, description="step budget (None: train.max_steps)")
+    epochs: int | None = Field(None, ge=0, le=10**12, description="epoch budget (None: train.epochs)")
     options: dict[str, Any] = Field(default_factory=dict, description="settings of the stage's runner")
 
     def band_at(self, fraction: float) -> float:

@@ -30,7 +30,7 @@ class StackOptions(Options):
 
     path: str = Field("", description="the particle file (.star, .cs or .mrcs)")
     datadir: str | None = Field(None, description="folder that image paths are relative to")
-    downsample_to: int | None = Field(None, ge=8, description="Fourier-crop images to this box (px)")
+    downsample_to: int | None = Field(None, ge=8, le=4096, description="Fourier-crop images to this box (px)")
     normalize: bool = Field(True, description="scale images to zero mean, unit std (from a sample)")
     invert_contrast: bool = Field(
         False,

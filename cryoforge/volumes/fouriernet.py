@@ -24,9 +24,9 @@ class FourierNet(Volume):
     name = "fouriernet"
 
     class Options(Options):
-        hidden_dim: int = Field(256, ge=4, description="width of both SIRENs' hidden layers")
-        modulant_layers: int = Field(3, ge=0, description="hidden layers of the modulant SIREN")
-        envelope_layers: int = Field(2, ge=0, description="hidden layers of the envelope SIREN")
+        hidden_dim: int = Field(256, ge=4, le=65536, description="width of both SIRENs' hidden layers")
+        modulant_layers: int = Field(3, ge=0, le=64, description="hidden layers of the modulant SIREN")
+        envelope_layers: int = Field(2, ge=0, le=64, description="hidden layers of the envelope SIREN")
         omega_0_modulant: float = Field(40.0, gt=0, description="SIREN frequency ω0 of the modulant")
         omega_0_envelope: float = Field(30.0, gt=0, description="SIREN frequency ω0 of the envelope")
 

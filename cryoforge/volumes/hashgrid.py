@@ -82,15 +82,17 @@ class HashGridVolume(Volume):
     recommended_lr = 1e-2
 
     class Options(Options):
-        n_levels: int = Field(16, ge=1, description="grid levels from base to finest resolution")
-        features_per_level: int = Field(2, ge=1, description="features stored per hash-table entry")
+        n_levels: int = Field(16, ge=1, le=64, description="grid levels from base to finest resolution")
+        features_per_level: int = Field(2, ge=1, le=64, description="features stored per hash-table entry")
         log2_table_size: int = Field(
             13, ge=4, le=24, description="log2 of the entries per level's hash table"
         )
-        base_resolution: int = Field(4, ge=2, description="grid points per axis of the coarsest level")
-        finest_resolution: int | None = Field(None, ge=2, description="default: 2·L")
-        mlp_hidden: int = Field(64, ge=4, description="width of the MLP's hidden layers")
-        mlp_layers: int = Field(1, ge=0, description="hidden layers of the MLP")
+        base_resolution: int = Field(
+            4, ge=2, le=4096, description="grid points per axis of the coarsest level"
+        )
+        finest_resolution: int | None = Field(None, ge=2, le=65536, description="default: 2·L")
+        mlp_hidden: int = Field(64, ge=4, le=65536, description="width of the MLP's hidden layers")
+        mlp_layers: int = Field(1, ge=0, le=64, description="hidden layers of the MLP")
         backend: Literal["auto", "torch", "tcnn"] = Field(
             "auto",
             description="'tcnn': tiny-cuda-nn's encoding; 'torch': pure PyTorch; 'auto': tcnn if it loads",

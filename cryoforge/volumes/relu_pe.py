@@ -31,9 +31,11 @@ class ReluPEVolume(Volume):
     name = "relu-pe"
 
     class Options(Options):
-        hidden_dim: int = Field(256, ge=4, description="width of the hidden layers")
-        hidden_layers: int = Field(4, ge=0, description="hidden ReLU layers")
-        n_freqs: int = Field(5, ge=1, description="octaves of sin/cos features in the positional encoding")
+        hidden_dim: int = Field(256, ge=4, le=65536, description="width of the hidden layers")
+        hidden_layers: int = Field(4, ge=0, le=64, description="hidden ReLU layers")
+        n_freqs: int = Field(
+            5, ge=1, le=32, description="octaves of sin/cos features in the positional encoding"
+        )
 
     def __init__(self, options: Options, ctx: BuildContext) -> None:
         super().__init__(options, ctx)

@@ -23,8 +23,8 @@ class SirenVolume(Volume):
     recommended_lr = 1e-4
 
     class Options(Options):
-        hidden_dim: int = Field(256, ge=4, description="width of the hidden layers")
-        hidden_layers: int = Field(5, ge=0, description="hidden sine layers")
+        hidden_dim: int = Field(256, ge=4, le=65536, description="width of the hidden layers")
+        hidden_layers: int = Field(5, ge=0, le=64, description="hidden sine layers")
         omega_0: float = Field(30.0, gt=0, description="SIREN frequency ω0 of the sine activations")
 
     def __init__(self, options: Options, ctx: BuildContext) -> None:

@@ -24,7 +24,7 @@ class VoxelVolume(Volume):
     recommended_lr = 1e-2
 
     class Options(Options):
-        size: int | None = Field(None, ge=4, description="grid side (default: the image size L)")
+        size: int | None = Field(None, ge=4, le=2048, description="grid side (default: the image size L)")
         init_std: float = Field(0.01, ge=0, description="std of the random initial values")
 
     def __init__(self, options: Options, ctx: BuildContext) -> None:
