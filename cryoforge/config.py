@@ -146,19 +146,77 @@ def load_config_file(path: str | Path) -> RunConfig:
         raise ConfigError(f"{path}: cannot read the config file ({exc.strerror})") from None
     text = decode_utf8(path, raw)
     try:
-        data = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
+        data = tomllib.loads(text) if path.suffix == ".toml" else loads_json(text, str(path))
     except (tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
         raise ConfigError(f"{path}: cannot parse ({exc})") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: nested too deeply (more than a few hundred levels)") from None
+    if _depth(data) > MAX_DEPTH:
+        raise ConfigError(f"{path}: nested too deeply (no setting is nested more than {MAX_DEPTH} levels)")
     try:
         return RunConfig.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(f"{path}: {format_validation_error(exc)}") from None
 
 
-def parse_value(text: str) -> Any:
-    """Parse a ``-o key value`` value: JSON when it parses (numbers, booleans, lists), else a string."""
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object's pairs as a dict; a key given twice is an error (which one was meant?)."""
+    out: dict[str, Any] = {}
+    for k, v in pairs:
+        if k in out:
+            raise ConfigError(f"key {k!r} appears twice in one JSON object")
+        out[k] = v
+    return out
+
+
+def loads_json(text: str, where: str) -> Any:
+    """``json.loads`` that refuses a key given twice in an object and nesting too deep to read.
+
+    Raises
+    ------
+    ConfigError
+        ``where: key 'x' appears twice ...`` or ``where: nested too deeply``.
+    json.JSONDecodeError
+        When ``text`` is not JSON.
+    """
     try:
-        return json.loads(text)
+        value = json.loads(text, object_pairs_hook=_unique_keys)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    except RecursionError:
+        value = None
+    if (value is None and text.strip() != "null") or _depth(value) > MAX_DEPTH:
+        raise ConfigError(f"{where}: nested too deeply (no setting is nested more than {MAX_DEPTH} levels)")
+    return value
+
+
+MAX_DEPTH = 32
+"""The deepest nesting of lists and tables a configuration value may have."""
+
+
+def _depth(value: Any) -> int:
+    """Nesting depth of lists and dicts in ``value`` (0 for a scalar), without recursion."""
+    deepest, todo = 0, [(value, 0)]
+    while todo:
+        v, d = todo.pop()
+        if isinstance(v, (list, dict)):
+            if d + 1 > MAX_DEPTH:
+                return d + 1
+            deepest = max(deepest, d + 1)
+            todo.extend((x, d + 1) for x in (v.values() if isinstance(v, dict) else v))
+    return deepest
+
+
+def parse_value(text: str, key: str = "-o") -> Any:
+    """Parse a ``-o key value`` value: JSON when it parses (numbers, booleans, lists), else a string.
+
+    Raises
+    ------
+    ConfigError
+        For JSON with a key given twice, or nested too deeply to read.
+    """
+    try:
+        return loads_json(text, key)
     except json.JSONDecodeError:
         return text
 

@@ -60,9 +60,15 @@ def format_validation_error(err: ValidationError, prefix: str = "") -> str:
         parts.append(
             f"{field}: {msg}"
             + (
-                f" (got {e['input']!r})"
+                f" (got {_short(e['input'])})"
                 if "input" in e and e["type"] != "extra_forbidden" and not isinstance(e["input"], dict)
                 else ""
             )
         )
     return "; ".join(parts)
+
+
+def _short(value: object, limit: int = 80) -> str:
+    """``repr(value)``, cut to ``limit`` characters (a pasted list may be very long)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -101,7 +101,7 @@ def build_config(
     if output_dir:
         config = apply_override(config, "output_dir", output_dir)
     for key, value in overrides:
-        config = apply_override(config, key, parse_value(value))
+        config = apply_override(config, key, parse_value(value, f"-o {key}"))
     return config
 
 

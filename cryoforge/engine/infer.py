@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -17,8 +18,14 @@ from cryoforge.engine.portable import load_run_config
 from cryoforge.engine.pose_files import write_pose_files
 from cryoforge.engine.run import prepare
 from cryoforge.errors import InputFileError
-from cryoforge.io.mrc import stack_info
-from cryoforge.io.outputs import MARKER, refuse_existing, refuse_input_overlap, source_input_paths
+from cryoforge.io.mrc import read_voxel_size, stack_info
+from cryoforge.io.outputs import (
+    MARKER,
+    read_run_marker,
+    refuse_existing,
+    refuse_input_overlap,
+    source_input_paths,
+)
 from cryoforge.io.writable import check_writable_file
 from cryoforge.types import BuildContext
 
@@ -88,6 +95,15 @@ def infer_run(
             f"on {trained_size} px images; give particles with the run's box",
             "--particles",
         )
+    trained_px = _trained_pixel_size(run_dir)
+    if trained_px is not None and not math.isclose(source.pixel_size_angstrom, trained_px, rel_tol=1e-2):
+        raise InputFileError(
+            source.path,
+            f"images are {source.pixel_size_angstrom:.4g} Å/px (after source.downsample_to) but the run "
+            f"was trained at {trained_px:.4g} Å/px: the encoder would see the molecule at another "
+            "scale; give particles at the run's pixel size (or downsample them to it)",
+            "--particles",
+        )
     outputs = [out]
     if str(config.source.options.get("path") or "").lower().endswith(".cs"):
         outputs.append(out.with_suffix(".cs"))  # write_pose_files writes one next to the star
@@ -113,6 +129,19 @@ def infer_run(
         pose = infer_poses(pipeline, source, index, batch_size, device)
     write_pose_files(out, source, index, pose)
     return out
+
+
+def _trained_pixel_size(run_dir: Path) -> float | None:
+    """The pixel size (Å) of the images the run trained on: from its marker, else its map's header."""
+    data = (read_run_marker(run_dir) or {}).get("data") or {}
+    px = data.get("pixel_size_angstrom")
+    if isinstance(px, (int, float)) and math.isfinite(px) and px > 0:
+        return float(px)
+    for name in ("map.mrc", "half1/map.mrc"):
+        if (run_dir / name).is_file():
+            v = read_voxel_size(run_dir / name)
+            return v if math.isfinite(v) and v > 0 else None
+    return None
 
 
 def _trained_image_size(run_dir: Path) -> int | None:

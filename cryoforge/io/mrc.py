@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import mmap
 import warnings
 from dataclasses import dataclass
@@ -148,6 +149,44 @@ def read_map(path: str | Path) -> tuple[np.ndarray, float]:
     if not np.isfinite(data).all():
         raise InputFileError(path, "map contains NaN or Inf", "data")
     return data, voxel
+
+
+def check_same_grid(
+    path: str | Path,
+    shape: tuple[int, ...],
+    voxel_angstrom: float,
+    ref_path: str | Path,
+    ref_shape: tuple[int, ...],
+    ref_voxel_angstrom: float,
+    field: str = "voxel size",
+) -> None:
+    """Two maps compared voxel by voxel have the same shape and the same, known voxel size.
+
+    Raises
+    ------
+    InputFileError
+        Naming ``path``, with both shapes or both voxel sizes (a voxel size of 0 is unknown).
+    """
+    shape, ref_shape = tuple(int(x) for x in shape), tuple(int(x) for x in ref_shape)
+    if shape != ref_shape:
+        raise InputFileError(
+            path,
+            f"shape {shape} differs from {ref_shape} of {ref_path}: the maps cannot be compared "
+            "voxel by voxel (resample one onto the other's grid)",
+            "nx/ny/nz",
+        )
+    for p, v in ((path, voxel_angstrom), (ref_path, ref_voxel_angstrom)):
+        if not (math.isfinite(v) and v > 0):
+            raise InputFileError(
+                p, f"voxel size {v:g} Å in the header: unknown, so resolutions in Å cannot be given", field
+            )
+    if not math.isclose(voxel_angstrom, ref_voxel_angstrom, rel_tol=1e-3):
+        raise InputFileError(
+            path,
+            f"voxel size {voxel_angstrom:.4g} Å differs from {ref_voxel_angstrom:.4g} Å of {ref_path}: "
+            "the maps cannot be compared (resample one onto the other's grid)",
+            field,
+        )
 
 
 def write_mrc(path: str | Path, data: np.ndarray, voxel_size_angstrom: float, stack: bool = False) -> None:

@@ -54,6 +54,9 @@ RUN_FILES = (
     "inferred_poses.star",
     "inferred_poses.cs",
     "particles.txt",
+    "slices.png",
+    "progress.png",
+    "report.html",
 )
 """What a run (and ``infer`` into it) writes into a run folder and each ``half1``/``half2``."""
 

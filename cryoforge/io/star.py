@@ -40,8 +40,10 @@ def _read_blocks(path: Path) -> dict[str, pd.DataFrame]:
     read_text_file(path, "STAR file")  # exists, readable, UTF-8 (else one line naming the byte)
     tables: dict[str, pd.DataFrame] = {}
     for block in read_star_document(path).blocks:
-        if not block.loop or block.name in tables:
+        if not block.loop:
             continue
+        if block.name in tables:  # which one is meant? (a merge of two files, or an edit gone wrong)
+            raise InputFileError(path, f"the table data_{block.name} appears twice", f"data_{block.name}")
         seen: set[str] = set()
         for label in block.labels:
             if label in seen:

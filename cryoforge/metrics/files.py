@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from cryoforge.errors import InputFileError
-from cryoforge.io.mrc import read_map
+from cryoforge.io.mrc import check_same_grid, read_map
 from cryoforge.io.outputs import refuse_existing, refuse_input_overlap
 from cryoforge.io.star import read_star
 from cryoforge.metrics.alignment import align_map
@@ -71,12 +71,9 @@ def evaluate_files(
     ):
         if not other:
             continue
-        ref, _ = read_map(other)
+        ref, ref_px = read_map(other)
         r = torch.from_numpy(ref)
-        if r.shape != m.shape:
-            raise InputFileError(
-                other, f"shape {tuple(r.shape)} differs from {map_path} {tuple(m.shape)}", "nx/ny/nz"
-            )
+        check_same_grid(other, tuple(r.shape), ref_px, map_path, tuple(m.shape), px)
         if align:
             al = align_map(m, r, A, mirrored) if A is not None else align_map(m, r)
             moved = al.aligned
