@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from cryoforge.engine.search import global_iteration, map_centre_px, recentred_origins
+from cryoforge.engine.search_scoring import global_iteration, map_centre_px, recentred_origins
 from cryoforge.io.star import read_star
 from cryoforge.ops.fft import fourier_to_volume, rfft2_images, volume_to_fourier
 from cryoforge.ops.grids import half_plane_query
