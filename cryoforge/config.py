@@ -135,16 +135,15 @@ def load_config_file(path: str | Path) -> RunConfig:
     ConfigError
         When the file is missing, unparsable or has unknown/invalid fields.
     """
-    from cryoforge.io.validate import decode_utf8
+    from cryoforge.io.validate import check_readable_file, decode_utf8
 
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: config file not found")
+    check_readable_file(path, "config file")  # a folder or /dev/zero is said to be one
     try:
         raw = path.read_bytes()
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read the config file ({exc.strerror})") from None
-    text = decode_utf8(path, raw)
+    text = decode_utf8(path, raw).removeprefix("\ufeff")  # a byte-order mark: ignored
     try:
         data = tomllib.loads(text) if path.suffix == ".toml" else loads_json(text, str(path))
     except (tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import errno
 import sys
 from typing import Any
 
 import click
 
 from cryoforge.errors import CryoforgeError
+from cryoforge.io.atomic import DISK_ERRNOS
 
 
 class CryoforgeGroup(click.Group):
@@ -29,7 +31,10 @@ class CryoforgeGroup(click.Group):
         except click.ClickException as exc:
             exc.show()
             sys.exit(exc.exit_code)
-        except click.exceptions.Abort:
+        except click.exceptions.Abort as exc:
+            if isinstance(exc.__context__, KeyboardInterrupt):  # Ctrl-C outside a run's stages
+                click.echo("Interrupted (Ctrl-C)", err=True)
+                sys.exit(130)
             click.echo("Aborted!", err=True)
             sys.exit(1)
         sys.exit(rv if isinstance(rv, int) else 0)
@@ -40,6 +45,31 @@ class CryoforgeGroup(click.Group):
         except CryoforgeError as exc:
             click.echo(f"Error: {exc}", err=True)
             sys.exit(2)
+        except OSError as exc:  # the disk, not the program: a full disk, a file-size limit
+            if exc.errno not in DISK_ERRNOS:
+                raise
+            click.echo(f"Error: {disk_error_line(exc)}", err=True)
+            sys.exit(2)
+        except RecursionError:
+            click.echo("Error: an input is nested too deeply to read", err=True)
+            sys.exit(2)
+
+
+def disk_error_line(exc: OSError) -> str:
+    """One line for an :data:`~cryoforge.io.atomic.DISK_ERRNOS` error: the file, the reason, what to do."""
+    where = f"{exc.filename}: " if exc.filename else ""
+    name = errno.errorcode.get(exc.errno or 0, "")
+    what = {
+        errno.ENOSPC: "free some space",
+        errno.EDQUOT: "free some space (disk quota)",
+        errno.EFBIG: "raise the file-size limit (ulimit -f) or write elsewhere",
+        errno.EROFS: "write to another folder",
+        errno.EIO: "check the disk",
+    }.get(exc.errno or 0, "check the disk")
+    return (
+        f"{where}cannot write ({exc.strerror or exc}{f', {name}' if name else ''}); {what}, then run the "
+        "command again (files written before are intact; a run continues with --resume)"
+    )
 
 
 class LazyPluginGroup(CryoforgeGroup):

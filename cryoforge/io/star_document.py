@@ -179,7 +179,7 @@ def read_star_document(path: str | Path) -> StarDocument:
     cur: StarBlock | None = None
     with open(path, encoding="utf-8", errors="replace") as fh:
         for lineno, raw in enumerate(fh, 1):
-            line = raw.strip()
+            line = (raw.lstrip("\ufeff") if lineno == 1 else raw).strip()  # a byte-order mark: ignored
             if not line:
                 continue
             if line.startswith("#"):

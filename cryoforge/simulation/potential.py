@@ -27,7 +27,10 @@ def read_structure(path: str | Path):
         if path.suffix == ".gz":
             with tempfile.TemporaryDirectory() as tmp:
                 inner = Path(tmp) / path.stem
-                inner.write_bytes(gzip.decompress(path.read_bytes()))
+                try:
+                    inner.write_bytes(gzip.decompress(path.read_bytes()))
+                except OSError as exc:  # a full disk: name the file (the command reports it)
+                    raise OSError(exc.errno, exc.strerror, str(inner)) from None
                 st = gemmi.read_structure(str(inner))
         else:
             st = gemmi.read_structure(str(path))

@@ -53,6 +53,11 @@ class StackSource(Source):
     batch reads only its own images, grouped by file. Subclasses provide :meth:`read_table`.
     """
 
+    image_path_field: ClassVar[str] = "rlnImageName"
+    """The table's field naming each particle's stack file (in one-line errors)."""
+    image_index_field: ClassVar[str] = "rlnImageName"
+    """The table's field holding each particle's image number in its stack."""
+
     Options = StackOptions
 
     def __init__(self, options: StackOptions, ctx: BuildContext) -> None:
@@ -176,7 +181,7 @@ class StackSource(Source):
             self.path,
             f"stack file {file!r} not found (looked in "
             f"{', '.join(str(c.parent) for c in candidates[:3])}; set source.datadir)",
-            "rlnImageName",
+            self.image_path_field,
         )
 
     def _open_stacks(self) -> None:
@@ -186,7 +191,7 @@ class StackSource(Source):
             raise InputFileError(Path(datadir), what, "source.datadir")
         names = self.table.image_names
         if names is None:
-            raise InputFileError(self.path, "no image references", "rlnImageName")
+            raise InputFileError(self.path, "no image references", self.image_path_field)
         files: dict[str, int] = {}
         file_id = np.empty(len(names), np.int64)
         index = np.empty(len(names), np.int64)
@@ -194,7 +199,7 @@ class StackSource(Source):
             try:
                 idx, f = parse_image_name(str(name))
             except ValueError as exc:
-                raise InputFileError(self.path, f"particle {i + 1}: {exc}", "rlnImageName") from None
+                raise InputFileError(self.path, f"particle {i + 1}: {exc}", self.image_path_field) from None
             file_id[i] = files.setdefault(f, len(files))
             index[i] = idx
         self._stack_paths = [self._resolve(f).resolve() for f in files]
@@ -202,7 +207,7 @@ class StackSource(Source):
         sizes = {s.size for s in self._stacks.infos}
         if len(sizes) > 1:
             raise InputFileError(
-                self.path, f"stacks have different image sizes {sorted(sizes)}", "rlnImageName"
+                self.path, f"stacks have different image sizes {sorted(sizes)}", self.image_path_field
             )
         counts = np.array([s.count for s in self._stacks.infos])
         beyond = index >= counts[file_id]
@@ -212,7 +217,7 @@ class StackSource(Source):
                 self._stack_paths[file_id[i]],
                 f"{self.path.name} particle {i + 1} refers to image "
                 f"{int(index[i]) + 1} but the stack holds {counts[file_id[i]]}",
-                "rlnImageName",
+                self.image_index_field,
             )
         self._file_id, self._index = file_id, index
 

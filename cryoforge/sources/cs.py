@@ -16,6 +16,8 @@ class CryosparcSource(StackSource):
     """
 
     name = "cs"
+    image_path_field = "blob/path"
+    image_index_field = "blob/idx"
 
     class Options(StackOptions):
         pass

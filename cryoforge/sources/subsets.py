@@ -23,9 +23,15 @@ def load_indices(path: str | Path) -> np.ndarray:
     np.ndarray
         ``(M,)`` int64, as given (not yet checked against a dataset).
     """
+    from cryoforge.io.validate import check_readable_file, read_text_file
+
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise InputFileError(path, "index file not found", "--ind")
+    try:
+        check_readable_file(path, "particle index file")  # a folder, /dev/zero: said, not "not found"
+    except InputFileError as exc:
+        raise InputFileError(path, exc.problem, "--ind") from None
     if path.suffix.lower() in (".pkl", ".pickle"):
         import pickle
 
@@ -34,6 +40,9 @@ def load_indices(path: str | Path) -> np.ndarray:
         except (pickle.UnpicklingError, EOFError, AttributeError, ValueError, TypeError) as exc:
             raise InputFileError(path, f"not an index pickle ({exc})", "--ind") from None
         if isinstance(obj, list | tuple) and all(isinstance(x, int | np.integer) for x in obj):
+            big = next((x for x in obj if not -(2**63) <= int(x) < 2**63), None)
+            if big is not None:
+                raise InputFileError(path, f"index {big} is out of range (too large)", "--ind")
             obj = np.array(obj, dtype=np.int64)
         if (
             not isinstance(obj, np.ndarray)
@@ -43,13 +52,23 @@ def load_indices(path: str | Path) -> np.ndarray:
             what = f"array {obj.dtype} {obj.shape}" if isinstance(obj, np.ndarray) else type(obj).__name__
             raise InputFileError(path, f"expected a 1-D list of integer indices, got {what}", "--ind")
         return obj.astype(np.int64)
-    text = re.sub(r"#[^\n]*", "", path.read_text())
+    try:
+        text = read_text_file(path, "particle index file").lstrip("\ufeff")
+    except InputFileError as exc:
+        raise InputFileError(path, exc.problem, "--ind") from None
+    text = re.sub(r"#[^\n]*", "", text)
     tokens = [t for t in re.split(r"[\s,]+", text) if t]
     try:
-        return np.array([int(t) for t in tokens], dtype=np.int64)
+        values = [int(t) for t in tokens]
     except ValueError:
         bad = next(t for t in tokens if not t.lstrip("-").isdigit())
         raise InputFileError(path, f"not an integer index: {bad!r}", "--ind") from None
+    big = next((i for i, v in enumerate(values) if not -(2**63) <= v < 2**63), None)
+    if big is not None:
+        raise InputFileError(
+            path, f"index {tokens[big]} (entry {big + 1}) is out of range (too large)", "--ind"
+        )
+    return np.array(values, dtype=np.int64)
 
 
 def select_particles(n: int, ind: str | Path | None = None, first: int | None = None) -> np.ndarray:
