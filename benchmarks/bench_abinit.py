@@ -80,6 +80,8 @@ CONFIGS: dict[str, dict] = {
     },
     # mechanisms removed one at a time (poses and map only: no amortization)
     "search-only": {"schedule.amortize_steps": 0},
+    # the search's poses alone: FSC of their known-pose backprojection (reconstruct) vs the truth
+    "search-bp": {"schedule.amortize_steps": 0, "schedule.fit_steps": 1},
     "hard-assignment": {"schedule.search": {"keep": 1}, "schedule.amortize_steps": 0},
     "no-refinement": {"schedule.search": {"refine_steps_deg": []}, "schedule.amortize_steps": 0},
     "no-marching": {"schedule.search": {"band_px": [8.0, 8.0]}, "schedule.amortize_steps": 0},
@@ -193,7 +195,9 @@ def run_one(
         hit = [h for h in hist if (h.get("resolution_0.5_px") or math.inf) <= px]
         reached[f"t_fsc_{px}px_s"] = hit[0]["elapsed_s"] if hit else None
         reached[f"steps_fsc_{px}px"] = hit[0]["steps"] if hit else None
-    m = res.metrics
+    m = dict(res.metrics)
+    if config == "search-bp":  # the map is the backprojection at the search's poses, not a fit
+        m.update(backprojection_fsc(Path(cfg.output_dir), data / "map.mrc"))
     infer = {}
     if CONFIGS[config].get("schedule.amortize_steps", 1) and cfg.schedule.name == "abinit":
         infer = amortized_inference(molecule, seed, work, Path(cfg.output_dir), n, snr, shift_px)
@@ -222,6 +226,16 @@ def run_one(
         **reached,
         "history": [(h["elapsed_s"], h.get("resolution_0.5_px"), h.get("rot_median_deg")) for h in hist],
     }
+
+
+def backprojection_fsc(run_dir: Path, truth: Path) -> dict:
+    """FSC-0.5 vs ``truth`` of the known-pose backprojection at a run's ``poses.star`` (both hands)."""
+    from cryoforge.engine.reconstruct import reconstruct_file
+    from cryoforge.metrics.files import evaluate_files
+
+    bp = reconstruct_file(run_dir / "poses.star", run_dir / "backprojection.mrc", None, True, overwrite=True)
+    ev = evaluate_files(str(bp), str(truth), None, None, None, run_dir / "bp_eval", overwrite=True)
+    return {k: ev[k] for k in ("resolution_0.5_px", "resolution_0.5_text") if k in ev}
 
 
 def amortized_inference(
