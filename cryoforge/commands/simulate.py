@@ -92,6 +92,7 @@ def simulate(
 
     check_writable(out_dir, "--output-dir")
     like = read_like_table(like_path) if like_path else None
+    _warn_ignored(demo, like_path, input_path)
     base = dict(DEMO_SETTINGS) if demo else {"n_particles": 1000, "defocus_median_angstrom": 20000.0}
     s = SimulationSettings(
         n_particles=n_particles or base["n_particles"],
@@ -106,9 +107,94 @@ def simulate(
     )
     if demo:
         s.box_size, s.pixel_size_angstrom = DEMO_SETTINGS["box_size"], DEMO_SETTINGS["pixel_size_angstrom"]
+    box = s.box_size
+    if like is not None:
+        box = int(like.box_size or box)
+    elif input_path and Path(input_path).suffix.lower() in (".mrc", ".map"):
+        from cryoforge.io.mrc import stack_info
+
+        box = stack_info(input_path).size
+    check_resources(Path(out_dir), len(like) if like is not None else s.n_particles, box)
     r = do_simulate(None if demo else input_path, out_dir, s, like=like)
     click.echo(
         f"wrote {r.star} and {r.stack} ({s.n_particles} particles, L={s.box_size}, "
         f"{s.pixel_size_angstrom:.3g} Å/px, CTF {'on' if s.apply_ctf else 'off'}, "
         f"realised SNR {r.realised_snr if r.realised_snr else 'inf'})"
     )
+
+
+def _warn_ignored(demo: bool, like_path: str | None, input_path: str | None) -> None:
+    """Say which options given on the command line the input makes meaningless."""
+    from click.core import ParameterSource
+
+    ctx = click.get_current_context()
+    given = {
+        n
+        for n in ("n_particles", "box_size", "pixel_size")
+        if ctx.get_parameter_source(n) == ParameterSource.COMMANDLINE
+    }
+    ignored: list[tuple[str, str]] = []
+    if demo:
+        ignored += [(n, "--demo (L=32, 3 Å/px)") for n in ("box_size", "pixel_size")]
+    elif like_path:
+        ignored += [(n, f"--like (its table's {n.split('_')[0]})") for n in ("box_size", "pixel_size")]
+        ignored += [("n_particles", "--like (one particle per row of its table)")]
+    elif input_path and Path(input_path).suffix.lower() in (".mrc", ".map"):
+        ignored += [(n, "a map input (the map's box and voxel size)") for n in ("box_size", "pixel_size")]
+    for name, why in ignored:
+        if name in given:
+            flag = "-n" if name == "n_particles" else "--" + name.replace("_", "-")
+            click.echo(f"Warning: {flag} is ignored with {why}", err=True)
+
+
+def check_resources(out_dir: Path, n: int, box: int) -> None:
+    """Refuse a simulation whose stack would not fit on the disk of ``out_dir``, or in memory
+    (the stack is formed in memory before it is written).
+
+    Raises
+    ------
+    InputFileError
+        Naming ``--n-particles``, with the size needed and the size there is.
+    """
+    import shutil
+
+    stack = n * box * box * 4 + 1024
+    need_disk = stack + n * 400 + box**3 * 4 + (1 << 20)  # the stack, the star, the map, slack
+    folder = out_dir
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    free = shutil.disk_usage(folder).free
+    if need_disk > free:
+        raise InputFileError(
+            out_dir,
+            f"{n} particles of {box} px need about {_size(need_disk)} on disk, {_size(free)} free there; "
+            "use fewer particles (-n) or another --out",
+            "--n-particles",
+        )
+    available = _memory_available()
+    if available is not None and 2 * stack > available:
+        raise InputFileError(
+            out_dir,
+            f"{n} particles of {box} px need about {_size(2 * stack)} of memory (the stack is formed in "
+            f"memory), {_size(available)} available; use fewer particles (-n)",
+            "--n-particles",
+        )
+
+
+def _memory_available() -> int | None:
+    """MemAvailable of /proc/meminfo in bytes (``None`` where there is no such file)."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.3g} {unit}"
+        n /= 1000
+    return f"{n:.3g} TB"
