@@ -99,7 +99,7 @@ def estimate_noise_std(ctx: RunContext, n: int = 256) -> float:
     return float((batch.images - pred).std())
 
 
-@register_runner("amortize")
+@register_runner("amortize", options=AmortizeOptions)
 def run_amortize(ctx: RunContext, stage: Stage) -> None:
     """Supervised encoder training on the pose table (and synthetic views); the volume is kept."""
     opts = AmortizeOptions.model_validate(stage.options)

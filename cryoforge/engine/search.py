@@ -32,7 +32,7 @@ import time
 from typing import Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from cryoforge.config import Options
 from cryoforge.engine.callbacks import StepInfo
@@ -62,21 +62,26 @@ log = logging.getLogger("cryoforge")
 class SearchOptions(Options):
     """Settings of a ``search`` stage (``Stage.options``)."""
 
-    size: int = Field(16, ge=8, description="box (px) of the global search; images are Fourier-cropped")
-    directions: int = Field(300, ge=12, description="projection directions of the rotation grid")
-    inplane: int = Field(24, ge=4, description="in-plane angles per direction")
-    iterations: int = Field(12, ge=1, description="global search iterations")
+    size: int = Field(
+        16, ge=8, le=512, description="box (px) of the global search; images are Fourier-cropped"
+    )
+    directions: int = Field(300, ge=12, le=100_000, description="projection directions of the rotation grid")
+    inplane: int = Field(24, ge=4, le=3600, description="in-plane angles per direction")
+    iterations: int = Field(12, ge=1, le=10_000, description="global search iterations")
     band_px: tuple[float, float] = Field(
         (5.0, 8.0), description="band radius in Fourier pixels at the first and last iteration"
     )
-    keep: int = Field(8, ge=1, description="best rotations kept per image (soft assignment)")
+    keep: int = Field(8, ge=1, le=1000, description="best rotations kept per image (soft assignment)")
     refine_steps_deg: list[float] = Field(
         [4.0, 2.0, 1.0, 1.0], description="local refinement steps at full size (degrees)"
     )
     wiener: float = Field(0.1, gt=0, description="Wiener term of the backprojections (relative)")
-    batch: int = Field(1000, ge=1, description="images per scoring batch")
+    batch: int = Field(1000, ge=1, le=1_000_000, description="images per scoring batch")
     shift_extent_px: float = Field(
-        8.0, ge=0, description="largest origin searched (px of the data, radius); 0 searches no shifts"
+        8.0,
+        ge=0,
+        le=10_000,
+        description="largest origin searched (px of the data, radius); 0: none",
     )
     shift_step_px: float | None = Field(
         None,
@@ -84,15 +89,31 @@ class SearchOptions(Options):
         description="step of the global shift grid (px of the data); default half a pixel of the search box",
     )
     starts: int = Field(
-        6, ge=1, description="random starts tried on a subset; the one the data fit best is kept"
+        6, ge=1, le=1000, description="random starts tried on a subset; the one the data fit best is kept"
     )
-    start_iterations: int = Field(6, ge=1, description="global iterations of each random start")
-    start_subset: int = Field(600, ge=10, description="particles each random start is tried on")
+    start_iterations: int = Field(6, ge=1, le=1000, description="global iterations of each random start")
+    start_subset: int = Field(
+        600, ge=10, le=10_000_000, description="particles each random start is tried on"
+    )
     initial_origins: Literal["zero", "input"] = Field(
         "zero",
         description="'zero': find every origin from scratch; 'input': start from the input's origins "
         "(re-extracted data) and search around them",
     )
+
+    @field_validator("band_px")
+    @classmethod
+    def _positive_band(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not all(0 < b <= 10_000 for b in v):
+            raise ValueError("band radii must be > 0 Fourier px")
+        return v
+
+    @field_validator("refine_steps_deg")
+    @classmethod
+    def _positive_steps(cls, v: list[float]) -> list[float]:
+        if not all(0 < x <= 180 for x in v):
+            raise ValueError("refinement steps must be in (0, 180] degrees")
+        return v
 
 
 def particle_pixel_sizes(ctx: RunContext) -> torch.Tensor:
