@@ -68,10 +68,12 @@ def run(
     if dry_run:
         path = cfg.source.options.get("path")
         if path and Path(path).exists():  # the verdict of a real run: folder, data, device, model
+            from cryoforge.engine.data_checks import report_data_quality
             from cryoforge.engine.run import check_run
 
             check_writable(cfg.output_dir, "--output-dir")
-            cfg, registry, _ = check_run(cfg, list(plugins_dirs), bool(resume_dir), overwrite)
+            cfg, registry, source = check_run(cfg, list(plugins_dirs), bool(resume_dir), overwrite)
+            report_data_quality(source)  # the run's warnings, on stderr (the JSON is on stdout)
         else:  # no data yet (or none given): every option, of the components, training and stages
             registry = load_registry(list(plugins_dirs))
         click.echo(_dry_run_json(cfg, registry))

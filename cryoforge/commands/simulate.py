@@ -92,6 +92,13 @@ def simulate(
 
     check_writable(out_dir, "--output-dir")
     like = read_like_table(like_path) if like_path else None
+    if like is not None:  # the warnings and refusals of a run on this table
+        import numpy as np
+
+        from cryoforge.io.physical import check_physical_values, print_warnings
+
+        ctf = not no_ctf and like.has_ctf and not np.all(like.ctf["voltage_kv"] == 0)
+        print_warnings(check_physical_values(like, like.box_size, ctf_in_use=ctf))
     _warn_ignored(demo, like_path, input_path)
     base = dict(DEMO_SETTINGS) if demo else {"n_particles": 1000, "defocus_median_angstrom": 20000.0}
     s = SimulationSettings(

@@ -59,9 +59,11 @@ def check_ground_truth_map(config: RunConfig, source: Source) -> None:
 
 def report_data_quality(source: Source) -> list[str]:
     """Warn on stderr, before training, about duplicates and constant images the source counted
-    (the run's log file is not open yet); returns the lines."""
+    and implausible physical values it found (the run's log file is not open yet); returns the
+    lines."""
     quality = getattr(source, "quality", None)
     notes = quality.messages() if quality is not None else []
+    notes += list(getattr(source, "physical_warnings", []))
     for note in notes:
         print(f"Warning: {note}", file=sys.stderr, flush=True)
     return notes

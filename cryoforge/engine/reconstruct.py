@@ -10,6 +10,7 @@ import torch
 from cryoforge.errors import InputFileError
 from cryoforge.io.mrc import write_mrc
 from cryoforge.io.outputs import refuse_existing, refuse_input_overlap, source_input_paths
+from cryoforge.io.physical import print_warnings
 from cryoforge.io.writable import check_writable_file
 from cryoforge.ops.fft import rfft2_images
 from cryoforge.ops.grids import half_plane_query
@@ -36,7 +37,13 @@ def reconstruct_file(
     name = SUFFIX_TO_SOURCE.get(particles.suffix.lower())
     if name is None:
         raise InputFileError(particles, "expected .star, .cs or .mrcs", "PARTICLES")
-    opts: dict = {"path": str(particles), "normalize": False, "ind": ind, "first": first}
+    opts: dict = {
+        "path": str(particles),
+        "normalize": False,
+        "ind": ind,
+        "first": first,
+        "ignore_ctf": not use_ctf,  # --no-ctf: the table's CTF values are warned about, not refused
+    }
     if poses_pkl:
         if name != "mrcs":
             raise InputFileError(poses_pkl, "--poses goes with a bare .mrcs stack", "--poses")
@@ -46,6 +53,7 @@ def reconstruct_file(
     refuse_existing(out_map, "--out", overwrite)
     if source.poses is None:
         raise InputFileError(particles, "no poses (give --poses or a file with angles)", "rlnAngleRot")
+    print_warnings(getattr(source, "physical_warnings", []))
     vol = backproject_source(source, use_ctf)
     write_mrc(out_map, vol.numpy(), source.pixel_size_angstrom)
     return out_map

@@ -196,6 +196,13 @@ def read_star(path: str | Path, box_size: int | None = None) -> ParticleTable:
         else:
             shifts = np.zeros((n, 2))
     names = parts["rlnImageName"].astype(str).to_numpy() if "rlnImageName" in parts.columns else None
+    fields = {"defocus_v_angstrom": "rlnDefocusV" if "rlnDefocusV" in parts.columns else "rlnDefocusU"}
+    for c in ("rlnImagePixelSize", "rlnDetectorPixelSize", "rlnPixelSize"):
+        if c in parts.columns:
+            fields["pixel_size_angstrom"] = c
+            break
+    if "rlnOriginX" in parts.columns and "rlnOriginXAngst" not in parts.columns:
+        fields["origin_angstrom"] = "rlnOriginX/Y"
     return ParticleTable(
         path=path,
         image_names=names,
@@ -207,6 +214,7 @@ def read_star(path: str | Path, box_size: int | None = None) -> ParticleTable:
         pixel_sizes_angstrom=pixel if pixel_size is not None else None,
         extra={"rlnOpticsGroup": parts["rlnOpticsGroup"].to_numpy()} if "rlnOpticsGroup" in parts else {},
         has_ctf=has_ctf,
+        fields=fields,
     )
 
 

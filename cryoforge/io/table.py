@@ -45,6 +45,9 @@ class ParticleTable:
     contrast_sign
         ``(N,)`` ``+1`` where the molecule is white in the stored image (RELION's convention),
         ``-1`` where it is dark (cryoSPARC's ``blob/sign``); ``None`` means all ``+1``.
+    fields
+        The file's name for a quantity where the reader knows it differs from the format's usual
+        one (keys of :data:`cryoforge.io.physical.RELION_FIELDS`), for messages.
     """
 
     path: Path
@@ -58,6 +61,7 @@ class ParticleTable:
     extra: dict[str, np.ndarray] = field(default_factory=dict)
     has_ctf: bool = True
     contrast_sign: np.ndarray | None = None
+    fields: dict[str, str] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.ctf["defocus_u_angstrom"])

@@ -12,6 +12,7 @@ from pydantic import Field
 from cryoforge.config import Options
 from cryoforge.errors import InputFileError
 from cryoforge.io.mrc import release_pages, stack_info
+from cryoforge.io.physical import check_physical_values
 from cryoforge.io.stack_pool import StackPool
 from cryoforge.io.table import ParticleTable, parse_image_name
 from cryoforge.io.validate import check_finite
@@ -90,10 +91,13 @@ class StackSource(Source):
         self.original_pixel_size_angstrom = base_px
         self.pixel_size_angstrom = base_px * self.original_size / self.image_size
         volts = self.table.ctf["voltage_kv"]
-        if not self.table.has_ctf or np.all(volts == 0) or options.ignore_ctf:
+        no_ctf = not self.table.has_ctf or np.all(volts == 0) or options.ignore_ctf
+        self.physical_warnings = check_physical_values(
+            self.table, self.original_size, ctf_in_use=not no_ctf, rows=self.row_index
+        )
+        """Warnings about implausible values (defocus, voltage, origins...), one line each."""
+        if no_ctf:
             self.ctf = None  # CTF-free data (no defocus in the table, or --no-ctf simulations)
-        elif np.any(volts <= 0):
-            raise InputFileError(self.path, "voltage must be > 0 for every particle", "rlnVoltage")
         else:
             self.ctf = self.table.ctf_params(self.original_size / self.image_size)
         sign = self.table.contrast_sign
