@@ -5,6 +5,9 @@ keeps what it does not use. A :class:`StarDocument` holds every block with its l
 text of each value, so a written file carries every column of the input unchanged except the
 ones replaced on purpose (:func:`overlay_poses`): the Euler angles, the origins and, where the
 caller resolved them, the image names.
+
+Over 400 lines on purpose: the tokenizer, the quoting rules and the writer are one thing (the
+STAR 1.1 grammar as RELION and cryoSPARC read it); split, each half would need the other's rules.
 """
 
 from __future__ import annotations
