@@ -139,3 +139,19 @@ def test_shift_errors_remove_one_global_translation_of_the_map():
     pe = pose_errors(R, R, moved + kick, true, 3.0)
     assert pe["trans_median_px"] < 0.05 and 0.5 < pe["trans_p90_px"] <= 1.05
     assert pe["trans_mse_px2"] == pytest.approx(0.2, abs=0.02)
+
+
+def test_initial_origins_input_reads_the_files_origins_or_says_it_has_none():
+    """``initial_origins = "input"``: the run's particles' origins in px; a clear error without any."""
+    from cryoforge.engine.search import _input_origins_px
+    from cryoforge.errors import ConfigError
+    from cryoforge.types import Pose
+
+    shifts = torch.tensor([[3.0, -6.0], [0.0, 1.5], [9.0, 9.0]])  # Å
+    poses = Pose(torch.eye(3).expand(3, 3, 3), shifts)
+    ctx = SimpleNamespace(source=SimpleNamespace(poses=poses), index=np.array([2, 0]))
+    px = torch.tensor([3.0, 1.5], dtype=torch.float64)
+    got = _input_origins_px(ctx, px)
+    assert torch.allclose(got, torch.tensor([[3.0, 3.0], [2.0, -4.0]], dtype=torch.float64))
+    with pytest.raises(ConfigError, match="initial_origins"):
+        _input_origins_px(SimpleNamespace(source=SimpleNamespace(poses=None), index=np.arange(2)), px)
