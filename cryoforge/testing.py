@@ -282,3 +282,28 @@ def write_tiny_dataset(folder: Path, n: int = 24, L: int = TEST_L, seed: int = 0
 def tiny_dataset(tmp_path: Path) -> dict[str, Path]:
     """Paths of a small simulated dataset (see :func:`write_tiny_dataset`)."""
     return write_tiny_dataset(tmp_path / "tiny")
+
+
+def assert_one_line_error(result: Any, *needles: str) -> str:
+    """A CLI result (click's ``CliRunner``) that failed as a user error: exit 2, one ``Error:`` line.
+
+    The line must contain every string of ``needles``; returns it.
+    """
+    assert result.exit_code == 2, result.output
+    lines = [ln for ln in result.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Error: "), lines
+    assert "Traceback" not in result.output
+    for n in needles:
+        assert n in lines[0], lines[0]
+    return lines[0]
+
+
+def copy_dataset(paths: dict[str, Path], folder: Path) -> dict[str, Path]:
+    """Copy the files of a dataset (e.g. :func:`write_tiny_dataset`'s) into ``folder``; the new paths."""
+    import shutil
+
+    folder.mkdir(parents=True, exist_ok=True)
+    out = {k: folder / p.name for k, p in paths.items()}
+    for k, p in paths.items():
+        shutil.copy(p, out[k])
+    return out

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 from cryoforge.cli import cli
 from cryoforge.io.mrc import write_mrc
-from cryoforge.testing import TINY_RUN
+from cryoforge.testing import TINY_RUN, assert_one_line_error
 
 SMALL = {**TINY_RUN, "train.max_steps": 2}
 
@@ -27,15 +27,6 @@ def run_args(**over) -> list[str]:
     for k, v in {**SMALL, **over}.items():
         out += ["-o", k, json.dumps(v)]
     return out
-
-
-def one_line_error(r, *needles: str) -> str:
-    assert r.exit_code == 2, r.output
-    lines = [ln for ln in r.output.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("Error: "), lines
-    for n in needles:
-        assert n in lines[0], lines[0]
-    return lines[0]
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +50,7 @@ def test_evaluate_refuses_maps_on_different_grids(tiny, tmp_path, voxel, shape, 
     ref = tmp_path / "other.mrc"
     write_mrc(ref, np.random.default_rng(0).normal(size=(shape,) * 3).astype(np.float32), voxel)
     r = invoke("evaluate", tiny["map"], option, ref, "-d", tmp_path / "ev")
-    one_line_error(r, needle)
+    assert_one_line_error(r, needle)
     assert not (tmp_path / "ev" / "metrics.json").exists()
     ok = invoke("evaluate", tiny["map"], option, tiny["map"], "-d", tmp_path / "ok")
     assert ok.exit_code == 0, ok.output
@@ -73,7 +64,7 @@ def test_infer_refuses_particles_at_another_pixel_size(trained, tiny, tmp_path):
     assert " 4.0 16 2" in text
     (data / "particles.star").write_text(text.replace(" 4.0 16 2", " 2.0 16 2"))
     r = invoke("infer", trained, "--particles", data / "particles.star", "--out", tmp_path / "p.star")
-    one_line_error(r, "2 Å/px", "trained at 4 Å/px", "--particles")
+    assert_one_line_error(r, "2 Å/px", "trained at 4 Å/px", "--particles")
     assert not (tmp_path / "p.star").exists()
     ok = invoke("infer", trained, "--particles", tiny["star"], "--out", tmp_path / "q.star")
     assert ok.exit_code == 0, ok.output
@@ -100,15 +91,15 @@ def test_a_table_given_twice_in_a_star_file_is_an_error_naming_it(tiny, tmp_path
     (tmp_path / "particles.star").write_text(text + "\n" + block)
     shutil.copy(tiny["mrcs"], tmp_path / tiny["mrcs"].name)
     r = invoke("run", "--particles", tmp_path / "particles.star", "-d", tmp_path / "r", *run_args())
-    one_line_error(r, "data_particles", "appears twice")
+    assert_one_line_error(r, "data_particles", "appears twice")
 
 
 def test_a_key_given_twice_in_json_is_an_error_naming_it(tmp_path):
     r = invoke("run", "-o", "schedule.search", '{"iterations": 1, "iterations": 3}', "--dry-run")
-    one_line_error(r, "-o schedule.search", "'iterations' appears twice")
+    assert_one_line_error(r, "-o schedule.search", "'iterations' appears twice")
     cfg = tmp_path / "c.json"
     cfg.write_text('{"train": {"seed": 1, "seed": 2}}')
-    one_line_error(invoke("run", "--config", cfg, "--dry-run"), "c.json", "'seed' appears twice")
+    assert_one_line_error(invoke("run", "--config", cfg, "--dry-run"), "c.json", "'seed' appears twice")
     toml = tmp_path / "c.toml"
     toml.write_text("[train]\nseed = 1\nseed = 2\n")
-    one_line_error(invoke("run", "--config", toml, "--dry-run"), "c.toml", "cannot parse")
+    assert_one_line_error(invoke("run", "--config", toml, "--dry-run"), "c.toml", "cannot parse")

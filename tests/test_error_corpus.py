@@ -17,7 +17,7 @@ import pytest
 from click.testing import CliRunner
 
 from cryoforge.cli import cli
-from cryoforge.testing import TINY_RUN
+from cryoforge.testing import TINY_RUN, assert_one_line_error
 
 SMALL = {**TINY_RUN, "train.max_steps": 2, "train.pictures": False}
 
@@ -32,13 +32,7 @@ def small_args() -> list[str]:
 def assert_one_line_exit_2(r, *needles: str) -> str:
     """Exit 2 through the command line's error path (SystemExit), one line, no traceback."""
     assert isinstance(r.exception, SystemExit), (r.exception, r.output)
-    assert r.exit_code == 2, r.output
-    lines = [ln for ln in r.output.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("Error: "), lines
-    assert "Traceback" not in r.output
-    for n in needles:
-        assert n in lines[0], lines[0]
-    return lines[0]
+    return assert_one_line_error(r, *needles)
 
 
 def invoke(*a: object):

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import re
-import shutil
 from pathlib import Path
 
 import pytest
@@ -17,19 +16,12 @@ from cryoforge.cli import cli
 from cryoforge.errors import InputFileError
 from cryoforge.io.physical import check_physical_values
 from cryoforge.io.star import read_star
+from cryoforge.testing import assert_one_line_error, copy_dataset
 
 # columns of the tiny dataset's data_particles rows (rlnImageName = 0)
 DEFOCUS_U, DEFOCUS_V, ORIGIN_X = 1, 2, 10
 # cells of its data_optics row
 VOLTAGE, CS, AMPLITUDE = 2, 3, 4
-
-
-def _copy(tiny: dict[str, Path], d: Path) -> dict[str, Path]:
-    d.mkdir(parents=True, exist_ok=True)
-    out = {k: d / p.name for k, p in tiny.items()}
-    for k, p in tiny.items():
-        shutil.copy(p, out[k])
-    return out
 
 
 def _edit(
@@ -62,16 +54,6 @@ def invoke(*a: object):
     return CliRunner().invoke(cli, [str(x) for x in a])
 
 
-def one_line_error(r, *needles: str) -> str:
-    assert r.exit_code == 2, r.output
-    lines = [ln for ln in r.output.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("Error: "), lines
-    assert "Traceback" not in r.output
-    for n in needles:
-        assert n in lines[0], lines[0]
-    return lines[0]
-
-
 def warnings(output: str) -> list[str]:
     return [ln for ln in output.splitlines() if ln.startswith("Warning: ")]
 
@@ -80,7 +62,7 @@ def warnings(output: str) -> list[str]:
 
 
 def test_implausible_values_warn_naming_the_field_the_particle_and_how_many(tiny, tmp_path):
-    t = _copy(tiny, tmp_path / "d")
+    t = copy_dataset(tiny, tmp_path / "d")
     _edit(
         t["star"],
         {3: {DEFOCUS_U: "2e5"}, 9: {DEFOCUS_U: "3e5", ORIGIN_X: "100"}, 11: {ORIGIN_X: "-64.5"}},
@@ -106,7 +88,7 @@ def test_implausible_values_warn_naming_the_field_the_particle_and_how_many(tiny
 def test_clean_data_and_ctf_free_tables_give_no_warning(tiny, tmp_path):
     assert check_physical_values(read_star(tiny["star"]), 16, ctf_in_use=True) == []
     assert _source(tiny["star"]).physical_warnings == []
-    t = _copy(tiny, tmp_path / "d")  # voltage 0 everywhere: CTF-free (--no-ctf simulations)
+    t = copy_dataset(tiny, tmp_path / "d")  # voltage 0 everywhere: CTF-free (--no-ctf simulations)
     _edit(t["star"], {2: {DEFOCUS_U: "-5"}}, {VOLTAGE: "0"})
     assert _source(t["star"]).ctf is None
     assert check_physical_values(read_star(t["star"]), 16, ctf_in_use=True) == []
@@ -114,7 +96,7 @@ def test_clean_data_and_ctf_free_tables_give_no_warning(tiny, tmp_path):
 
 def test_a_defocus_of_0_for_every_particle_only_warns(tiny, tmp_path):
     """cryoDRGN's toy data state defocus 0 everywhere: no defocus, not a corrupt table."""
-    t = _copy(tiny, tmp_path / "d")
+    t = copy_dataset(tiny, tmp_path / "d")
     _edit(t["star"], {i: {DEFOCUS_U: "0", DEFOCUS_V: "0.0"} for i in range(1, 25)})
     (note,) = _source(t["star"]).physical_warnings
     assert "particles.star [rlnDefocusU]: every particle has defocus 0 Å" in note
@@ -122,7 +104,7 @@ def test_a_defocus_of_0_for_every_particle_only_warns(tiny, tmp_path):
 
 
 def test_a_subset_names_the_particle_by_its_row_in_the_file(tiny, tmp_path):
-    t = _copy(tiny, tmp_path / "d")
+    t = copy_dataset(tiny, tmp_path / "d")
     _edit(t["star"], {20: {ORIGIN_X: "1e4"}})
     ind = tmp_path / "ind.txt"
     ind.write_text("0\n5\n19\n")
@@ -145,7 +127,7 @@ def test_a_subset_names_the_particle_by_its_row_in_the_file(tiny, tmp_path):
     ],
 )
 def test_values_that_cannot_be_right_for_the_ctf_are_refused(tiny, tmp_path, particle, optics, field, needle):
-    t = _copy(tiny, tmp_path / "d")
+    t = copy_dataset(tiny, tmp_path / "d")
     _edit(t["star"], particle, optics)
     with pytest.raises(InputFileError, match=rf"particles\.star \[{field}\]: .*{re.escape(needle)}"):
         _source(t["star"])
@@ -157,7 +139,7 @@ def test_values_that_cannot_be_right_for_the_ctf_are_refused(tiny, tmp_path, par
 def test_cryosparc_fields_are_named(tiny, tmp_path):
     from cryoforge.io.cryosparc import write_cs
 
-    t = _copy(tiny, tmp_path / "d")
+    t = copy_dataset(tiny, tmp_path / "d")
     table = read_star(t["star"])
     table.ctf = {k: v.copy() for k, v in table.ctf.items()}
     table.ctf["voltage_kv"][3] = 0.0
@@ -187,7 +169,7 @@ def _sha(folder: Path) -> dict[str, str]:
 def test_run_with_a_negative_defocus_exits_2_and_leaves_the_old_run_intact(tiny, tmp_path):
     from cryoforge.io.outputs import write_run_marker
 
-    t = _copy(tiny, tmp_path / "d")
+    t = copy_dataset(tiny, tmp_path / "d")
     _edit(t["star"], {5: {DEFOCUS_U: "-1000"}})
     old = tmp_path / "run"
     old.mkdir()
@@ -196,19 +178,19 @@ def test_run_with_a_negative_defocus_exits_2_and_leaves_the_old_run_intact(tiny,
     (old / "map.mrc").write_bytes(b"an earlier run's map")
     before = _sha(old)
     needles = ("particles.star [rlnDefocusU]", "particle 5 (000005@particles.mrcs)", "-1000 Å")
-    real = one_line_error(invoke("run", "--particles", t["star"], "-d", old, "--overwrite"), *needles)
-    dry = one_line_error(
+    real = assert_one_line_error(invoke("run", "--particles", t["star"], "-d", old, "--overwrite"), *needles)
+    dry = assert_one_line_error(
         invoke("run", "--particles", t["star"], "-d", old, "--overwrite", "--dry-run"), *needles
     )
     assert real == dry
     assert _sha(old) == before
     new = tmp_path / "new"
-    one_line_error(invoke("run", "--particles", t["star"], "-d", new), *needles)
+    assert_one_line_error(invoke("run", "--particles", t["star"], "-d", new), *needles)
     assert not new.exists()
 
 
 def test_reconstruct_and_simulate_like_give_the_runs_warnings(tiny, tmp_path):
-    t = _copy(tiny, tmp_path / "d")
+    t = copy_dataset(tiny, tmp_path / "d")
     _edit(t["star"], {4: {DEFOCUS_U: "5e5", ORIGIN_X: "-90"}})
     small = ["-o", "encoder.channels", "[8, 8]", "-o", "encoder.head_hidden", "[16]"]
     dry = invoke("run", "--particles", t["star"], "-d", tmp_path / "r", *small, "--dry-run")
@@ -226,12 +208,12 @@ def test_reconstruct_and_simulate_like_give_the_runs_warnings(tiny, tmp_path):
 
 
 def test_reconstruct_and_simulate_like_refuse_a_negative_defocus_unless_the_ctf_is_off(tiny, tmp_path):
-    t = _copy(tiny, tmp_path / "d")
+    t = copy_dataset(tiny, tmp_path / "d")
     _edit(t["star"], {5: {DEFOCUS_U: "-1000"}})
     needles = ("particles.star [rlnDefocusU]", "particle 5 (000005@particles.mrcs)")
-    one_line_error(invoke("reconstruct", t["star"], "--out", tmp_path / "m.mrc"), *needles)
+    assert_one_line_error(invoke("reconstruct", t["star"], "--out", tmp_path / "m.mrc"), *needles)
     assert not (tmp_path / "m.mrc").exists()
-    one_line_error(invoke("simulate", t["map"], "--like", t["star"], "-d", tmp_path / "sim"), *needles)
+    assert_one_line_error(invoke("simulate", t["map"], "--like", t["star"], "-d", tmp_path / "sim"), *needles)
     assert not (tmp_path / "sim" / "particles.star").exists()
     for r in (
         invoke("reconstruct", t["star"], "--out", tmp_path / "m.mrc", "--no-ctf"),

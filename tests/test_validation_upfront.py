@@ -13,6 +13,7 @@ from click.testing import CliRunner
 
 from cryoforge.cli import cli
 from cryoforge.engine.checkpoint import load_checkpoint
+from cryoforge.testing import assert_one_line_error
 
 SMALL = {
     "encoder.channels": [8, 8],
@@ -37,16 +38,6 @@ def args(**over) -> list[str]:
 
 def invoke(*a: object):
     return CliRunner().invoke(cli, [str(x) for x in a])
-
-
-def one_line_error(r, *needles: str) -> str:
-    assert r.exit_code == 2, r.output
-    lines = [ln for ln in r.output.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("Error: "), lines
-    assert "Traceback" not in r.output
-    for n in needles:
-        assert n in lines[0], lines[0]
-    return lines[0]
 
 
 def sha(folder: Path) -> dict[str, str]:
@@ -92,10 +83,10 @@ def test_overwrite_with_a_bad_option_removes_nothing_and_dry_run_agrees(finished
     d = tmp_path / "r"
     shutil.copytree(finished, d)
     before = sha(d)
-    real = one_line_error(
+    real = assert_one_line_error(
         invoke("run", "--overwrite", "--config", d / "config.json", "-d", d, *args(**over)), needle
     )
-    dry = one_line_error(
+    dry = assert_one_line_error(
         invoke("run", "--overwrite", "--config", d / "config.json", "-d", d, *args(**over), "--dry-run"),
         needle,
     )
@@ -105,7 +96,7 @@ def test_overwrite_with_a_bad_option_removes_nothing_and_dry_run_agrees(finished
 
 def test_a_bad_option_fails_before_a_new_folder_exists(tiny, tmp_path):
     d = tmp_path / "new"
-    one_line_error(
+    assert_one_line_error(
         invoke("run", "--particles", tiny["star"], "-d", d, *args(**{"schedule.amortize": {"x": 1}}))
     )
     assert not d.exists()
@@ -113,10 +104,12 @@ def test_a_bad_option_fails_before_a_new_folder_exists(tiny, tmp_path):
 
 def test_dry_run_refuses_what_the_run_refuses(finished, tiny):
     """A run folder without --overwrite: the dry run refuses it as the run would."""
-    real = one_line_error(
+    real = assert_one_line_error(
         invoke("run", "--particles", tiny["star"], "-d", finished, *args()), "already holds a run"
     )
-    dry = one_line_error(invoke("run", "--particles", tiny["star"], "-d", finished, *args(), "--dry-run"))
+    dry = assert_one_line_error(
+        invoke("run", "--particles", tiny["star"], "-d", finished, *args(), "--dry-run")
+    )
     assert real == dry
     ok = invoke("run", "--particles", tiny["star"], "-d", finished, *args(), "--overwrite", "--dry-run")
     assert ok.exit_code == 0, ok.output
@@ -130,7 +123,9 @@ def test_resume_may_correct_a_stage_that_has_not_run_but_not_one_that_has(finish
     shutil.copytree(finished, d)
     before = sha(d)
     r = invoke("run", "--resume", d, "-o", "schedule.search", json.dumps({**SEARCH, "iterations": 2}))
-    one_line_error(r, "--resume cannot change", "stage 'search' options.iterations", "1 in the run, 2 now")
+    assert_one_line_error(
+        r, "--resume cannot change", "stage 'search' options.iterations", "1 in the run, 2 now"
+    )
     assert sha(d) == before
     ok = invoke(
         "run",
@@ -149,7 +144,7 @@ def test_resume_may_correct_a_stage_that_has_not_run_but_not_one_that_has(finish
     assert json.loads((d / "config.json").read_text())["schedule"]["options"]["amortize"]["lr"] == 0.002
     # now amortize has run: its options are the run's
     r = invoke("run", "--resume", d, "-o", "train.max_steps", "4", "-o", "schedule.amortize", '{"lr": 0.003}')
-    one_line_error(r, "stage 'amortize' options.lr")
+    assert_one_line_error(r, "stage 'amortize' options.lr")
 
 
 def test_resume_of_a_run_saved_with_an_option_now_refused(finished, tmp_path):
@@ -169,7 +164,7 @@ def test_resume_of_a_run_saved_with_an_option_now_refused(finished, tmp_path):
     import torch
 
     torch.save(ck, d / "checkpoint.pt")
-    one_line_error(invoke("run", "--resume", d), "stage 'amortize': options.bogus: unknown option")
+    assert_one_line_error(invoke("run", "--resume", d), "stage 'amortize': options.bogus: unknown option")
     ok = invoke("run", "--resume", d, "-o", "schedule.amortize", "{}", "-o", "train.max_steps", "3")
     assert ok.exit_code == 0, ok.output
 
@@ -182,7 +177,9 @@ def test_resume_without_a_checkpoint_is_refused_and_keeps_the_outputs(finished, 
     (d / "checkpoint.pt").unlink()
     before = sha(d)
     for extra in ([], ["--dry-run"]):
-        one_line_error(invoke("run", "--resume", d, *extra), "checkpoint.pt", "no checkpoint", "--overwrite")
+        assert_one_line_error(
+            invoke("run", "--resume", d, *extra), "checkpoint.pt", "no checkpoint", "--overwrite"
+        )
     assert sha(d) == before
     # starting over is asked for explicitly
     ok = invoke("run", "--config", d / "config.json", "-d", d, "--overwrite")

@@ -6,7 +6,6 @@ Each input here used to give a map (exit 0) or a NaN checkpoint kept as "the las
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -19,14 +18,7 @@ import torch
 from cryoforge.errors import InputFileError, TrainingDiverged
 from cryoforge.io.mrc import open_stack, write_mrc
 from cryoforge.io.star import read_star
-
-
-def _copy(tiny: dict[str, Path], d: Path) -> dict[str, Path]:
-    d.mkdir(parents=True, exist_ok=True)
-    out = {k: d / p.name for k, p in tiny.items()}
-    for k, p in tiny.items():
-        shutil.copy(p, out[k])
-    return out
+from cryoforge.testing import copy_dataset
 
 
 def _source(star: Path):
@@ -70,7 +62,7 @@ def _optics_row_twice(text: str, change_pixel: str | None = None) -> str:
 
 
 def test_an_optics_group_defined_twice_is_an_error_naming_it(tiny, tmp_path):
-    t = _copy(tiny, tmp_path / "d")
+    t = copy_dataset(tiny, tmp_path / "d")
     t["star"].write_text(_optics_row_twice(t["star"].read_text(), change_pixel="1.0"))
     with pytest.raises(
         InputFileError, match=r"\[rlnOpticsGroup\]: optics group 1 is defined twice in data_optics"
@@ -82,7 +74,7 @@ def test_an_optics_group_defined_twice_is_an_error_naming_it(tiny, tmp_path):
 
 
 def test_text_in_an_optics_group_is_an_error_naming_the_row(tiny, tmp_path):
-    t = _copy(tiny, tmp_path / "d")
+    t = copy_dataset(tiny, tmp_path / "d")
     lines = t["star"].read_text().splitlines()
     i = next(i for i, ln in enumerate(lines) if ln.startswith("000002@"))
     header = [ln for ln in lines if ln.startswith("_rln")]
@@ -108,7 +100,7 @@ def _stack_with(t: dict[str, Path], edit) -> None:
 
 
 def test_one_image_with_huge_finite_pixels_is_refused_naming_it(tiny, tmp_path):
-    t = _copy(tiny, tmp_path / "d")
+    t = copy_dataset(tiny, tmp_path / "d")
     _stack_with(t, lambda s: s.__setitem__((6, 3, 4), 3e38))
     with pytest.raises(InputFileError, match=r"particles\.mrcs \[data\]: image 7 has a pixel of 3e\+38"):
         _source(t["star"])
@@ -117,7 +109,7 @@ def test_one_image_with_huge_finite_pixels_is_refused_naming_it(tiny, tmp_path):
 def test_a_huge_pixel_outside_the_sample_stops_the_run_not_the_numbers(tiny, tmp_path, monkeypatch):
     import cryoforge.sources.base as base
 
-    t = _copy(tiny, tmp_path / "d")
+    t = copy_dataset(tiny, tmp_path / "d")
     _stack_with(t, lambda s: s.__setitem__((6, 3, 4), 3e38))
     monkeypatch.setattr(base, "QUALITY_SAMPLE", 1)
     src = _source(t["star"])
@@ -128,7 +120,7 @@ def test_a_huge_pixel_outside_the_sample_stops_the_run_not_the_numbers(tiny, tmp
 
 
 def test_an_all_zero_stack_is_refused_with_exit_2(tiny, tmp_path):
-    t = _copy(tiny, tmp_path / "d")
+    t = copy_dataset(tiny, tmp_path / "d")
     _stack_with(t, lambda s: s.__setitem__(slice(None), 0.0))
     with pytest.raises(InputFileError, match=r"\[data\]: every image all zeros: the data carry no signal"):
         _source(t["star"])
