@@ -15,7 +15,14 @@ from cryoforge.io.star import read_star
 from cryoforge.ops.fft import fourier_to_volume, rfft2_images, volume_to_fourier
 from cryoforge.ops.grids import half_plane_query
 from cryoforge.ops.projection import project_real_space
-from cryoforge.ops.search import pair_cross, pair_errors, pair_power, shift_grid_px, so3_grid
+from cryoforge.ops.search import (
+    pair_cross,
+    pair_cross_batched,
+    pair_power,
+    pair_power_batched,
+    shift_grid_px,
+    so3_grid,
+)
 from cryoforge.ops.shift import translate_images
 
 
@@ -28,15 +35,23 @@ def test_shift_grid_is_a_disc_of_steps_with_zero_first():
     assert len(shift_grid_px(0.0, 1.0)) == 1
 
 
-def test_split_score_equals_pair_errors():
-    """``power − 2 · cross`` is the squared error, for CTF and CTF-free scoring alike."""
+def test_split_scores_equal_direct_squared_errors():
+    """``power − 2 · cross`` is ``‖Y − C P‖² − ‖Y‖²``, for shared and per-image candidates, CTF or not."""
     g = torch.Generator().manual_seed(1)
     Y = torch.randn(5, 7, dtype=torch.complex64, generator=g)
     C = torch.randn(5, 7, generator=g)
     P = torch.randn(4, 7, dtype=torch.complex64, generator=g)
+    Pk = torch.randn(5, 3, 7, dtype=torch.complex64, generator=g)  # each image its own 3 candidates
     for c in (C, None):
+        w = torch.ones(5, 7) if c is None else c
+        direct = (Y[:, None] - w[:, None] * P[None]).abs().pow(2).sum(-1) - Y.abs().pow(2).sum(
+            -1, keepdim=True
+        )
         split = pair_power(c, P, len(Y)) - 2 * pair_cross(Y, c, P)
-        assert torch.allclose(split, pair_errors(Y, c, P), atol=1e-4)
+        assert torch.allclose(split, direct, atol=1e-4)
+        direct_k = (Y[:, None] - w[:, None] * Pk).abs().pow(2).sum(-1) - Y.abs().pow(2).sum(-1, keepdim=True)
+        split_k = pair_power_batched(c, Pk) - 2 * pair_cross_batched(Y, c, Pk)
+        assert torch.allclose(split_k, direct_k, atol=1e-4)
 
 
 def test_recentred_origins_move_the_map_and_keep_the_images():

@@ -17,7 +17,14 @@ from cryoforge.engine.context import RunContext
 from cryoforge.ops.fft import fourier_crop, rfft2_images
 from cryoforge.ops.grids import half_plane_query
 from cryoforge.ops.projection import BackprojectionSums, oversampled_spectrum, project_fourier
-from cryoforge.ops.search import local_rotations, pair_cross, pair_power, shift_grid_px
+from cryoforge.ops.search import (
+    local_rotations,
+    pair_cross,
+    pair_cross_batched,
+    pair_power,
+    pair_power_batched,
+    shift_grid_px,
+)
 from cryoforge.ops.shift import origin_phase
 from cryoforge.types import CTFParams
 
@@ -282,19 +289,13 @@ def refine_locally(
         P = project_fourier(spec, cand.reshape(-1, 3, 3), freqs, dtype=torch.complex64)
         P = P.reshape(len(Y), len(loc), -1)
         c = None if C is None else C.float()
-        c2 = torch.ones_like(Y.real).float() if c is None else c * c
-        power = torch.einsum("bm,bkm->bk", c2, P.real.pow(2) + P.imag.pow(2))
-        best, arg = None, torch.zeros(len(Y), len(loc), dtype=torch.long)
-        for j, d in enumerate(offsets):
-            a = _centred(Y, freqs, origin[rows] + d).to(P.dtype)
-            a = a if c is None else a * c
-            e = power - 2 * torch.einsum("bm,bkm->bk", a.conj(), P).real
-            if best is None:
-                best = e
-            else:
-                better = e < best
-                best = torch.where(better, e, best)
-                arg.masked_fill_(better, j)
+        power = pair_power_batched(c, P)
+        best, arg = _best_over_offsets(
+            lambda d, Y=Y, c=c, rows=rows, P=P, power=power: (
+                power - 2 * pair_cross_batched(_centred(Y, freqs, origin[rows] + d).to(P.dtype), c, P)
+            ),
+            offsets,
+        )
         val, k = best.min(1)
         pick = torch.arange(len(Y))
         out[rows] = cand[pick, k]

@@ -111,38 +111,25 @@ def pair_errors(images_ft: torch.Tensor, ctf: torch.Tensor | None, projections: 
 
     Returns
     -------
-    ``(B, J)`` real errors (float32).
+    ``(B, J)`` real errors (float32): :func:`pair_power` ``− 2 ·`` :func:`pair_cross`.
     """
-    a = images_ft if ctf is None else images_ft * ctf
-    a = torch.cat([a.real, a.imag], 1).float()
-    p = torch.cat([projections.real, projections.imag], 1).float()
-    cross = a @ p.T
+    return pair_power(ctf, projections, len(images_ft)) - 2 * pair_cross(images_ft, ctf, projections)
+
+
+def pair_power_batched(ctf: torch.Tensor | None, projections: torch.Tensor) -> torch.Tensor:
+    """``Σ_m C_bm² |P_bkm|²`` when each image ``b`` has its own ``K`` candidates ``(B, K, M)``: ``(B, K)``."""
     power = projections.real.pow(2) + projections.imag.pow(2)
-    c2 = torch.ones_like(images_ft.real) if ctf is None else ctf * ctf
-    return c2.float() @ power.float().T - 2 * cross
+    if ctf is None:
+        return power.sum(-1)
+    return torch.einsum("bm,bkm->bk", ctf * ctf, power)
 
 
-def pair_errors_batched(
+def pair_cross_batched(
     images_ft: torch.Tensor, ctf: torch.Tensor | None, projections: torch.Tensor
 ) -> torch.Tensor:
-    """Like :func:`pair_errors` but each image has its own candidates.
-
-    Parameters
-    ----------
-    images_ft, ctf
-        ``(B, M)``.
-    projections
-        ``(B, K, M)`` complex: ``K`` candidate slices per image.
-
-    Returns
-    -------
-    ``(B, K)`` errors.
-    """
+    """``Re Σ_m C_bm conj(Y_bm) P_bkm`` for ``(B, M)`` images and their own ``(B, K, M)`` candidates."""
     a = images_ft if ctf is None else images_ft * ctf
-    cross = torch.einsum("bm,bkm->bk", a.conj(), projections).real
-    c2 = torch.ones_like(images_ft.real) if ctf is None else ctf * ctf
-    power = projections.real.pow(2) + projections.imag.pow(2)
-    return torch.einsum("bm,bkm->bk", c2, power) - 2 * cross
+    return torch.einsum("bm,bkm->bk", a.conj(), projections).real
 
 
 def shift_grid_px(extent_px: float, step_px: float) -> torch.Tensor:
