@@ -240,21 +240,34 @@ class BackprojectionSums:
         data = torch.stack([vals.real, vals.imag, wts], -1).reshape(-1, 3)
         _splat(self.sums, k3.reshape(-1, 3) * L + L // 2, data, L + 1)
 
-    def volume(self, wiener: float = 1e-2) -> torch.Tensor:
-        """``(L, L, L)`` real map ``[z, y, x]``: ``Σ w C Y / (Σ w C² + wiener · mean)``."""
+    def fourier_sums(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The sums on the centred ``(L, L, L)`` Fourier grid ``[kz, ky, kx]`` (DC at ``L//2``),
+        Friedel mates included: numerator ``Σ w C Y`` (complex128) and denominator ``Σ w C²``."""
         L = self.L
         A = self.sums.reshape(3, L + 3, L + 3, L + 3)[:, 1:-1, 1:-1, 1:-1].permute(1, 2, 3, 0)  # 0 … L
         c2 = 2 * (L // 2)  # lattice index j mirrors to c2 − j
         mirror = A[c2 - L + 1 : c2 + 1, c2 - L + 1 : c2 + 1, c2 - L + 1 : c2 + 1].flip(0, 1, 2)
         A = A[:L, :L, :L]
-        num = torch.complex(A[..., 0] + mirror[..., 0], A[..., 1] - mirror[..., 1]).reshape(-1)
-        den = (A[..., 2] + mirror[..., 2]).reshape(-1)
-        filled = den > 0
-        if not filled.any():
-            return torch.zeros(L, L, L)
-        reg = wiener * den[filled].mean()
-        spec3 = torch.where(filled, num / (den + reg), torch.zeros_like(num)).reshape(L, L, L)
-        return fourier_to_volume(spec3).float()
+        num = torch.complex(A[..., 0] + mirror[..., 0], A[..., 1] - mirror[..., 1])
+        return num, A[..., 2] + mirror[..., 2]
+
+    def volume(self, wiener: float = 1e-2) -> torch.Tensor:
+        """``(L, L, L)`` real map ``[z, y, x]``: ``Σ w C Y / (Σ w C² + wiener · mean)``."""
+        num, den = self.fourier_sums()
+        return divide_sums(num, den, wiener)
+
+
+def divide_sums(num: torch.Tensor, den: torch.Tensor, wiener: float = 1e-2) -> torch.Tensor:
+    """``(L, L, L)`` real map from centred Fourier sums: ``num / (den + wiener · mean(den > 0))``,
+    zero where ``den`` is 0 (see :meth:`BackprojectionSums.fourier_sums`)."""
+    L = num.shape[-1]
+    num, den = num.reshape(-1), den.reshape(-1)
+    filled = den > 0
+    if not filled.any():
+        return torch.zeros(L, L, L)
+    reg = wiener * den[filled].mean()
+    spec3 = torch.where(filled, num / (den + reg), torch.zeros_like(num)).reshape(L, L, L)
+    return fourier_to_volume(spec3).float()
 
 
 def _splat(sums: torch.Tensor, pos: torch.Tensor, data: torch.Tensor, n: int) -> None:
