@@ -12,6 +12,7 @@ from cryoforge.commands.infer import infer
 from cryoforge.commands.plugins import plugins
 from cryoforge.commands.reconstruct import reconstruct
 from cryoforge.commands.run import run
+from cryoforge.commands.select_classes import select_classes
 from cryoforge.commands.simulate import simulate
 from cryoforge.version import __version__
 
@@ -22,7 +23,7 @@ def cli() -> None:
     """cryoforge: amortized ab initio cryo-EM reconstruction (cryoAI and beyond)."""
 
 
-for _command in (plugins, config, run, infer, simulate, evaluate, reconstruct):
+for _command in (plugins, config, run, infer, simulate, evaluate, reconstruct, select_classes):
     cli.add_command(_command)
 
 
