@@ -26,6 +26,17 @@ from cryoforge.ops.rotations import euler_relion_to_matrix, matrix_to_euler_reli
 
 OPTICS_FIELDS = ("rlnVoltage", "rlnSphericalAberration", "rlnAmplitudeContrast")
 
+JUNK_COLUMN = "cryoforgeJunk"
+"""The star column (``_cryoforgeJunk``) that flags junk images (1) among true particles (0), as
+``cryoforge simulate --junk-fraction`` writes it; ``cryoforge evaluate`` leaves flagged particles
+out of its pose errors."""
+
+EXTRA_PREFIXES = ("rln", "cryoforge")
+"""Columns of ``ParticleTable.extra`` that :func:`table_document` writes: RELION's, and cryoforge's
+own (``_cryoforgeJunk``, the simulator's junk flag), which :func:`read_star` reads back into
+``extra``. RELION reads a star with labels it does not know (it skips them), as do cryoDRGN and
+starfile."""
+
 
 def _numeric(column: pd.Series) -> pd.Series:
     """A column's values: numbers when every value is one (as starfile reads them), else text."""
@@ -212,7 +223,10 @@ def read_star(path: str | Path, box_size: int | None = None) -> ParticleTable:
         pixel_size_angstrom=pixel_size,
         box_size=box_size,
         pixel_sizes_angstrom=pixel if pixel_size is not None else None,
-        extra={"rlnOpticsGroup": parts["rlnOpticsGroup"].to_numpy()} if "rlnOpticsGroup" in parts else {},
+        extra={
+            **({"rlnOpticsGroup": parts["rlnOpticsGroup"].to_numpy()} if "rlnOpticsGroup" in parts else {}),
+            **{c: parts[c].to_numpy() for c in parts.columns if str(c).startswith("cryoforge")},
+        },
         has_ctf=has_ctf,
         fields=fields,
     )
@@ -276,7 +290,7 @@ def table_document(table: ParticleTable) -> StarDocument:
         sh = table.shifts_angstrom if table.shifts_angstrom is not None else np.zeros((n, 2))
         cols["rlnOriginXAngst"], cols["rlnOriginYAngst"] = f6(sh[:, 0]), f6(sh[:, 1])
     for k, v in table.extra.items():
-        if k.startswith("rln") and k not in cols:
+        if k.startswith(EXTRA_PREFIXES) and k not in cols:
             v = np.asarray(v)
             cols[k] = f6(v) if np.issubdtype(v.dtype, np.floating) else [quote(str(x)) for x in v]
     lines = [" ".join(row) for row in zip(*cols.values(), strict=True)]

@@ -6,17 +6,42 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pandas as pd
 import torch
 
 from cryoforge.errors import InputFileError
 from cryoforge.io.mrc import check_same_grid, read_map
 from cryoforge.io.outputs import refuse_existing, refuse_input_overlap
-from cryoforge.io.star import read_star
+from cryoforge.io.star import JUNK_COLUMN, read_star
+from cryoforge.io.table import ParticleTable
 from cryoforge.metrics.alignment import align_map
 from cryoforge.metrics.fsc import fsc_report
 from cryoforge.metrics.plot import plot_fsc
 from cryoforge.metrics.poses import pose_errors
 from cryoforge.metrics.summary import write_json
+
+
+def true_particles(*tables: ParticleTable) -> torch.Tensor | None:
+    """``(N,)`` bool: the particles not flagged as junk by the first of ``tables`` that has the
+    column :data:`~cryoforge.io.star.JUNK_COLUMN` (``cryoforge simulate --junk-fraction``), or
+    ``None`` when none has it.
+
+    Raises
+    ------
+    InputFileError
+        When the column holds something other than 0/1, or flags every particle.
+    """
+    for t in tables:
+        if JUNK_COLUMN not in t.extra:
+            continue
+        flags = np.asarray(pd.to_numeric(pd.Series(t.extra[JUNK_COLUMN]), errors="coerce"), dtype=np.float64)
+        if not np.isin(flags, (0.0, 1.0)).all():
+            raise InputFileError(t.path, "junk flags must be 0 or 1", JUNK_COLUMN)
+        if flags.all():
+            raise InputFileError(t.path, "every particle is flagged junk: no pose to score", JUNK_COLUMN)
+        return torch.from_numpy(flags == 0)
+    return None
 
 
 def evaluate_files(
@@ -61,6 +86,7 @@ def evaluate_files(
             torch.from_numpy(pred.shifts_angstrom),
             torch.from_numpy(true.shifts_angstrom),
             px,
+            keep=true_particles(true, pred),
         )
         A, mirrored = pe.pop("_A"), pe["mirrored"]
         metrics.update(pe)

@@ -13,8 +13,12 @@ def pose_errors(
     pred_shift_a: torch.Tensor | None = None,
     true_shift_a: torch.Tensor | None = None,
     pixel_size_angstrom: float = 1.0,
+    keep: torch.Tensor | None = None,
 ) -> dict[str, float]:
     """cryoAI's pose metrics after the best global alignment over both hands.
+
+    With ``keep`` (``(N,)`` bool), only those particles are scored (the others are junk: they
+    have no true pose of the molecule), and ``n_junk_excluded`` says how many were left out.
 
     Returns the median squared Frobenius norm ``‖R_pred A − R_true‖²``, the median and mean
     angular error in degrees, the hand, and (when shifts are given) the translation error per
@@ -22,6 +26,13 @@ def pose_errors(
     (:func:`shift_errors_px`): its median and 90th percentile in px, its mean square in px² and
     Å², and that translation (``trans_global_px``, px, the predicted map's frame).
     """
+    n_excluded = None
+    if keep is not None:
+        keep = keep.bool()
+        n_excluded = int((~keep).sum())
+        pred_rot, true_rot = pred_rot[keep], true_rot[keep]
+        if pred_shift_a is not None and true_shift_a is not None:
+            pred_shift_a, true_shift_a = pred_shift_a[keep], true_shift_a[keep]
     A, mirrored, aligned = align_rotations(pred_rot.double(), true_rot.double())
     frob = (aligned - true_rot.double()).pow(2).sum((-1, -2))
     ang = geodesic_distance_deg(aligned, true_rot)
@@ -38,6 +49,8 @@ def pose_errors(
         out["trans_mse_px2"] = float(err_px.pow(2).mean())
         out["trans_mse_angstrom2"] = out["trans_mse_px2"] * pixel_size_angstrom**2
         out["trans_global_px"] = [float(t) for t in T]
+    if n_excluded is not None:
+        out["n_junk_excluded"] = n_excluded  # type: ignore[assignment]
     out["_A"] = A  # type: ignore[assignment]
     return out
 
