@@ -14,6 +14,7 @@ from cryoforge.commands.reconstruct import reconstruct
 from cryoforge.commands.run import run
 from cryoforge.commands.select_classes import select_classes
 from cryoforge.commands.simulate import simulate
+from cryoforge.commands.symmetry import symmetry
 from cryoforge.version import __version__
 
 
@@ -23,7 +24,7 @@ def cli() -> None:
     """cryoforge: amortized ab initio cryo-EM reconstruction (cryoAI and beyond)."""
 
 
-for _command in (plugins, config, run, infer, simulate, evaluate, reconstruct, select_classes):
+for _command in (plugins, config, run, infer, simulate, evaluate, reconstruct, select_classes, symmetry):
     cli.add_command(_command)
 
 
