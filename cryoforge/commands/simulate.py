@@ -289,7 +289,8 @@ def check_resources(out_dir: Path, n: int, box: int) -> None:
     from cryoforge.simulation.simulate import chunk_size
 
     m = min(n, chunk_size(box))
-    need_memory = 2 * (m * box * box * 4 + 1024)
+    # measured peak: about 11× the chunk's float32 bytes (double-precision spectra, the noise)
+    need_memory = 12 * m * box * box * 4 + (1 << 20)
     available = _memory_available()
     if available is not None and need_memory > available:
         raise InputFileError(

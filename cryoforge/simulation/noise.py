@@ -71,8 +71,9 @@ def measure_noise_spectrum(
     """The radial power of the background of the particles of ``star_path`` (a RELION star).
 
     Up to ``max_particles`` (default :data:`NOISE_LIKE_MAX_PARTICLES`) images, evenly spaced over
-    the table, are read. The background is every pixel farther than ``mask_radius_angstrom`` from the box centre
-    (default: :data:`DEFAULT_MASK_RADIUS_FRACTION` of the box side, RELION's background radius).
+    the table, are read. The background is every pixel farther than ``mask_radius_angstrom``
+    from the box centre (default: :data:`DEFAULT_MASK_RADIUS_FRACTION` of the box side,
+    RELION's background radius).
     Each image's background, less its mean, is Fourier transformed (orthonormal) and its power
     divided by the background's share of the box; the power is averaged over images and over
     shells one Fourier pixel wide up to Nyquist. Shell 0 (the mean, removed) takes shell 1's

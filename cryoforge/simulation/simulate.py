@@ -369,13 +369,13 @@ def load_junk_map(
 
 
 def draw_realism(settings: SimulationSettings, n: int, main_map: np.ndarray, voxel: float) -> Realism:
-    """Which particles are junk (exactly ``round(junk_fraction · n)``, chosen at random; the first
-    half of them, rounded down, pure noise, the rest the junk molecule) and each one's contrast
-    scale. Drawn from a generator of its own (seed ``[seed, 23]``), so the poses, CTFs and noise
-    of the other settings are unchanged."""
+    """Which particles are junk (exactly ``round(junk_fraction · n)``, at most ``n − 1``, chosen at
+    random; the first half of them, rounded down, pure noise, the rest the junk molecule) and
+    each one's contrast scale. Drawn from a generator of its own (seed ``[seed, 23]``), so the
+    poses, CTFs and noise of the other settings are unchanged."""
     rng = np.random.default_rng([settings.seed, 23])
     kind = np.zeros(n, dtype=np.int8)
-    n_junk = round(settings.junk_fraction * n)
+    n_junk = min(round(settings.junk_fraction * n), n - 1)  # at least one true particle
     if n_junk:
         picked = rng.permutation(n)[:n_junk]
         kind[picked[: n_junk // 2]] = 1
