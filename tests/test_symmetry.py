@@ -384,3 +384,17 @@ def test_hiv_protease_dimer_has_its_two_fold_and_is_not_d2():
     assert not rep.verdict.consistent
     c2 = analyse_symmetry(vol, 1.5, "C2", resolution_angstrom=8)
     assert c2.verdict.consistent
+
+
+def test_asymmetric_ribosome_map_has_no_two_fold():
+    """The 70S ribosome (``relion_project/clean70SRibosome_vol.npy``, asymmetric): no axis
+    correlates above 0.5, so no D2."""
+    path = STRUCTURES.parent / "relion_project" / "clean70SRibosome_vol.npy"
+    if not path.exists():
+        pytest.skip(f"{path} is absent (shared data not mounted)")
+    from cryoforge.metrics.symmetry import analyse_symmetry
+
+    vol = torch.from_numpy(np.load(path).astype(np.float32))
+    rep = analyse_symmetry(vol, 4.0, "D2", resolution_angstrom=20)
+    assert rep.twofold and max(a.correlation for a in rep.twofold) < 0.5
+    assert not rep.verdict.consistent
