@@ -36,13 +36,16 @@ class Source(Component, ABC):
 
     Attributes set by implementations: ``path``, ``image_size`` (L after any downsampling),
     ``pixel_size_angstrom`` (of the returned images), ``ctf`` (:class:`CTFParams` of all
-    particles, or ``None``), ``poses`` (:class:`Pose` of all particles, or ``None``).
+    particles, or ``None``), ``poses`` (:class:`Pose` of all particles, or ``None``),
+    ``origins_angstrom`` (``(N, 2)`` input origins in Å, RELION's sign, when the file has them,
+    with or without angles; else ``None``).
     """
 
     image_size: int
     pixel_size_angstrom: float
     ctf: CTFParams | None = None
     poses: Pose | None = None
+    origins_angstrom: torch.Tensor | None = None
 
     def __init__(self, options: Options, ctx: BuildContext) -> None:
         self._init_component(options, ctx)

@@ -168,7 +168,7 @@ def test_select_classes_keeps_the_good_classes(betagal, tmp_path):
     assert CliRunner().invoke(cli, args).exit_code == 0
     assert np.array_equal(select_particles(N_PARTICLES, tmp_path / "renamed.txt"), rows)
     assert "12@./Extract/job009/Movies/" in (tmp_path / "renamed.star").read_text()
-    # --origins: the Class2D origins (Å) and angles, read back by cryoforge's reader
+    # --origins: the Class2D origins (Å), without angles, read back by cryoforge's reader
     r = _select(betagal, tmp_path / "good_origins.star", "--origins")
     assert r.exit_code == 0, r.output
     table = read_star(tmp_path / "good_origins.star")
@@ -181,6 +181,7 @@ def test_select_classes_keeps_the_good_classes(betagal, tmp_path):
     want = np.array([origin[n] for n in table.image_names])
     np.testing.assert_allclose(table.shifts_angstrom, want, atol=1e-6)
     assert np.abs(want).max() > 3.54  # the 2D origins are not all zero
+    assert table.rotations is None  # Class2D's in-plane angle is not carried as a 3D pose
 
 
 def test_run_on_selected_real_particles_writes_map_and_poses(betagal, tmp_path):

@@ -21,7 +21,6 @@ from cryoforge.errors import InputFileError
 from cryoforge.io.atomic import atomic_path
 from cryoforge.io.star_document import (
     ORIGIN_LABELS,
-    POSE_LABELS,
     STALE_ORIGIN_LABELS,
     StarBlock,
     StarDocument,
@@ -33,10 +32,10 @@ from cryoforge.io.table import parse_image_name
 
 CLASS_FIELD = "rlnClassNumber"
 IMAGE_FIELD = "rlnImageName"
-ALIGNMENT_LABELS = (*POSE_LABELS, *ORIGIN_LABELS)
-"""What ``origins=True`` carries from the classification: RELION's Euler angles (``rlnAngleRot``
-and ``rlnAngleTilt`` are 0 after Class2D, ``rlnAnglePsi`` the in-plane angle, degrees) and the 2D
-origins ``rlnOriginX/YAngst`` (Å). cryoforge's STAR reader takes origins together with the angles."""
+ALIGNMENT_LABELS = tuple(ORIGIN_LABELS)
+"""What ``origins=True`` carries from the classification: the 2D origins ``rlnOriginX/YAngst``
+(Å), not its angles (Class2D's in-plane angle is not a 3D pose, and a file with angles reads as
+one with known poses). cryoforge's STAR reader takes origins with or without angles."""
 INDEX_SUFFIXES = (".txt", ".pkl", ".pickle")
 OUTPUT_SUFFIXES = (".star", *INDEX_SUFFIXES)
 

@@ -198,14 +198,15 @@ def read_star(path: str | Path, box_size: int | None = None) -> ParticleTable:
             torch.tensor(col("rlnAngleTilt")),
             torch.tensor(col("rlnAnglePsi")),
         ).numpy()
-        if "rlnOriginXAngst" in parts.columns:
-            shifts = np.stack([col("rlnOriginXAngst"), col("rlnOriginYAngst")], 1)
-        elif "rlnOriginX" in parts.columns:
-            if pixel_size is None:
-                raise InputFileError(path, "rlnOriginX needs a pixel size", "rlnDetectorPixelSize")
-            shifts = np.stack([col("rlnOriginX"), col("rlnOriginY")], 1) * pixel[:, None]
-        else:
-            shifts = np.zeros((n, 2))
+    # origins without angles (a re-extraction, or 2D origins from select-classes) still count
+    if "rlnOriginXAngst" in parts.columns:
+        shifts = np.stack([col("rlnOriginXAngst"), col("rlnOriginYAngst")], 1)
+    elif "rlnOriginX" in parts.columns:
+        if pixel_size is None:
+            raise InputFileError(path, "rlnOriginX needs a pixel size", "rlnDetectorPixelSize")
+        shifts = np.stack([col("rlnOriginX"), col("rlnOriginY")], 1) * pixel[:, None]
+    elif rotations is not None:
+        shifts = np.zeros((n, 2))
     names = parts["rlnImageName"].astype(str).to_numpy() if "rlnImageName" in parts.columns else None
     fields = {"defocus_v_angstrom": "rlnDefocusV" if "rlnDefocusV" in parts.columns else "rlnDefocusU"}
     for c in ("rlnImagePixelSize", "rlnDetectorPixelSize", "rlnPixelSize"):
@@ -287,6 +288,7 @@ def table_document(table: ParticleTable) -> StarDocument:
         angles = matrix_to_euler_relion(torch.as_tensor(table.rotations))
         for label, a in zip(("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"), angles, strict=True):
             cols[label] = f6(a.numpy())
+    if table.rotations is not None or table.shifts_angstrom is not None:
         sh = table.shifts_angstrom if table.shifts_angstrom is not None else np.zeros((n, 2))
         cols["rlnOriginXAngst"], cols["rlnOriginYAngst"] = f6(sh[:, 0]), f6(sh[:, 1])
     for k, v in table.extra.items():

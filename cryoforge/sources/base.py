@@ -105,6 +105,8 @@ class StackSource(Source):
         if self.table.rotations is not None:
             check_finite(self.path, self.POSE_FIELD, self.table.rotations)
         self.poses = self.table.pose()
+        sh = self.table.shifts_angstrom
+        self.origins_angstrom = None if sh is None else torch.as_tensor(np.asarray(sh, dtype=np.float32))
         self._scale, self._offset, self._limit = 1.0, 0.0, float("inf")
         rng = np.random.default_rng(0)
         sample = np.sort(rng.choice(len(self), size=min(len(self), QUALITY_SAMPLE), replace=False))
