@@ -220,6 +220,21 @@ def test_evaluate_leaves_junk_out_of_pose_errors(tmp_path):
     assert "n_junk_excluded" not in got["none"] and got["none"]["rot_median_deg"] > 10
 
 
+def test_a_run_on_flagged_data_scores_the_true_particles_only(tmp_path):
+    """The evaluation during ``cryoforge run`` (metrics.json) reads the junk flags too."""
+    from cryoforge.engine.run import run
+    from tests.test_abinit import config_for
+
+    res = simulate(
+        None, tmp_path / "sim", SimulationSettings(n_particles=80, snr=None, seed=5, junk_fraction=0.5)
+    )
+    search = {"iterations": 1, "refine_steps_deg": [], "directions": 12, "inplane": 4}
+    over = {"schedule.search": search, "schedule.fit_steps": 1, "schedule.amortize_steps": 0}
+    run(config_for(res.star, tmp_path / "run", **over))
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["n_junk_excluded"] == 40
+
+
 def test_large_datasets_are_written_in_chunks_equal_to_the_whole(tmp_path, monkeypatch):
     import cryoforge.simulation.simulate as sim
 

@@ -17,6 +17,7 @@ from cryoforge.engine.callbacks import Callback, Exported
 from cryoforge.engine.context import RunContext
 from cryoforge.io.mrc import read_map
 from cryoforge.metrics.alignment import align_map
+from cryoforge.metrics.files import true_particles
 from cryoforge.metrics.fsc import fsc_report
 from cryoforge.metrics.plot import plot_fsc
 from cryoforge.metrics.poses import pose_errors
@@ -54,7 +55,12 @@ class EvaluationCallback(Callback):
         if exported.pose is not None and source.poses is not None:
             true = source.poses.index(torch.as_tensor(ctx.index))
             pose = exported.pose
-            pe = pose_errors(pose.rotation, true.rotation, pose.shift_angstrom, true.shift_angstrom, px)
+            table = getattr(source, "table", None)
+            junk_free = None if table is None else true_particles(table)  # simulate --junk-fraction
+            keep = None if junk_free is None else junk_free[torch.as_tensor(ctx.index)]
+            pe = pose_errors(
+                pose.rotation, true.rotation, pose.shift_angstrom, true.shift_angstrom, px, keep=keep
+            )
             A, mirrored = pe.pop("_A"), pe["mirrored"]
             metrics.update(pe)
         gt = self.reference(ctx)

@@ -3,10 +3,12 @@
 A low-resolution, cryoSPARC/cryoDRGN-AI-style search that the amortized stages start from
 (scoring and maps: :mod:`cryoforge.engine.search_scoring`):
 
-1. **Centring.** From random poses the map is the rotational average of the data, a round blob
-   whose projections hardly depend on the rotation: every particle is centred on it by scoring
-   a wide grid of in-plane shifts (``shift_extent_px``, ``shift_step_px``).
-2. **Random starts.** ``starts`` starts, each its own random poses for the same
+1. **Centring** (off by default, ``centring``). From random poses the map is the rotational
+   average of the data, a round blob whose projections hardly depend on the rotation: every
+   particle can be centred on it by scoring a wide grid of in-plane shifts (``shift_extent_px``,
+   ``shift_step_px``). It mis-centres elongated molecules (measured in ``docs/validation.md``);
+   the local shift grid of every iteration finds the origins without it.
+2. **Random starts** (one by default). ``starts`` starts, each its own random poses for the same
    ``start_subset`` particles, run ``start_iterations`` global iterations; the start whose map
    fits the data best (lowest residual) seeds the global search.
 3. **Global search** at ``size`` px (Fourier-cropped images, the map held as a voxel grid).
@@ -15,7 +17,9 @@ A low-resolution, cryoSPARC/cryoDRGN-AI-style search that the amortized stages s
    image's current origin, CTF included, as matrix products; keeps each image's ``keep`` best
    rotations, each with its best origin, with tempered posterior weights (soft assignment), and
    backprojects them into the next map, whose density is kept in the box centre. The band
-   widens from ``band_px[0]`` to ``band_px[1]`` Fourier pixels over the iterations.
+   widens from ``band_px[0]`` to ``band_px[1]`` Fourier pixels over the iterations, and the
+   temperature of the weights anneals geometrically from ``temperature`` to 1: early maps
+   average many hypotheses instead of committing to a wrong one.
 4. **Local refinement** at the data's full size: each pose is perturbed on a small cubic grid of
    rotations of ``refine_steps_deg`` × a 3 × 3 grid of sub-pixel origin offsets, and the best
    pair is kept, against the full-size backprojection; both steps shrink.
@@ -53,6 +57,7 @@ from cryoforge.engine.stages import register_runner
 from cryoforge.errors import ConfigError
 from cryoforge.ops.rotations import random_rotations
 from cryoforge.ops.search import shift_grid_px, so3_grid
+from cryoforge.ops.symmetry import point_group_matrices
 from cryoforge.schedules.base import Stage
 from cryoforge.types import Pose
 
@@ -71,7 +76,14 @@ class SearchOptions(Options):
     band_px: tuple[float, float] = Field(
         (5.0, 8.0), description="band radius in Fourier pixels at the first and last iteration"
     )
-    keep: int = Field(8, ge=1, le=1000, description="best rotations kept per image (soft assignment)")
+    keep: int = Field(16, ge=1, le=1000, description="best rotations kept per image (soft assignment)")
+    temperature: float = Field(
+        30.0,
+        ge=1,
+        le=1e6,
+        description="temperature of the soft assignment at the first global iteration, annealed "
+        "geometrically to 1 at the last; 1: the plain posterior",
+    )
     refine_steps_deg: list[float] = Field(
         [4.0, 2.0, 1.0, 1.0], description="local refinement steps at full size (degrees)"
     )
@@ -88,18 +100,34 @@ class SearchOptions(Options):
         gt=0,
         description="step of the global shift grid (px of the data); default half a pixel of the search box",
     )
+    centring: bool = Field(
+        False,
+        description="centre every particle on the round starting map over the wide shift grid first "
+        "(mis-centres elongated molecules; the local grid of every iteration finds origins without it)",
+    )
     starts: int = Field(
-        6, ge=1, le=1000, description="random starts tried on a subset; the one the data fit best is kept"
+        1, ge=1, le=1000, description="random starts tried on a subset; the one the data fit best is kept"
     )
     start_iterations: int = Field(6, ge=1, le=1000, description="global iterations of each random start")
     start_subset: int = Field(
         600, ge=10, le=10_000_000, description="particles each random start is tried on"
+    )
+    symmetry: str = Field(
+        "C1",
+        description="point group imposed on the search's maps (RELION's convention: Cn about z, "
+        "Dn adds a two-fold about x; also T, O); C1: none. The map is written in that frame",
     )
     initial_origins: Literal["zero", "input"] = Field(
         "zero",
         description="'zero': find every origin from scratch; 'input': start from the input's origins "
         "(re-extracted data) and search around them",
     )
+
+    @field_validator("symmetry")
+    @classmethod
+    def _known_group(cls, v: str) -> str:
+        point_group_matrices(v)  # a ValueError naming the supported groups
+        return v.upper()
 
     @field_validator("band_px")
     @classmethod
@@ -132,13 +160,15 @@ def _pose(rotation: torch.Tensor, origin_px: torch.Tensor, px_angstrom: torch.Te
 
 def _input_origins_px(ctx: RunContext, px_angstrom: torch.Tensor) -> torch.Tensor:
     """The input's origins of the run's particles in px of the data; an error when it has none."""
-    poses = ctx.source.poses
-    if poses is None:
+    origins = getattr(ctx.source, "origins_angstrom", None)
+    if origins is None and ctx.source.poses is not None:
+        origins = ctx.source.poses.shift_angstrom
+    if origins is None:
         raise ConfigError(
             "schedule.search.initial_origins: 'input' needs origins in the particle file "
             "(rlnOriginX/YAngst or alignments3D/shift)"
         )
-    return poses.shift_angstrom[torch.as_tensor(ctx.index)].double() / px_angstrom[:, None]
+    return origins[torch.as_tensor(ctx.index)].double() / px_angstrom[:, None]
 
 
 def _centre_on_round_map(
@@ -154,7 +184,7 @@ def _centre_on_round_map(
     # once: centring again on the (sharper, less round) map of the centred data was measured to
     # double the error (4AKE, σ = 2 px: median 1.2 px after one pass, 2.5 px after two)
     origin = centre_particles(sp, volume, opts.band_px[0], wide, opts.batch)
-    return origin, backproject_hypotheses(sp, rot0, None, opts.wiener, origin[:, None])
+    return origin, backproject_hypotheses(sp, rot0, None, opts.wiener, origin[:, None], opts.symmetry)
 
 
 def _iterate(
@@ -177,19 +207,20 @@ def _iterate(
     band = min(band, sp.size / 2)
     shifts = opts.shift_extent_px > 0
     local = shift_grid_px(step_px * crop * 1.5, step_px * crop) if shifts else None
+    temperature = opts.temperature ** (1 - min(frac, 1.0))
     index, weights, noise, origins = global_iteration(
-        sp, volume, grid, band, opts.keep, opts.batch, origin, local
+        sp, volume, grid, band, opts.keep, opts.batch, origin, local, temperature
     )
     if shifts:  # origins stay inside the searched disc
         limit = opts.shift_extent_px * crop
         r = origins.norm(dim=-1, keepdim=True)
         origins = torch.where(r > limit, origins * (limit / r.clamp_min(1e-12)), origins)
-    volume = backproject_hypotheses(sp, grid[index], weights, opts.wiener, origins)
+    volume = backproject_hypotheses(sp, grid[index], weights, opts.wiener, origins, opts.symmetry)
     if shifts:  # shifts let the map drift; keep its density in the box centre
         c = map_centre_px(volume)
         if float(c.norm()) > 0.25:
             origins = recentred_origins(origins, grid[index], c)
-            volume = backproject_hypotheses(sp, grid[index], weights, opts.wiener, origins)
+            volume = backproject_hypotheses(sp, grid[index], weights, opts.wiener, origins, opts.symmetry)
     return index, weights, noise, origins, volume, band
 
 
@@ -219,7 +250,7 @@ def _best_start(
         g = torch.Generator().manual_seed(seed * 7919 + 101 + k)
         rot0 = random_rotations(len(rows), g).double()[:, None]
         origin = origin_px[rows]
-        volume = backproject_hypotheses(sub, rot0, None, opts.wiener, origin[:, None])
+        volume = backproject_hypotheses(sub, rot0, None, opts.wiener, origin[:, None], opts.symmetry)
         noise = math.inf
         for it in range(opts.start_iterations):
             _, _, noise, origins, volume, _ = _iterate(sub, volume, grid, it, origin, opts, crop, step_px)
@@ -256,12 +287,17 @@ def run_search(ctx: RunContext, stage: Stage) -> None:
         origin = ctx.poses.shift_angstrom.double() / px_a[:, None] * crop  # px of the search box
         if "assign_index" in prog:  # resumed: the map of the last finished iteration, exactly
             volume = backproject_hypotheses(
-                sp, grid[prog["assign_index"]], prog["assign_weight"], opts.wiener, prog.get("assign_origin")
+                sp,
+                grid[prog["assign_index"]],
+                prog["assign_weight"],
+                opts.wiener,
+                prog.get("assign_origin"),
+                opts.symmetry,
             )
         else:  # random poses: the rotational average of the data
             rot0 = ctx.poses.rotation.double()[:, None]
-            volume = backproject_hypotheses(sp, rot0, None, opts.wiener, origin[:, None])
-            if searching_shifts and opts.initial_origins == "zero":
+            volume = backproject_hypotheses(sp, rot0, None, opts.wiener, origin[:, None], opts.symmetry)
+            if searching_shifts and opts.centring and opts.initial_origins == "zero":
                 origin, volume = _centre_on_round_map(sp, volume, rot0, opts, crop, step_px)
                 ctx.poses = _pose(ctx.poses.rotation, origin / crop, px_a)
             if opts.starts > 1:
@@ -295,7 +331,7 @@ def run_search(ctx: RunContext, stage: Stage) -> None:
     origin = ctx.poses.shift_angstrom.double() / px_a[:, None]  # px of the data
     steps = opts.refine_steps_deg
     volume = (
-        full_size_map(ctx, rotation, opts.wiener, opts.batch, origin)
+        full_size_map(ctx, rotation, opts.wiener, opts.batch, origin, opts.symmetry)
         if prog["refined"] < len(steps)
         else None
     )
@@ -307,7 +343,15 @@ def run_search(ctx: RunContext, stage: Stage) -> None:
         last = j == len(steps) - 1  # the map after the last step is not needed here
         shift_step = step_px / 2 ** (j + 1) if searching_shifts else 0.0
         rotation, residual, volume, origin = refine_locally(
-            ctx, rotation, volume, steps[j], opts.batch, None if last else opts.wiener, origin, shift_step
+            ctx,
+            rotation,
+            volume,
+            steps[j],
+            opts.batch,
+            None if last else opts.wiener,
+            origin,
+            shift_step,
+            opts.symmetry,
         )
         ctx.poses = _pose(rotation, origin, px_a)
         prog["refined"] = j + 1

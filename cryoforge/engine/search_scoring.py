@@ -26,6 +26,7 @@ from cryoforge.ops.search import (
     shift_grid_px,
 )
 from cryoforge.ops.shift import origin_phase
+from cryoforge.ops.symmetry import symmetric_reconstruction
 from cryoforge.types import CTFParams
 
 
@@ -73,17 +74,24 @@ class SearchSpectra:
         return out
 
 
+def _map(acc: BackprojectionSums, wiener: float, group: str) -> torch.Tensor:
+    """The map of the sums, with the point group ``group`` imposed (``"C1"``: none)."""
+    return acc.volume(wiener) if group.upper() == "C1" else symmetric_reconstruction(acc, group, wiener)
+
+
 def backproject_hypotheses(
     sp: SearchSpectra,
     rotation: torch.Tensor,
     weights: torch.Tensor | None,
     wiener: float,
     origin_px: torch.Tensor | None = None,
+    group: str = "C1",
 ) -> torch.Tensor:
     """Map at ``sp.size`` from the spectra with ``rotation`` ``(N, K, 3, 3)`` and ``weights`` ``(N, K)``.
 
     ``origin_px`` ``(N, K, 2)`` are the hypotheses' origins in pixels of the search box (RELION's
-    sign), or ``None`` for centred particles.
+    sign), or ``None`` for centred particles; ``group`` a point group imposed on the map
+    (RELION's convention, :mod:`cryoforge.ops.symmetry`).
     """
     N, K = rotation.shape[:2]
     acc = BackprojectionSums.zeros(sp.size)
@@ -100,7 +108,7 @@ def backproject_hypotheses(
             None if origin_px is None else origin_px[sl].reshape(n * K, 2),
             None if weights is None else weights[sl].reshape(n * K),
         )
-    return acc.volume(wiener)
+    return _map(acc, wiener, group)
 
 
 def _centred(Y: torch.Tensor, freqs: torch.Tensor, origin_px: torch.Tensor) -> torch.Tensor:
@@ -133,6 +141,7 @@ def global_iteration(
     batch: int,
     origin_px: torch.Tensor | None = None,
     offsets_px: torch.Tensor | None = None,
+    temperature: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor, float, torch.Tensor]:
     """Score every image against every grid rotation × in-plane shift inside ``band_px``; soft top-``keep``.
 
@@ -140,6 +149,8 @@ def global_iteration(
     box); every rotation keeps its best origin, and the ``keep`` best rotations are the hypotheses.
     A shift is a phase ramp on the image, so each offset is one more matrix product of the same
     projections; the power term ``C²|P|²`` does not depend on it and is computed once.
+    The weights are the posterior ``exp(−E / (2 σ² T))`` of the Gaussian noise model at the
+    estimated noise ``σ²``, tempered by ``temperature`` ``T ≥ 1`` (flatter: more hypotheses count).
 
     Returns
     -------
@@ -179,7 +190,7 @@ def global_iteration(
         index[sl], score[sl] = i, -v
         origins[sl] = origin_px[sl, None] + offsets_px[arg.gather(1, i)]
     noise = float((score[:, 0] + norm2).clamp_min(0).mean() / int(m.sum()))
-    weights = torch.softmax(-(score - score[:, :1]) / (2 * max(noise, 1e-12)), dim=1)
+    weights = torch.softmax(-(score - score[:, :1]) / (2 * max(noise, 1e-12) * temperature), dim=1)
     return index, weights, noise, origins
 
 
@@ -264,6 +275,7 @@ def refine_locally(
     wiener: float | None = None,
     origin_px: torch.Tensor | None = None,
     shift_step_px: float = 0.0,
+    group: str = "C1",
 ) -> tuple[torch.Tensor, float, torch.Tensor | None, torch.Tensor]:
     """Best of the ``3³`` local perturbations ``δ R`` × ``3²`` origin offsets of each pose at full size.
 
@@ -271,7 +283,8 @@ def refine_locally(
     centred); each is tried at ``± shift_step_px`` in x and y together with every rotation
     (``shift_step_px = 0`` keeps them). Returns the refined ``(N, 3, 3)`` rotations, the mean
     squared residual per frequency, the backprojection at the refined poses when ``wiener`` is
-    given (gridded in the same pass over the images; ``None`` otherwise), and the refined origins.
+    given (gridded in the same pass over the images, with the point group ``group`` imposed;
+    ``None`` otherwise), and the refined origins.
     """
     L = ctx.source.image_size
     _, freqs = half_plane_query(L)
@@ -303,16 +316,21 @@ def refine_locally(
         residual += float((val.double() + Y.abs().pow(2).sum(1)).sum()) / Y.shape[1]
         if acc is not None:
             acc.add(Y, freqs, out[rows], C, origin[rows])
-    return out, residual / len(ctx.index), None if acc is None else acc.volume(wiener), origin
+    return out, residual / len(ctx.index), None if acc is None else _map(acc, wiener, group), origin
 
 
 def full_size_map(
-    ctx: RunContext, rotation: torch.Tensor, wiener: float, batch: int, origin_px: torch.Tensor | None = None
+    ctx: RunContext,
+    rotation: torch.Tensor,
+    wiener: float,
+    batch: int,
+    origin_px: torch.Tensor | None = None,
+    group: str = "C1",
 ) -> torch.Tensor:
-    """Backprojection of all particles at the data's size with one pose each (streamed)."""
+    """Backprojection of all particles at the data's size with one pose each (streamed), ``group`` imposed."""
     L = ctx.source.image_size
     _, freqs = half_plane_query(L)
     acc = BackprojectionSums.zeros(L)
     for rows, Y, C in _full_size_batches(ctx, max(1, batch // 4)):  # the batches refine_locally grids
         acc.add(Y, freqs, rotation[rows], C, None if origin_px is None else origin_px[rows])
-    return acc.volume(wiener)
+    return _map(acc, wiener, group)
