@@ -37,6 +37,7 @@ class RunResult:
     pipeline: Pipeline | None = None
     warnings: list[str] = field(default_factory=list)
     paused: bool = False  # stopped at a pause time (half sets in lockstep), to be continued
+    poses: Pose | None = None  # the last export's poses (rows follow the run's index), if any
 
 
 class Clock:

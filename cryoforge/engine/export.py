@@ -31,6 +31,7 @@ def export(ctx: RunContext) -> Exported:
     if pose is None and ctx.pipeline.encoder is not None:
         batch = max(256, ctx.config.train.batch_size)
         pose = infer_poses(ctx.pipeline, source, index, batch, ctx.device)
+    ctx.result.poses = None if pose is None else pose.to("cpu")
     if pose is not None:
         ctx.result.star_path = ctx.run_dir / "poses.star"
         write_pose_files(ctx.result.star_path, source, index, pose)

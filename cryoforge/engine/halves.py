@@ -1,6 +1,12 @@
 """Half sets trained in lockstep: both half maps exist at every export, and the half-map FSC is
 measured there (``history.jsonl`` of the run folder, ``progress.png``, ``report.html``).
 
+The half-map FSC is the gold standard of RELION and cryoSPARC (:func:`halfmap_fsc`): each half is
+backprojected from its own particles at its own current poses, the two backprojections are
+aligned by a blind map search (both hands) and compared. The fitted (network) maps are compared
+too, labelled as such: two networks share their prior (an untrained FourierNet reads as Nyquist),
+so their FSC is never the half-map FSC.
+
 The two halves take turns: each trains until its training clock reaches the next multiple of
 ``train.export_every_s``, exports, checkpoints and pauses (:class:`PauseCallback`); the other half
 then catches up to the same training time and the two maps are compared. A paused half continues
@@ -13,8 +19,11 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -24,10 +33,13 @@ from cryoforge.engine.callbacks import Callback, StepInfo
 from cryoforge.engine.checkpoint import save_checkpoint
 from cryoforge.engine.context import RunContext, RunResult
 from cryoforge.engine.export import export
+from cryoforge.engine.reconstruct import backproject_particles
 from cryoforge.io.mrc import read_map, write_mrc
 from cryoforge.metrics.alignment import align_map
-from cryoforge.metrics.fsc import FSCReport, fsc_report
+from cryoforge.metrics.fsc import LOWEST_SHELLS, FSCReport, consistent_structure, fsc_report
 from cryoforge.metrics.plot import plot_fsc
+from cryoforge.roles import Source
+from cryoforge.types import Pose
 
 log = logging.getLogger("cryoforge")
 
@@ -75,13 +87,153 @@ def append_history(run_dir: Path, entry: dict[str, float]) -> None:
         fh.write(json.dumps(clean) + "\n")
 
 
+NO_STRUCTURE = (
+    "the data show no consistent structure: the half-map FSC never exceeds the half-bit curve "
+    f"at two neighbouring shells beyond shell {LOWEST_SHELLS} (noise, wrong particles or a wrong "
+    "CTF?)"
+)
+
+HALFMAP_METHOD = (
+    "gold standard: each half backprojected from its own particles at its own poses, "
+    "half 2 aligned onto half 1 by a blind map search (both hands)"
+)
+HALFMAP_METHOD_GT = "gold standard: each half backprojected from its own particles at the known poses"
+FITTED_METHOD = "the two fitted (network) maps, aligned as the backprojections; not the half-map FSC"
+NO_MASK = "none: no mask is applied, the FSC is unmasked"
+
+
+@dataclass
+class HalfMapFSC:
+    """The half-map FSC of a half-set run and what it was computed from.
+
+    ``report`` is the gold-standard FSC (backprojections), ``fitted`` that of the two fitted maps
+    (``None`` when no fitted maps were given), ``maps`` the two backprojections (half 2 aligned
+    onto half 1), ``fitted_average`` the average of the fitted maps (half 2 aligned), or ``None``.
+    """
+
+    report: FSCReport
+    fitted: FSCReport | None
+    maps: tuple[torch.Tensor, torch.Tensor]
+    fitted_average: torch.Tensor | None
+    mirrored: bool
+    method: str
+    consistent: bool
+
+    def metrics(self) -> dict[str, Any]:
+        """``halfmap_*`` (the gold standard, with the half-bit crossing and the verdict) and
+        ``fitted_maps_*`` (labelled as the fitted maps'), for ``metrics.json`` and the report."""
+        out: dict[str, Any] = {"halfmap_" + k: v for k, v in self.report.summary((0.5, 0.143)).items()}
+        hb = self.report.half_bit_crossing()
+        out["halfmap_halfbit_angstrom"] = hb.resolution_angstrom(self.report.pixel_size_angstrom)
+        out["halfmap_halfbit_text"] = hb.label(self.report.pixel_size_angstrom, self.report.box_size)
+        out["halfmap_consistent_structure"] = self.consistent
+        out["halfmap_method"] = self.method
+        out["halfmap_mask"] = NO_MASK
+        out["halves_mirrored"] = self.mirrored
+        if self.fitted is not None:
+            out.update({"fitted_maps_" + k: v for k, v in self.fitted.summary((0.5, 0.143)).items()})
+            out["fitted_maps_method"] = FITTED_METHOD
+        return out
+
+    def history(self) -> dict[str, float]:
+        """The numbers of a ``history.jsonl`` line."""
+        out = {HALF_KEY: float(self.report.resolution_angstrom(0.143))}
+        if self.fitted is not None:
+            out[FITTED_KEY] = float(self.fitted.resolution_angstrom(0.143))
+        out["halfmap_consistent_structure"] = float(self.consistent)
+        return out
+
+    def plot(self, path: Path) -> None:
+        """``fsc_halves.png``: both curves, 0.5, 0.143 and the half-bit curve; the verdict."""
+        curves = {"half maps (backprojections, gold standard)": self.report}
+        if self.fitted is not None:
+            curves["fitted maps (network)"] = self.fitted
+        plot_fsc(curves, path, half_bit=True, note=None if self.consistent else "no consistent structure")
+
+
+HALF_KEY = "halfmap_resolution_0.143_angstrom"
+FITTED_KEY = "fitted_maps_resolution_0.143_angstrom"
+
+
+def half_poses(source: Source, index: np.ndarray, result: RunResult | None) -> Pose | None:
+    """The poses a half's backprojection uses: its last export's (search table or encoder), else
+    the source's known poses; ``None`` when there are neither."""
+    if result is not None and result.poses is not None and len(result.poses.rotation) == len(index):
+        return result.poses
+    if source.poses is not None:
+        return source.poses.index(torch.as_tensor(index))
+    return None
+
+
 def halfmap_fsc(
-    m1: torch.Tensor, m2: torch.Tensor, pixel_size_angstrom: float, same_frame: bool
-) -> FSCReport:
-    """FSC of half map 2, aligned onto half map 1 (both hands, rotation search unless
-    ``same_frame``: fitted to the same known poses), with half map 1."""
-    al = align_map(m2, m1, torch.eye(3), False) if same_frame else align_map(m2, m1, n_search=500)
-    return fsc_report(m1, al.aligned, pixel_size_angstrom)
+    source: Source,
+    halves: list[np.ndarray],
+    poses: list[Pose],
+    pixel_size_angstrom: float,
+    same_frame: bool,
+    fitted: tuple[torch.Tensor, torch.Tensor] | None = None,
+    n_search: int = 2000,
+) -> HalfMapFSC:
+    """The gold-standard half-map FSC: each half backprojected from its own particles at its own
+    poses (:func:`~cryoforge.engine.reconstruct.backproject_particles`, with the CTF when the
+    source has one), half 2 aligned onto half 1 by the blind map search of
+    :func:`~cryoforge.metrics.alignment.align_map` (both hands; identity rotation when
+    ``same_frame``: both at the known poses), then their FSC. Never a network's map: the fitted
+    maps ``fitted`` (half 1, half 2), if given, get their own FSC after the same rotation and hand.
+    """
+    b1, b2 = (backproject_particles(source, h, p) for h, p in zip(halves, poses, strict=True))
+    if same_frame:
+        al = align_map(b2, b1, torch.eye(3), False)
+    else:
+        al = align_map(b2, b1, n_search=n_search)
+    rep = fsc_report(b1, al.aligned, pixel_size_angstrom)
+    fit_rep, avg = None, None
+    if fitted is not None:
+        f1, f2 = (m.float() for m in fitted)
+        fal = align_map(f2, f1, al.rotation, al.mirrored)
+        fit_rep = fsc_report(f1, fal.aligned, pixel_size_angstrom)
+        avg = (f1 + fal.aligned) / 2
+    method = HALFMAP_METHOD_GT if same_frame else HALFMAP_METHOD
+    return HalfMapFSC(
+        rep, fit_rep, (b1.float(), al.aligned), avg, al.mirrored, method, consistent_structure(rep)
+    )
+
+
+@contextmanager
+def _run_log(run_dir: Path) -> Iterator[None]:
+    """Also log to the run folder's ``run.log`` (each half logs to its own folder's)."""
+    fh = logging.FileHandler(run_dir / "run.log")
+    fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    log.addHandler(fh)
+    try:
+        yield
+    finally:
+        log.removeHandler(fh)
+        fh.close()
+
+
+def report_halfmap_fsc(
+    hm: HalfMapFSC, run_dir: Path, pixel_size_angstrom: float, when: str
+) -> dict[str, Any]:
+    """Log the half-map FSC (and the verdict in one line when there is no consistent structure),
+    write ``halfmap1.mrc``/``halfmap2.mrc`` (half 2 aligned onto half 1) and ``fsc_halves.png``;
+    returns the metrics."""
+    metrics = hm.metrics()
+    fitted = metrics.get("fitted_maps_resolution_0.143_text", "n/a")
+    with _run_log(run_dir):
+        log.info(
+            "half-map FSC %s: %s (half-bit: %s; the fitted maps' FSC: %s)",
+            when,
+            metrics["halfmap_resolution_0.143_text"],
+            metrics["halfmap_halfbit_text"],
+            fitted,
+        )
+        if not hm.consistent:
+            log.warning(NO_STRUCTURE)
+    for i, m in enumerate(hm.maps):
+        write_mrc(run_dir / f"halfmap{i + 1}.mrc", m.numpy(), pixel_size_angstrom)
+    hm.plot(run_dir / "fsc_halves.png")
+    return metrics
 
 
 def train_halves(
@@ -92,11 +244,13 @@ def train_halves(
     train: Callable[..., RunResult],
     rank: int,
     world: int,
+    source: Source | None = None,
 ) -> list[RunResult]:
     """Train both halves, in lockstep on one process; returns their results (half 1, half 2).
 
     ``train(config, index, half_dir, resume, pause_at_s)`` trains one half (``train_one``); it
-    returns a result with ``paused`` set when it stopped at ``pause_at_s``.
+    returns a result with ``paused`` set when it stopped at ``pause_at_s``. With ``source`` the
+    half-map FSC is measured at every pause (:func:`interim_halves`).
     """
     dirs = [run_dir / f"half{i + 1}" for i in range(2)]
     every = config.train.export_every_s
@@ -120,25 +274,44 @@ def train_halves(
             results[i] = train(half_config(config, i), halves[i], dirs[i], resume or not first[i], pause)
             first[i] = False
         if rank == 0 and all(r is not None and r.paused for r in results):
-            interim_halves(config, dirs, run_dir, mark, [r for r in results if r is not None])
+            done = [r for r in results if r is not None]
+            interim_halves(config, dirs, run_dir, mark, done, source, halves)
         mark += every
     return [r for r in results if r is not None]
 
 
 def interim_halves(
-    config: RunConfig, dirs: list[Path], run_dir: Path, elapsed_s: float, results: list[RunResult]
+    config: RunConfig,
+    dirs: list[Path],
+    run_dir: Path,
+    elapsed_s: float,
+    results: list[RunResult],
+    source: Source | None = None,
+    halves: list[np.ndarray] | None = None,
 ) -> None:
-    """Both halves paused at ``elapsed_s``: the half-map FSC there, the average map, the pictures."""
-    from cryoforge.engine.pictures import HALF_KEY, write_halves_pictures
+    """Both halves paused at ``elapsed_s``: the half-map FSC there (:func:`halfmap_fsc`, from each
+    half's poses at this export), the average of the fitted maps, the pictures."""
+    from cryoforge.engine.pictures import write_halves_pictures
 
     (m1, px), (m2, _) = read_map(dirs[0] / "map.mrc"), read_map(dirs[1] / "map.mrc")
     m1t, m2t = torch.from_numpy(m1), torch.from_numpy(m2)
-    rep = halfmap_fsc(m1t, m2t, px, same_frame=config.train.gt_poses)
-    metrics = {"halfmap_" + k: v for k, v in rep.summary((0.5, 0.143)).items()}
-    append_history(run_dir, {HALF_KEY: metrics[HALF_KEY], "elapsed_s": elapsed_s})
-    log.info("half-map FSC at %.0f s of training: %s", elapsed_s, metrics["halfmap_resolution_0.143_text"])
-    avg = ((m1t + m2t) / 2).numpy()  # the current map; the final one is aligned first (combine_halves)
+    poses = (
+        []
+        if source is None or halves is None
+        else [half_poses(source, h, r) for h, r in zip(halves, results, strict=True)]
+    )
+    warnings: list[str] = []
+    if poses and all(p is not None for p in poses):
+        hm = halfmap_fsc(source, halves, poses, px, config.train.gt_poses, (m1t, m2t), n_search=500)
+        metrics = report_halfmap_fsc(hm, run_dir, px, f"at {elapsed_s:.0f} s of training")
+        append_history(run_dir, {**hm.history(), "elapsed_s": elapsed_s})
+        avg = hm.fitted_average.numpy()
+        if not hm.consistent:
+            warnings.append(NO_STRUCTURE)
+    else:  # no poses to backproject with: no half-map FSC (never the fitted maps' in its place)
+        metrics = {}
+        avg = ((m1t + m2t) / 2).numpy()
+        log.info("no half-map FSC at %.0f s of training: no poses to backproject with", elapsed_s)
     write_mrc(run_dir / "map.mrc", avg, px)
     if config.train.pictures:
-        plot_fsc({"half 1 vs half 2": rep}, run_dir / "fsc_halves.png")
-        write_halves_pictures(run_dir, metrics, avg, px, results, final=False)
+        write_halves_pictures(run_dir, metrics, avg, px, results, final=False, warnings=warnings)

@@ -31,6 +31,8 @@ HALF_KEY, HALF_LABEL = "halfmap_resolution_0.143_angstrom", "half-map FSC 0.143"
 # what each run file is, in the order the report lists them
 OUTPUTS = (
     ("map", "map.mrc"),
+    ("half map 1 (backprojection of half 1 at its poses)", "halfmap1.mrc"),
+    ("half map 2 (backprojection of half 2, aligned onto half 1)", "halfmap2.mrc"),
     ("poses (RELION 3.1 star)", "poses.star"),
     ("metrics", "metrics.json"),
     ("metrics at each export", "history.jsonl"),
@@ -164,7 +166,11 @@ def write_halves_pictures(
     pictures = [
         ("average of the half maps: central slices and projections", SLICES),
         ("loss of half 1; half-map resolution at each export", PROGRESS),
-        ("half-map FSC", "fsc_halves.png"),
+        (
+            "half-map FSC (gold standard: backprojections) and the fitted maps' FSC; thresholds 0.5, 0.143 "
+            "and the half-bit curve",
+            "fsc_halves.png",
+        ),
     ]
     state = "finished" if final else "in progress (both halves at the same training time)"
     notes = [f"Half-set run {state}.", f"Open the map: chimerax {run_dir / 'map.mrc'}"]

@@ -17,6 +17,7 @@ from cryoforge.ops.grids import half_plane_query
 from cryoforge.ops.projection import BackprojectionSums
 from cryoforge.plugins import load_registry
 from cryoforge.sources import SUFFIX_TO_SOURCE
+from cryoforge.types import Pose
 
 
 def reconstruct_file(
@@ -74,6 +75,35 @@ def backproject_source(
     -------
     ``(L, L, L)`` real map ``[z, y, x]`` at the source's (downsampled) box.
     """
+    return backproject_particles(source, np.arange(len(source)), source.poses, use_ctf, batch_size, wiener)
+
+
+def backproject_particles(
+    source,
+    index: np.ndarray,
+    pose: Pose,
+    use_ctf: bool = True,
+    batch_size: int = 64,
+    wiener: float = 1e-2,
+) -> torch.Tensor:
+    """Known-pose Fourier reconstruction of the particles ``index`` of ``source`` at ``pose``.
+
+    Parameters
+    ----------
+    source
+        The particles (images and CTF).
+    index
+        ``(N,)`` dataset positions of the particles to use.
+    pose
+        ``(N, …)`` their poses, row ``i`` for particle ``index[i]`` (the half sets' own poses,
+        or the source's known ones).
+    use_ctf, batch_size, wiener
+        As in :func:`backproject_source`, which is this function on every particle.
+
+    Returns
+    -------
+    ``(L, L, L)`` real map ``[z, y, x]``.
+    """
     L = source.image_size
     idx, k2 = half_plane_query(L)
     imaging = None
@@ -82,14 +112,19 @@ def backproject_source(
         from cryoforge.types import BuildContext
 
         imaging = CryoAIImaging(CryoAIImaging.Options(), BuildContext(L, source.pixel_size_angstrom))
-    pose = source.poses
+    index = np.asarray(index)
+    pose = pose.to("cpu")
     acc = BackprojectionSums.zeros(L)
-    for start in range(0, len(source), batch_size):
-        batch = np.arange(start, min(len(source), start + batch_size))
-        b = torch.from_numpy(batch)
+    for start in range(0, len(index), batch_size):
+        rows = torch.arange(start, min(len(index), start + batch_size))
+        batch = index[rows.numpy()]
         images = torch.from_numpy(source.read_images(batch)).double()
         spec = rfft2_images(images).reshape(len(batch), L * (L // 2 + 1))[:, idx]
-        ctf = None if imaging is None else imaging.ctf_values(source.ctf.index(b)).double()
-        shift_px = pose.shift_angstrom[b].double() / source.pixel_size_angstrom
-        acc.add(spec, k2, pose.rotation[b], ctf, shift_px)
+        ctf = (
+            None
+            if imaging is None
+            else imaging.ctf_values(source.ctf.index(torch.from_numpy(batch))).double()
+        )
+        shift_px = pose.shift_angstrom[rows].double() / source.pixel_size_angstrom
+        acc.add(spec, k2, pose.rotation[rows], ctf, shift_px)
     return acc.volume(wiener)

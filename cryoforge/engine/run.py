@@ -16,7 +16,6 @@ import torch
 import torch.distributed as dist
 
 from cryoforge.config import RunConfig, resolve
-from cryoforge.engine.batches import infer_poses
 from cryoforge.engine.build import build_pipeline, optimizer_factory, pick_device
 from cryoforge.engine.callbacks import Callback
 from cryoforge.engine.checkpoint import CheckpointCallback, load_checkpoint, restore
@@ -24,8 +23,17 @@ from cryoforge.engine.context import Clock, RunContext, RunResult
 from cryoforge.engine.data_checks import check_ground_truth_map, report_data_quality
 from cryoforge.engine.evaluation import EvaluationCallback
 from cryoforge.engine.export import ExportCallback
-from cryoforge.engine.halves import PauseCallback, Paused, append_history, train_halves
-from cryoforge.engine.pictures import HALF_KEY, PicturesCallback, write_halves_report
+from cryoforge.engine.halves import (
+    NO_STRUCTURE,
+    PauseCallback,
+    Paused,
+    append_history,
+    half_poses,
+    halfmap_fsc,
+    report_halfmap_fsc,
+    train_halves,
+)
+from cryoforge.engine.pictures import PicturesCallback, write_halves_report
 from cryoforge.engine.portable import absolute_inputs, portable_json
 from cryoforge.engine.preflight import check_resume, claim_run_dir, data_signature, preflight
 from cryoforge.engine.progress import ProgressCallback
@@ -41,10 +49,6 @@ from cryoforge.io.outputs import (
     run_output_paths,
     source_input_paths,
 )
-from cryoforge.metrics.alignment import align_map
-from cryoforge.metrics.fsc import fsc_report
-from cryoforge.metrics.plot import plot_fsc
-from cryoforge.metrics.poses import pose_errors
 from cryoforge.metrics.summary import write_json
 from cryoforge.plugins import build_registry, get_plugin_manager, plugin_versions
 from cryoforge.registry import Registry
@@ -286,7 +290,7 @@ def _train(
             return train_one(cfg, registry, source, index, half_dir, res, pause_at_s)
 
         # independent halves (disjoint particles, different seeds) in lockstep: see engine/halves.py
-        results = train_halves(config, halves, run_dir, resume, train_half, rank, world)
+        results = train_halves(config, halves, run_dir, resume, train_half, rank, world, source)
         return combine_halves(results, source, halves, config, run_dir) if rank == 0 else results[0]
     finally:
         if dist.is_initialized():
@@ -312,35 +316,34 @@ def write_index(path: Path, index: np.ndarray) -> None:
 def combine_halves(
     results: list[RunResult], source: Source, halves: list[np.ndarray], config: RunConfig, run_dir: Path
 ) -> RunResult:
-    """Align half-map 2 onto half-map 1 and report the FSC at 0.143.
+    """The final half-map FSC (gold standard, :func:`~cryoforge.engine.halves.halfmap_fsc`), the
+    fitted maps' FSC, the average map and the report.
 
-    Both encoders predict poses for the same images (half 1); the best global rotation between
-    these pose sets (both hands) brings map 2 into map 1's frame.
+    Each half is backprojected from its own particles at its own final poses; the blind map
+    alignment (both hands) brings half 2 onto half 1; never the encoders' poses, never a
+    network's map. The average map is that of the two fitted maps, half 2 turned the same way.
     """
-    device = pick_device(config.train.device)
     m1, _ = read_map(results[0].map_path)
     m2, _ = read_map(results[1].map_path)
     m1t, m2t = torch.from_numpy(m1), torch.from_numpy(m2)
-    p1, p2 = (r.pipeline for r in results)
-    if p1.encoder is not None:
-        sample = halves[0][: min(len(halves[0]), 2000)]
-        r1 = infer_poses(p1, source, sample, 256, device).rotation
-        r2 = infer_poses(p2, source, sample, 256, device).rotation
-        pe = pose_errors(r2, r1)
-        al = align_map(m2t, m1t, pe["_A"], pe["mirrored"])
-    else:
-        al = align_map(m2t, m1t, torch.eye(3), False)
-    rep = fsc_report(m1t, al.aligned, source.pixel_size_angstrom)
+    px = source.pixel_size_angstrom
     result = RunResult(run_dir, map_path=run_dir / "map.mrc", fsc_plot=run_dir / "fsc_halves.png")
-    write_mrc(result.map_path, ((m1t + al.aligned) / 2).numpy(), source.pixel_size_angstrom)
-    plot_fsc({"half 1 vs half 2": rep}, result.fsc_plot)
-    result.metrics = {"halfmap_" + k: v for k, v in rep.summary((0.5, 0.143)).items()}
-    result.metrics["halves_mirrored"] = al.mirrored
+    poses = [half_poses(source, h, r) for h, r in zip(halves, results, strict=True)]
+    end = max((r.history[-1]["elapsed_s"] for r in results if r.history), default=0.0)
+    if all(p is not None for p in poses):
+        hm = halfmap_fsc(source, halves, poses, px, config.train.gt_poses, (m1t, m2t))
+        result.metrics = report_halfmap_fsc(hm, run_dir, px, "at the end")
+        avg = hm.fitted_average.numpy()
+        if not hm.consistent:
+            result.warnings.append(NO_STRUCTURE)
+        # the last point of the half-map resolution over time is the final one
+        append_history(run_dir, {**hm.history(), "elapsed_s": float(end)})
+    else:  # no poses at all: no half-map FSC (the fitted maps' would read a network's prior)
+        avg = ((m1t + m2t) / 2).numpy()
+        result.fsc_plot = None
+        result.warnings.append("no half-map FSC: the halves have no poses to backproject with")
+    write_mrc(result.map_path, avg, px)
     write_json(run_dir / "metrics.json", result.metrics)
-    res = result.metrics.get(HALF_KEY)
-    if res is not None:  # the last point of the half-map resolution over time is the final one
-        end = max((r.history[-1]["elapsed_s"] for r in results if r.history), default=0.0)
-        append_history(run_dir, {HALF_KEY: float(res), "elapsed_s": float(end)})
     if config.train.pictures:
-        write_halves_report(result, results, ((m1t + al.aligned) / 2).numpy(), source.pixel_size_angstrom)
+        write_halves_report(result, results, avg, px)
     return result

@@ -50,6 +50,8 @@ RUN_FILES = (
     "fsc.png",
     "fsc.json",
     "fsc_halves.png",
+    "halfmap1.mrc",
+    "halfmap2.mrc",
     "run.log",
     "inferred_poses.star",
     "inferred_poses.cs",

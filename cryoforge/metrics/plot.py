@@ -9,12 +9,20 @@ from cryoforge.metrics.fsc import FSCReport
 
 
 def plot_fsc(
-    curves: dict[str, FSCReport], path: str | Path, thresholds: tuple[float, ...] = (0.5, 0.143)
+    curves: dict[str, FSCReport],
+    path: str | Path,
+    thresholds: tuple[float, ...] = (0.5, 0.143),
+    half_bit: bool = False,
+    note: str | None = None,
 ) -> None:
     """Write an FSC plot (PNG): spatial frequency in Å⁻¹, the thresholds as dashed lines, and
     each crossing marked with its resolution in Å as :meth:`FSCReport.resolution_label` reports
     it (``"≤ 6.0 Å (Nyquist)"`` at the edge; ``"not reached (> 96.0 Å)"``, with no line, when the
-    curve is below the threshold from the first shell: never a resolution coarser than the box)."""
+    curve is below the threshold from the first shell: never a resolution coarser than the box).
+
+    With ``half_bit`` the half-bit curve of the first curve's box (:func:`half_bit_curve`, which
+    accounts for the number of voxels per shell) is drawn too, dotted; ``note`` is written on the
+    plot (e.g. the verdict "no consistent structure")."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -51,6 +59,18 @@ def plot_fsc(
             ha="right",
             transform=ax.get_yaxis_transform(),
         )
+    if half_bit and curves:
+        rep = next(iter(curves.values()))
+        ax.plot(
+            rep.freqs[1:] / rep.pixel_size_angstrom,
+            rep.half_bit[1:],
+            ":",
+            lw=1.2,
+            color="k",
+            label="half-bit threshold (van Heel & Schatz 2005)",
+        )
+    if note:
+        ax.text(0.98, 0.97, note, fontsize=8, color="C3", ha="right", va="top", transform=ax.transAxes)
     if curves:
         ax.set_xlim(0, max(r.freqs[-1] / r.pixel_size_angstrom for r in curves.values()))
     ax.set_xlabel("spatial frequency (1/Å)")
