@@ -5,17 +5,21 @@ the first N particles of the demo::
 
     cryodrgn parse_ctf_star particles.star -o ctf.pkl
     python -c "import pickle, numpy; pickle.dump(numpy.arange(1000), open('ind.pkl', 'wb'))"
-    cryodrgn abinit particles.star --ctf ctf.pkl --ind ind.pkl --zdim 0 --no-trans \\
-        --t-extent 0 --t-ngrid 1 -n 1 -o OUT --num-workers 0 --no-analysis --no-amp
+    cryodrgn abinit particles.star --ctf ctf.pkl --ind ind.pkl --zdim 0 \\
+        -n 1 -o OUT --num-workers 0 --no-analysis --no-amp
 
-(``--t-extent 0 --t-ngrid 1``: ``--no-trans`` alone still searches shifts; ``--ind 1000`` as a
-number fails in 4.3.1.) Then::
+for off-centre particles (its default translation search), or, for centred ones, with
+``--no-trans --t-extent 0 --t-ngrid 1`` (``--no-trans`` alone still searches shifts;
+``--ind 1000`` as a number fails in 4.3.1). Then::
 
     python benchmarks/peer_cryodrgn.py --truth demo/particles.star --map demo/map.mrc \\
         --cryodrgn OUT --epoch 1 --cryoforge RUN
 
-prints the median rotation error and FSC-0.5 vs the truth of both (both hands, global rotation
-from the poses), and the per-epoch timings from cryoDRGN's log.
+prints the median rotation error, the median shift error (px, after one global 3D translation;
+cryoDRGN's ``trans`` is ``+origin / D``, a fraction of the box in RELION's origin sign) and FSC-0.5
+vs the truth of both (both hands, global rotation from the poses), the per-epoch timings from
+cryoDRGN's log, and, for a run stopped before its first epoch ended, its time per image from the
+log's progress lines.
 """
 
 from __future__ import annotations
@@ -35,17 +39,47 @@ from cryoforge.metrics.poses import pose_errors
 from cryoforge.sources.pickles import load_array_pickle
 
 
-def score(rot: np.ndarray, vol: np.ndarray, truth_rot: np.ndarray, truth_map: np.ndarray, px: float) -> dict:
-    pe = pose_errors(torch.tensor(rot), torch.tensor(truth_rot))
+def score(
+    rot: np.ndarray,
+    vol: np.ndarray | None,
+    truth_rot: np.ndarray,
+    truth_map: np.ndarray,
+    px: float,
+    shift_a: np.ndarray | None = None,
+    truth_shift_a: np.ndarray | None = None,
+) -> dict:
+    """Pose errors (and shift errors when both shifts are given, Å in; px out) and FSC-0.5."""
+    with_shifts = shift_a is not None and truth_shift_a is not None
+    pe = pose_errors(
+        torch.tensor(rot),
+        torch.tensor(truth_rot),
+        torch.tensor(shift_a) if with_shifts else None,
+        torch.tensor(truth_shift_a) if with_shifts else None,
+        px,
+    )
+    out = {"rot_median_deg": pe["rot_median_deg"], "mirrored": pe["mirrored"]}
+    if with_shifts:
+        out["trans_median_px"] = pe["trans_median_px"]
+    if vol is None:
+        return out
     al = align_map(
         torch.from_numpy(vol.astype(np.float32)), torch.from_numpy(truth_map), pe["_A"], pe["mirrored"]
     )
     rep = fsc_report(al.aligned, torch.from_numpy(truth_map), px).summary((0.5,))
-    return {
-        "rot_median_deg": pe["rot_median_deg"],
-        "mirrored": pe["mirrored"],
-        "fsc_0.5": rep["resolution_0.5_text"],
-    }
+    return {**out, "fsc_0.5": rep["resolution_0.5_text"]}
+
+
+def seconds_per_image(log: str) -> float | None:
+    """Seconds per image from the timestamps of cryoDRGN's progress lines (``[k/n particles]``)."""
+    stamps = re.findall(r"(\d\d-\w{3}-\d{4} \d\d:\d\d:\d\d)\).*?\[(\d+)/\d+ particles\]", log)
+    if len(stamps) < 2:
+        return None
+    from datetime import datetime
+
+    t = [datetime.strptime(a, "%d-%b-%Y %H:%M:%S").timestamp() for a, _ in stamps]
+    n = [int(b) for _, b in stamps]
+    done = n[-1] - n[0]
+    return (t[-1] - t[0]) / done if done > 0 else None
 
 
 def main() -> None:
@@ -57,20 +91,30 @@ def main() -> None:
     ap.add_argument("--cryoforge", type=Path, help="cryoforge run folder")
     ap.add_argument("-n", type=int, default=1000, help="particles (the first n)")
     args = ap.parse_args()
-    truth = read_star(args.truth).rotations[: args.n]
+    table = read_star(args.truth)
+    truth, truth_shift = table.rotations[: args.n], table.shifts_angstrom[: args.n]
     gt, px = read_map(args.map)
+    D = gt.shape[-1]
     if args.cryodrgn:
-        obj = load_array_pickle(args.cryodrgn / f"pose.{args.epoch}.pkl")  # numpy arrays only
-        rot = np.asarray(obj[0] if isinstance(obj, tuple) else obj)
-        vol = _read_mrc_any(args.cryodrgn / f"reconstruct.{args.epoch}.mrc")
-        print("cryoDRGN", score(rot, vol, truth, gt, px))
         log = (args.cryodrgn / "run.log").read_text(errors="replace")
+        pose_file = args.cryodrgn / f"pose.{args.epoch}.pkl"
+        if pose_file.is_file():
+            obj = load_array_pickle(pose_file)  # numpy arrays only
+            rot = np.asarray(obj[0] if isinstance(obj, tuple) else obj)
+            shift = np.asarray(obj[1]) * D * px if isinstance(obj, tuple) and len(obj) > 1 else None
+            vol = _read_mrc_any(args.cryodrgn / f"reconstruct.{args.epoch}.mrc")
+            print("cryoDRGN", score(rot, vol, truth, gt, px, shift, truth_shift))
+        else:
+            print(f"cryoDRGN: no {pose_file.name} (stopped before the end of epoch {args.epoch})")
         for m in re.finditer(r"=====> (\w+) Epoch: (\d+) finished in ([\d:.]+)", log):
             print(f"  cryoDRGN {m[1]} epoch {m[2]}: {m[3]}")
+        spi = seconds_per_image(log)
+        if spi is not None:
+            print(f"  cryoDRGN {spi:.3f} s per image from its progress lines")
     if args.cryoforge:
-        rot = read_star(args.cryoforge / "poses.star").rotations
+        mine = read_star(args.cryoforge / "poses.star")
         vol, _ = read_map(args.cryoforge / "map.mrc")
-        print("cryoforge", score(rot, vol, truth, gt, px))
+        print("cryoforge", score(mine.rotations, vol, truth, gt, px, mine.shifts_angstrom, truth_shift))
 
 
 def _read_mrc_any(path: Path) -> np.ndarray:
