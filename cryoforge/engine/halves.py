@@ -127,6 +127,9 @@ class HalfMapFSC:
         out["halfmap_halfbit_angstrom"] = hb.resolution_angstrom(self.report.pixel_size_angstrom)
         out["halfmap_halfbit_text"] = hb.label(self.report.pixel_size_angstrom, self.report.box_size)
         out["halfmap_consistent_structure"] = self.consistent
+        if not self.consistent:  # a crossing of noise is no resolution: say so beside the number
+            for t in (0.5, 0.143):
+                out[f"halfmap_resolution_{t}_text"] += " (no consistent structure)"
         out["halfmap_method"] = self.method
         out["halfmap_mask"] = NO_MASK
         out["halves_mirrored"] = self.mirrored
