@@ -13,8 +13,9 @@ A low-resolution, cryoSPARC/cryoDRGN-AI-style search that the amortized stages s
    fits the data best (lowest residual) seeds the global search.
 3. **Global search** at ``size`` px (Fourier-cropped images, the map held as a voxel grid).
    Each iteration scores every image against the central slices of the current map at every
-   rotation of a near-uniform grid (``directions × inplane``) × the 3 × 3 shifts around the
-   image's current origin, CTF included, as matrix products; keeps each image's ``keep`` best
+   rotation of a near-uniform grid (``directions × inplane``) × the shifts around the image's
+   current origin (``local_shifts``: a plus of 5 or a 3 × 3 square), CTF included, as matrix
+   products; keeps each image's ``keep`` best
    rotations, each with its best origin, with tempered posterior weights (soft assignment), and
    backprojects them into the next map, whose density is kept in the box centre. The band
    widens from ``band_px[0]`` to ``band_px[1]`` Fourier pixels over the iterations, and the
@@ -99,6 +100,11 @@ class SearchOptions(Options):
         None,
         gt=0,
         description="step of the global shift grid (px of the data); default half a pixel of the search box",
+    )
+    local_shifts: Literal["plus", "square"] = Field(
+        "plus",
+        description="offsets tried around each origin per global iteration: 'plus' (the origin and one "
+        "step along ±x, ±y: 5) or 'square' (3 x 3: 9)",
     )
     centring: bool = Field(
         False,
@@ -206,7 +212,8 @@ def _iterate(
     band = opts.band_px[0] + (opts.band_px[1] - opts.band_px[0]) * frac
     band = min(band, sp.size / 2)
     shifts = opts.shift_extent_px > 0
-    local = shift_grid_px(step_px * crop * 1.5, step_px * crop) if shifts else None
+    reach = 1.0 if opts.local_shifts == "plus" else 1.5  # steps: 5 or 9 offsets
+    local = shift_grid_px(step_px * crop * reach, step_px * crop) if shifts else None
     temperature = opts.temperature ** (1 - min(frac, 1.0))
     index, weights, noise, origins = global_iteration(
         sp, volume, grid, band, opts.keep, opts.batch, origin, local, temperature
