@@ -70,16 +70,32 @@ def score(
 
 
 def seconds_per_image(log: str) -> float | None:
-    """Seconds per image from the timestamps of cryoDRGN's progress lines (``[k/n particles]``)."""
-    stamps = re.findall(r"(\d\d-\w{3}-\d{4} \d\d:\d\d:\d\d)\).*?\[(\d+)/\d+ particles\]", log)
-    if len(stamps) < 2:
+    """Seconds per image of the last epoch in cryoDRGN's log (its first pose-search epoch when the
+    run stopped there), from the timestamps of its progress lines (``[k/n particles]``); the
+    epoch's start is the previous epoch's end line."""
+    pat = (
+        r"(\d\d-\w{3}-\d{4} \d\d:\d\d:\d\d)\).*?"
+        r"(?:Train Epoch: (\d+)/\d+\] \[(\d+)/\d+ particles\]|Epoch: \d+ finished)"
+    )
+    marks = re.findall(pat, log)
+    if not marks:
         return None
     from datetime import datetime
 
-    t = [datetime.strptime(a, "%d-%b-%Y %H:%M:%S").timestamp() for a, _ in stamps]
-    n = [int(b) for _, b in stamps]
-    done = n[-1] - n[0]
-    return (t[-1] - t[0]) / done if done > 0 else None
+    last = max(int(e) for _, e, _ in marks if e)
+    start = None
+    points = []
+    for stamp, epoch, k in marks:
+        t = datetime.strptime(stamp, "%d-%b-%Y %H:%M:%S").timestamp()
+        if not epoch:  # an epoch's end: the next one starts here
+            start = t
+        elif int(epoch) == last:
+            points.append((t, int(k)))
+    if not points:
+        return None
+    t0, n0 = (start, 0) if start is not None else points[0]
+    t, n = points[-1]
+    return (t - t0) / (n - n0) if n > n0 else None
 
 
 def main() -> None:
