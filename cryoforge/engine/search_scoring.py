@@ -74,11 +74,6 @@ class SearchSpectra:
         return out
 
 
-def _map(acc: BackprojectionSums, wiener: float, group: str) -> torch.Tensor:
-    """The map of the sums, with the point group ``group`` imposed (``"C1"``: none)."""
-    return acc.volume(wiener) if group.upper() == "C1" else symmetric_reconstruction(acc, group, wiener)
-
-
 def backproject_hypotheses(
     sp: SearchSpectra,
     rotation: torch.Tensor,
@@ -108,7 +103,7 @@ def backproject_hypotheses(
             None if origin_px is None else origin_px[sl].reshape(n * K, 2),
             None if weights is None else weights[sl].reshape(n * K),
         )
-    return _map(acc, wiener, group)
+    return symmetric_reconstruction(acc, group, wiener)
 
 
 def _centred(Y: torch.Tensor, freqs: torch.Tensor, origin_px: torch.Tensor) -> torch.Tensor:
@@ -316,7 +311,8 @@ def refine_locally(
         residual += float((val.double() + Y.abs().pow(2).sum(1)).sum()) / Y.shape[1]
         if acc is not None:
             acc.add(Y, freqs, out[rows], C, origin[rows])
-    return out, residual / len(ctx.index), None if acc is None else _map(acc, wiener, group), origin
+    volume_out = None if acc is None else symmetric_reconstruction(acc, group, wiener)
+    return out, residual / len(ctx.index), volume_out, origin
 
 
 def full_size_map(
@@ -333,4 +329,4 @@ def full_size_map(
     acc = BackprojectionSums.zeros(L)
     for rows, Y, C in _full_size_batches(ctx, max(1, batch // 4)):  # the batches refine_locally grids
         acc.add(Y, freqs, rotation[rows], C, None if origin_px is None else origin_px[rows])
-    return _map(acc, wiener, group)
+    return symmetric_reconstruction(acc, group, wiener)

@@ -214,9 +214,13 @@ def symmetric_reconstruction(
     over the group (:func:`symmetrize_fourier`) before the Wiener-like division of
     :meth:`BackprojectionSums.volume`.
 
-    With ``group="C1"`` this equals ``sums.volume(wiener)``. Returns ``(L, L, L)`` float32.
+    With ``group="C1"`` (the identity alone) this is ``sums.volume(wiener)``, with no resampling.
+    Returns ``(L, L, L)`` float32.
     """
+    mats = _as_matrices(group)
+    if len(mats) == 1 and torch.equal(mats[0], torch.eye(3, dtype=mats.dtype)):
+        return sums.volume(wiener)
     num, den = sums.fourier_sums()
-    num, den_sym = symmetrize_fourier(num, den, group)
+    num, den_sym = symmetrize_fourier(num, den, mats)
     assert den_sym is not None
     return divide_sums(num, den_sym, wiener)
