@@ -166,7 +166,7 @@ def _pose(rotation: torch.Tensor, origin_px: torch.Tensor, px_angstrom: torch.Te
 
 def _input_origins_px(ctx: RunContext, px_angstrom: torch.Tensor) -> torch.Tensor:
     """The input's origins of the run's particles in px of the data; an error when it has none."""
-    origins = ctx.source.origins_angstrom  # declared by the Source role; None when the file has none
+    origins = getattr(ctx.source, "origins_angstrom", None)  # sources that predate it lack it
     if origins is None and ctx.source.poses is not None:
         origins = ctx.source.poses.shift_angstrom
     if origins is None:
