@@ -3,7 +3,7 @@
 Importing the package registers the built-in stage runners (:data:`RUNNERS`).
 """
 
-from cryoforge.engine import amortize, loop, search  # noqa: F401  (register the built-in runners)
+from cryoforge.engine import amortize, loop, search, semi_amortized  # noqa: F401  (the built-in runners)
 from cryoforge.engine.stages import RUNNERS, STAGE_OPTIONS, register_runner, register_stage_options
 
 __all__ = ["RUNNERS", "STAGE_OPTIONS", "register_runner", "register_stage_options"]

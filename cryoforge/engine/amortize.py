@@ -79,8 +79,8 @@ def synthetic_batch(
     Each synthetic image takes the CTF and the table's origin of a random particle, so the
     encoder sees the data's own spread of off-centre particles.
     """
-    N = len(ctx.index)
-    pick = ctx.index[torch.randint(N, (n,), generator=gen).numpy()]
+    posed = ctx.table_index()
+    pick = posed[torch.randint(len(posed), (n,), generator=gen).numpy()]
     template = make_batch(ctx.source, pick, ctx.device)
     origin = ctx.table_pose(pick).shift_angstrom.float().to(ctx.device)
     pose = Pose(random_rotations(n, gen).float().to(ctx.device), origin)
@@ -93,7 +93,7 @@ def synthetic_batch(
 @torch.no_grad()
 def estimate_noise_std(ctx: RunContext, n: int = 256) -> float:
     """Pixel noise σ of the data: the residual of the map's projections at the table's poses."""
-    idx = ctx.index[: min(n, len(ctx.index))]
+    idx = ctx.table_index()[:n]
     batch = make_batch(ctx.source, idx, ctx.device)
     pred = ctx.pipeline.imaging(ctx.pipeline.volume, ctx.table_pose(idx).to(ctx.device), batch.ctf)
     return float((batch.images - pred).std())
@@ -116,7 +116,7 @@ def run_amortize(ctx: RunContext, stage: Stage) -> None:
         prog["step"],
         stage.max_steps
         or tc.max_steps
-        or max(1, (stage.epochs or tc.epochs or 1)) * math.ceil(len(ctx.index) / tc.batch_size),
+        or max(1, (stage.epochs or tc.epochs or 1)) * math.ceil(len(ctx.table_index()) / tc.batch_size),
     )
     if prog["step"] >= total:
         return
@@ -133,10 +133,11 @@ def run_amortize(ctx: RunContext, stage: Stage) -> None:
     batch_size = opts.batch_size or tc.batch_size
     n_syn = round(batch_size * opts.synthetic_fraction)
     n_real = max(1, batch_size - n_syn)
-    n_batches = math.ceil(len(ctx.index) / n_real)
+    posed = ctx.table_index()  # the particles whose pose a search found (a subset, or all)
+    n_batches = math.ceil(len(posed) / n_real)
     images_seen, rate_t0 = 0, ctx.clock.elapsed()
     while prog["step"] < total:
-        perm = np.random.default_rng(tc.seed + 7919 * (prog["epoch"] + 1)).permutation(ctx.index)
+        perm = np.random.default_rng(tc.seed + 7919 * (prog["epoch"] + 1)).permutation(posed)
         for b in range(prog["step"] % n_batches, n_batches):
             stop_point(ctx)  # the state resumes exactly here (step, epoch; the optimizer is ctx's)
             gen = torch.Generator().manual_seed(tc.seed * 1_000_003 + prog["step"])

@@ -140,6 +140,26 @@ class RunContext:
         rows = order[np.searchsorted(self.index, index, sorter=order)]
         return self.poses.index(torch.as_tensor(rows))
 
+    def table_rows(self) -> torch.Tensor | None:
+        """Rows of :attr:`poses` that hold a found pose (``None``: all of them).
+
+        A search of a subset (``subset``) leaves poses for its rows only, until the ``infer``
+        stage fills the others from the encoder; checkpointed in ``state["table_rows"]``.
+        """
+        return self.state.get("table_rows")
+
+    def table_index(self) -> np.ndarray:
+        """Dataset positions whose table pose was found (all of :attr:`index` unless a subset was)."""
+        rows = self.table_rows()
+        return self.index if rows is None else self.index[rows.numpy()]
+
+    def set_table_rows(self, rows: torch.Tensor | None) -> None:
+        """Declare which rows of :attr:`poses` hold a found pose (``None``, or every row: all)."""
+        if rows is None or len(rows) == len(self.index):
+            self.state.pop("table_rows", None)
+        else:
+            self.state["table_rows"] = torch.as_tensor(rows, dtype=torch.long)
+
     def steps_left(self) -> int | None:
         """Steps the run may still take under ``train.max_steps`` (all stages together), or None."""
         cap = self.config.train.max_steps

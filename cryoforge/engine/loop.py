@@ -91,7 +91,9 @@ def train_gradient(ctx: RunContext, stage: Stage) -> None:
     ctx.use_encoder(stage.encoder)
     optimizer = ctx.take_optimizer(stage)
     model = _model(ctx)
-    n_batches = math.ceil(len(ctx.index) / (tc.batch_size * world))
+    # at table poses, only the particles whose pose was found (a searched subset) are fitted
+    index = ctx.table_index() if opts.poses == "table" else ctx.index
+    n_batches = math.ceil(len(index) / (tc.batch_size * world))
     epochs, total_steps = stage_budget(stage, tc, n_batches)
     total_steps = ctx.cap_stage_steps(prog["step"], total_steps)
 
@@ -111,7 +113,7 @@ def train_gradient(ctx: RunContext, stage: Stage) -> None:
     images_seen, rate_t0 = 0, ctx.clock.elapsed()
     per_step = tc.batch_size * world
     while not (epochs and prog["epoch"] >= epochs):
-        perm = np.random.default_rng(tc.seed + prog["epoch"]).permutation(ctx.index)
+        perm = np.random.default_rng(tc.seed + prog["epoch"]).permutation(index)
         for b in range(prog["batch"], n_batches):
             stop_point(ctx)  # the state resumes exactly here: batch b of this epoch is next
             chunk = perm[b * per_step : (b + 1) * per_step][rank::world]

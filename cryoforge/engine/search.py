@@ -47,7 +47,7 @@ from cryoforge.engine.search_scoring import (
     SearchSpectra,
     backproject_hypotheses,
     centre_particles,
-    full_size_map,
+    full_size_sums,
     global_iteration,
     map_centre_px,
     recentred_origins,
@@ -58,7 +58,7 @@ from cryoforge.engine.stages import register_runner
 from cryoforge.errors import ConfigError
 from cryoforge.ops.rotations import random_rotations
 from cryoforge.ops.search import shift_grid_px, so3_grid
-from cryoforge.ops.symmetry import point_group_matrices
+from cryoforge.ops.symmetry import point_group_matrices, symmetric_reconstruction
 from cryoforge.schedules.base import Stage
 from cryoforge.types import Pose
 
@@ -123,6 +123,13 @@ class SearchOptions(Options):
         description="point group imposed on the search's maps (RELION's convention: Cn about z, "
         "Dn adds a two-fold about x; also T, O); C1: none. The map is written in that frame",
     )
+    subset: int | None = Field(
+        None,
+        ge=100,
+        le=10**9,
+        description="particles searched: a random subset of min(N, subset), the rest get their poses "
+        "from the encoder (an infer stage) and local refinement (a refine stage); None: all",
+    )
     initial_origins: Literal["zero", "input"] = Field(
         "zero",
         description="'zero': find every origin from scratch; 'input': start from the input's origins "
@@ -162,6 +169,28 @@ def particle_pixel_sizes(ctx: RunContext) -> torch.Tensor:
 def _pose(rotation: torch.Tensor, origin_px: torch.Tensor, px_angstrom: torch.Tensor) -> Pose:
     """The pose table from rotations and origins in px of the data."""
     return Pose(rotation.float(), (origin_px.double() * px_angstrom[:, None]).float())
+
+
+def search_rows(n: int, subset: int | None, seed: int) -> torch.Tensor | None:
+    """Sorted rows of the ``n`` particles that a search of ``subset`` particles scores (``None``: all).
+
+    A seeded random choice, so a resumed run searches the same particles; sorted, so the stacks
+    are read in order.
+    """
+    if subset is None or subset >= n:
+        return None
+    gen = torch.Generator().manual_seed(seed * 104_729 + 3)
+    return torch.randperm(n, generator=gen)[:subset].sort().values
+
+
+def _set_rows(ctx: RunContext, rows: torch.Tensor | None, pose: Pose) -> None:
+    """Write ``pose`` into the rows ``rows`` of the pose table (``None``: it is the whole table)."""
+    if rows is None or ctx.poses is None:
+        ctx.poses = pose
+        return
+    rotation, shift = ctx.poses.rotation.clone(), ctx.poses.shift_angstrom.clone()
+    rotation[rows], shift[rows] = pose.rotation.to(rotation.dtype), pose.shift_angstrom.to(shift.dtype)
+    ctx.poses = Pose(rotation, shift)
 
 
 def _input_origins_px(ctx: RunContext, px_angstrom: torch.Tensor) -> torch.Tensor:
@@ -276,22 +305,29 @@ def run_search(ctx: RunContext, stage: Stage) -> None:
     prog = ctx.stage_state(stage)
     prog.setdefault("iteration", 0)
     prog.setdefault("refined", 0)
-    N, L = len(ctx.index), ctx.source.image_size
+    L = ctx.source.image_size
+    rows = search_rows(len(ctx.index), opts.subset, ctx.config.train.seed)
+    index = ctx.index if rows is None else ctx.index[rows.numpy()]  # the particles searched
+    N = len(index)
     total = opts.iterations + len(opts.refine_steps_deg)
     grid = so3_grid(opts.directions, opts.inplane)
-    px_a = particle_pixel_sizes(ctx)
+    px_all = particle_pixel_sizes(ctx)
+    px_a = px_all if rows is None else px_all[rows]
     size = min(opts.size, L)
     crop = size / L  # search-box px per data px
     step_px = opts.shift_step_px if opts.shift_step_px is not None else 0.5 / crop
     searching_shifts = opts.shift_extent_px > 0
     if ctx.poses is None or prog["iteration"] == 0:
         gen = torch.Generator().manual_seed(ctx.config.train.seed)
-        start = _input_origins_px(ctx, px_a) if opts.initial_origins == "input" else torch.zeros(N, 2)
-        ctx.poses = _pose(random_rotations(N, gen), start, px_a)
+        n_all = len(ctx.index)
+        start = _input_origins_px(ctx, px_all) if opts.initial_origins == "input" else torch.zeros(n_all, 2)
+        ctx.poses = _pose(random_rotations(n_all, gen), start, px_all)
+        ctx.set_table_rows(rows)  # the other rows hold no found pose until an infer stage
     t0 = time.perf_counter()
+    table = ctx.poses if rows is None else ctx.poses.index(rows)  # the searched particles' rows
     if prog["iteration"] < opts.iterations:
-        sp = SearchSpectra(ctx, size, opts.batch)
-        origin = ctx.poses.shift_angstrom.double() / px_a[:, None] * crop  # px of the search box
+        sp = SearchSpectra(ctx, size, opts.batch, index)
+        origin = table.shift_angstrom.double() / px_a[:, None] * crop  # px of the search box
         if "assign_index" in prog:  # resumed: the map of the last finished iteration, exactly
             volume = backproject_hypotheses(
                 sp,
@@ -302,11 +338,11 @@ def run_search(ctx: RunContext, stage: Stage) -> None:
                 opts.symmetry,
             )
         else:  # random poses: the rotational average of the data
-            rot0 = ctx.poses.rotation.double()[:, None]
+            rot0 = table.rotation.double()[:, None]
             volume = backproject_hypotheses(sp, rot0, None, opts.wiener, origin[:, None], opts.symmetry)
             if searching_shifts and opts.centring and opts.initial_origins == "zero":
                 origin, volume = _centre_on_round_map(sp, volume, rot0, opts, crop, step_px)
-                ctx.poses = _pose(ctx.poses.rotation, origin / crop, px_a)
+                _set_rows(ctx, rows, _pose(table.rotation, origin / crop, px_a))
             if opts.starts > 1:
                 volume = _best_start(sp, grid, origin, opts, crop, step_px, ctx.config.train.seed, stage.name)
         log.info(
@@ -324,21 +360,24 @@ def run_search(ctx: RunContext, stage: Stage) -> None:
             if ctx.steps_left() == 0:  # train.max_steps caps the whole run
                 return
             it = prog["iteration"]
-            index, weights, noise, origins, volume, band = _iterate(
+            assign, weights, noise, origins, volume, band = _iterate(
                 sp, volume, grid, it, origin, opts, crop, step_px
             )
             origin = origins[:, 0]
-            ctx.poses = _pose(grid[index[:, 0]], origin / crop, px_a)
-            prog["assign_index"], prog["assign_weight"], prog["assign_origin"] = index, weights, origins
+            _set_rows(ctx, rows, _pose(grid[assign[:, 0]], origin / crop, px_a))
+            prog["assign_index"], prog["assign_weight"], prog["assign_origin"] = assign, weights, origins
             prog["iteration"] = it + 1
             _step(ctx, stage, prog["iteration"], total, noise, band / (size / 2), N, t0)
     if ctx.steps_left() == 0:
         return
-    rotation = ctx.poses.rotation.double()
-    origin = ctx.poses.shift_angstrom.double() / px_a[:, None]  # px of the data
+    table = ctx.poses if rows is None else ctx.poses.index(rows)
+    rotation = table.rotation.double()
+    origin = table.shift_angstrom.double() / px_a[:, None]  # px of the data
     steps = opts.refine_steps_deg
     volume = (
-        full_size_map(ctx, rotation, opts.wiener, opts.batch, origin, opts.symmetry)
+        symmetric_reconstruction(
+            full_size_sums(ctx, rotation, opts.batch, origin, index), opts.symmetry, opts.wiener
+        )
         if prog["refined"] < len(steps)
         else None
     )
@@ -359,8 +398,9 @@ def run_search(ctx: RunContext, stage: Stage) -> None:
             origin,
             shift_step,
             opts.symmetry,
+            index,
         )
-        ctx.poses = _pose(rotation, origin, px_a)
+        _set_rows(ctx, rows, _pose(rotation, origin, px_a))
         prog["refined"] = j + 1
         _step(ctx, stage, opts.iterations + j + 1, total, residual, 1.0, N, t0)
 

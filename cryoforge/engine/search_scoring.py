@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 
+import numpy as np
 import torch
 
 from cryoforge.engine.context import RunContext
@@ -44,14 +45,16 @@ def ctf_values(
 class SearchSpectra:
     """Image spectra at one box size inside its Nyquist circle, read once from the source."""
 
-    def __init__(self, ctx: RunContext, size: int, batch: int) -> None:
+    def __init__(self, ctx: RunContext, size: int, batch: int, index: np.ndarray | None = None) -> None:
+        """Read the particles ``index`` (dataset positions; default ``ctx.index``) in batches of ``batch``."""
         source, L = ctx.source, ctx.source.image_size
+        positions = ctx.index if index is None else index
         self.size = size
         self.flat, self.freqs = half_plane_query(size)
         scale = L / size
         ys, cs = [], []
-        for s in range(0, len(ctx.index), batch):
-            part = ctx.index[s : s + batch]
+        for s in range(0, len(positions), batch):
+            part = positions[s : s + batch]
             imgs = torch.from_numpy(source.read_images(part)).double()
             if size != L:
                 imgs = fourier_crop(imgs, size)
@@ -248,13 +251,15 @@ def recentred_origins(
 
 
 def _full_size_batches(
-    ctx: RunContext, batch: int
+    ctx: RunContext, batch: int, index: np.ndarray | None = None
 ) -> Iterator[tuple[slice, torch.Tensor, torch.Tensor | None]]:
-    """Stream ``(rows, spectra (B, M), CTF (B, M) or None)`` of all particles at the data's size."""
+    """Stream ``(rows, spectra (B, M), CTF (B, M) or None)`` of the particles ``index`` (dataset
+    positions, default ``ctx.index``) at the data's size; ``rows`` index into ``index``."""
     source, L = ctx.source, ctx.source.image_size
+    positions = ctx.index if index is None else index
     flat, freqs = half_plane_query(L)
-    for s in range(0, len(ctx.index), batch):
-        part = ctx.index[s : s + batch]
+    for s in range(0, len(positions), batch):
+        part = positions[s : s + batch]
         imgs = torch.from_numpy(source.read_images(part)).double()
         Y = rfft2_images(imgs).reshape(len(part), -1)[:, flat]
         ctf = None if source.ctf is None else source.ctf.index(torch.as_tensor(part))
@@ -271,6 +276,8 @@ def refine_locally(
     origin_px: torch.Tensor | None = None,
     shift_step_px: float = 0.0,
     group: str = "C1",
+    index: np.ndarray | None = None,
+    base: BackprojectionSums | None = None,
 ) -> tuple[torch.Tensor, float, torch.Tensor | None, torch.Tensor]:
     """Best of the ``3³`` local perturbations ``δ R`` × ``3²`` origin offsets of each pose at full size.
 
@@ -280,6 +287,9 @@ def refine_locally(
     squared residual per frequency, the backprojection at the refined poses when ``wiener`` is
     given (gridded in the same pass over the images, with the point group ``group`` imposed;
     ``None`` otherwise), and the refined origins.
+
+    ``index`` are the particles' dataset positions (default ``ctx.index``; rows of ``rotation``
+    follow it); ``base`` sums of other particles that the backprojection adds to (unchanged).
     """
     L = ctx.source.image_size
     _, freqs = half_plane_query(L)
@@ -291,8 +301,10 @@ def refine_locally(
     offsets = offsets.double()
     out = torch.empty_like(rotation)
     acc = None if wiener is None else BackprojectionSums.zeros(L)
+    if acc is not None and base is not None:
+        acc.sums += base.sums
     residual = 0.0
-    for rows, Y, C in _full_size_batches(ctx, max(1, batch // 4)):
+    for rows, Y, C in _full_size_batches(ctx, max(1, batch // 4), index):
         cand = loc[None] @ rotation[rows, None]
         P = project_fourier(spec, cand.reshape(-1, 3, 3), freqs, dtype=torch.complex64)
         P = P.reshape(len(Y), len(loc), -1)
@@ -312,7 +324,7 @@ def refine_locally(
         if acc is not None:
             acc.add(Y, freqs, out[rows], C, origin[rows])
     volume_out = None if acc is None else symmetric_reconstruction(acc, group, wiener)
-    return out, residual / len(ctx.index), volume_out, origin
+    return out, residual / max(N, 1), volume_out, origin
 
 
 def full_size_map(
@@ -324,9 +336,23 @@ def full_size_map(
     group: str = "C1",
 ) -> torch.Tensor:
     """Backprojection of all particles at the data's size with one pose each (streamed), ``group`` imposed."""
+    return symmetric_reconstruction(full_size_sums(ctx, rotation, batch, origin_px), group, wiener)
+
+
+def full_size_sums(
+    ctx: RunContext,
+    rotation: torch.Tensor,
+    batch: int,
+    origin_px: torch.Tensor | None = None,
+    index: np.ndarray | None = None,
+) -> BackprojectionSums:
+    """Backprojection sums of the particles ``index`` (default ``ctx.index``) at the data's size.
+
+    ``rotation`` ``(N, 3, 3)`` and ``origin_px`` ``(N, 2)`` (px of the data) follow ``index``.
+    """
     L = ctx.source.image_size
     _, freqs = half_plane_query(L)
     acc = BackprojectionSums.zeros(L)
-    for rows, Y, C in _full_size_batches(ctx, max(1, batch // 4)):  # the batches refine_locally grids
+    for rows, Y, C in _full_size_batches(ctx, max(1, batch // 4), index):  # the batches refine_locally grids
         acc.add(Y, freqs, rotation[rows], C, None if origin_px is None else origin_px[rows])
-    return symmetric_reconstruction(acc, group, wiener)
+    return acc

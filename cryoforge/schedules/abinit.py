@@ -4,25 +4,34 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from cryoforge.options import Options
 from cryoforge.roles import Schedule
 from cryoforge.schedules.base import Stage
 
+SUBSET = 20_000
+"""Particles the default schedule searches (the others are posed by the encoder and refined)."""
+
 
 class AbinitSchedule(Schedule):
-    """Search → fit → amortize: solves the poses, then teaches them to the encoder.
+    """Search → fit → amortize (→ infer → refine): solves the poses, then teaches them to the encoder.
 
     1. ``search`` (kind ``search``): soft-assignment global search over ~7,000 rotations on a
        16-px voxel map, band widened from 3 to 8 Fourier pixels, then local refinement at full
-       size below the grid's spacing. Leaves a pose per particle (the pose table).
+       size below the grid's spacing. Leaves a pose per particle (the pose table) for a random
+       subset of at most ``subset`` particles.
     2. ``fit`` (kind ``gradient``, ``poses = "table"``): the volume (``--volume``) is fitted to
        the images at the table's poses.
     3. ``amortize`` (kind ``amortize``): the encoder (``--encoder``) learns the table's poses
        (and those of fresh projections of the map), so ``cryoforge infer`` needs no search.
+    4. ``infer`` (kind ``infer``): the encoder predicts the poses of the particles the search left
+       out, in one pass each.
+    5. ``refine`` (kind ``refine``): those poses are refined locally at full size against the
+       searched particles' map, and the volume is fitted to every particle.
 
-    Exported poses are the table's (refined per particle); the encoder is what ``infer`` uses.
+    With at most ``subset`` particles, stages 4 and 5 have nothing to do. Exported poses are the
+    table's (searched or refined per particle); the encoder is what ``infer`` uses.
     """
 
     name = "abinit"
@@ -34,17 +43,44 @@ class AbinitSchedule(Schedule):
         fit_steps: int = Field(300, ge=1, description="volume fit steps at the table's poses")
         amortize_steps: int = Field(6000, ge=0, description="encoder training steps (0: no amortization)")
         amortize: dict[str, Any] = Field(default_factory=dict, description="options of the amortize stage")
+        subset: int | None = Field(
+            SUBSET,
+            ge=100,
+            le=10**9,
+            description="particles the global search scores (a random subset); the encoder then poses "
+            "the others and a local search refines them. None: search every particle. Needs "
+            "amortize_steps > 0",
+        )
+        infer: dict[str, Any] = Field(default_factory=dict, description="options of the infer stage")
+        refine: dict[str, Any] = Field(default_factory=dict, description="options of the refine stage")
+
+        @model_validator(mode="after")
+        def _subset_needs_encoder(self) -> AbinitSchedule.Options:
+            if self.amortize_steps == 0 and "subset" in self.search:
+                raise ValueError(
+                    "search.subset needs an encoder to pose the other particles: set amortize_steps > 0"
+                )
+            return self
 
     def stages(self) -> list[Stage]:
         o = self.options
+        amortized = o.amortize_steps > 0
+        search = dict(o.search)
+        if amortized:  # without an encoder, every particle is searched
+            search.setdefault("subset", o.subset)
         stages = [
-            Stage(name="search", kind="search", options=o.search),
+            Stage(name="search", kind="search", options=search),
             Stage(name="fit", kind="gradient", max_steps=o.fit_steps, options={"poses": "table"}),
         ]
-        if o.amortize_steps:
-            stages.append(
-                Stage(name="amortize", kind="amortize", max_steps=o.amortize_steps, options=o.amortize)
-            )
+        if amortized:
+            refine = dict(o.refine)
+            if "symmetry" in search:
+                refine.setdefault("symmetry", search["symmetry"])
+            stages += [
+                Stage(name="amortize", kind="amortize", max_steps=o.amortize_steps, options=o.amortize),
+                Stage(name="infer", kind="infer", options=o.infer),
+                Stage(name="refine", kind="refine", options=refine),
+            ]
         return stages
 
 

@@ -1,0 +1,210 @@
+"""Poses for the particles a subset search left out: the encoder predicts them, a local search refines them.
+
+For large inputs the ``search`` stage scores only a subset (``subset``); the volume is fitted and
+the encoder amortized on that subset's poses. Two stages then pose every other particle, as in
+cryoSPIN's semi-amortized inference:
+
+1. ``infer`` (kind ``"infer"``): the trained encoder predicts their poses in one pass each
+   (averaged over the 8 symmetries of the pixel grid, as ``cryoforge infer`` does).
+2. ``refine`` (kind ``"refine"``): each predicted pose is refined by the local search of the search
+   stage (a cubic grid of small rotations × sub-pixel origins, steps shrinking) against the
+   full-size backprojection of the searched particles, then of those and the refined ones; the
+   volume is then fitted to every particle at its pose.
+
+When the search scored every particle, both stages have nothing to do: small inputs keep the
+search → fit → amortize path. Progress is checkpointed per chunk of particles and per step.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import torch
+from pydantic import Field, field_validator
+
+from cryoforge.engine.batches import infer_poses
+from cryoforge.engine.callbacks import StepInfo
+from cryoforge.engine.checkpoint import save_checkpoint
+from cryoforge.engine.context import RunContext
+from cryoforge.engine.grid_views import infer_poses_grid_averaged
+from cryoforge.engine.loop import train_gradient
+from cryoforge.engine.search import particle_pixel_sizes
+from cryoforge.engine.search_scoring import full_size_sums, refine_locally
+from cryoforge.engine.signals import stop_point
+from cryoforge.engine.stages import register_runner
+from cryoforge.errors import ConfigError
+from cryoforge.ops.symmetry import point_group_matrices, symmetric_reconstruction
+from cryoforge.options import Options
+from cryoforge.schedules.base import Stage
+from cryoforge.types import Pose
+
+log = logging.getLogger("cryoforge")
+
+INFERRED = "inferred_rows"
+"""Key of ``ctx.state``: rows of the pose table the encoder predicted, until a refine stage refines them."""
+
+
+class InferStageOptions(Options):
+    """Settings of an ``infer`` stage (``Stage.options``)."""
+
+    average_views: bool = Field(
+        True, description="average the encoder's poses over the 8 symmetries of the pixel grid"
+    )
+    batch_size: int = Field(256, ge=1, le=100_000, description="images per encoder pass")
+    chunk: int = Field(
+        20_000, ge=1, le=10**9, description="particles between checkpoints (a killed run resumes there)"
+    )
+
+
+class RefineStageOptions(Options):
+    """Settings of a ``refine`` stage (``Stage.options``)."""
+
+    refine_steps_deg: list[float] = Field(
+        [4.0, 2.0, 1.0, 1.0], description="local refinement steps (degrees), from the encoder's poses"
+    )
+    shift_step_px: float = Field(
+        0.5,
+        ge=0,
+        le=100,
+        description="origin step of the first refinement step (px of the data), halved per step",
+    )
+    wiener: float = Field(0.1, gt=0, description="Wiener term of the backprojections (relative)")
+    batch: int = Field(1000, ge=4, le=1_000_000, description="images per scoring batch (÷ 4 at full size)")
+    symmetry: str = Field("C1", description="point group imposed on the reference maps (as the search's)")
+    fit_steps: int = Field(
+        300, ge=0, le=10**9, description="volume fit steps on every particle after refinement (0: none)"
+    )
+
+    @field_validator("symmetry")
+    @classmethod
+    def _known_group(cls, v: str) -> str:
+        point_group_matrices(v)
+        return v.upper()
+
+    @field_validator("refine_steps_deg")
+    @classmethod
+    def _positive_steps(cls, v: list[float]) -> list[float]:
+        if not all(0 < x <= 180 for x in v):
+            raise ValueError("refinement steps must be in (0, 180] degrees")
+        return v
+
+
+def _missing_rows(ctx: RunContext) -> torch.Tensor:
+    """Rows of the pose table without a found pose (empty when a search scored every particle)."""
+    rows = ctx.table_rows()
+    if rows is None:
+        return torch.zeros(0, dtype=torch.long)
+    have = torch.zeros(len(ctx.index), dtype=torch.bool)
+    have[rows] = True
+    return torch.nonzero(~have).flatten()
+
+
+def _write_rows(ctx: RunContext, rows: torch.Tensor, pose: Pose) -> None:
+    assert ctx.poses is not None
+    ctx.poses.rotation[rows] = pose.rotation.to(ctx.poses.rotation.dtype)
+    ctx.poses.shift_angstrom[rows] = pose.shift_angstrom.to(ctx.poses.shift_angstrom.dtype)
+
+
+def _step(ctx: RunContext, stage: Stage, done: int, total: int, value: float, rate: float) -> None:
+    """One unit of the stage as a step: callbacks (progress, logs) and a checkpoint."""
+    ctx.state["step"] += 1
+    ctx.state["elapsed_s"] = ctx.clock.elapsed()
+    ctx.emit("on_step", StepInfo(stage, ctx.state["step"], done, total, 0, value, rate, 1.0, True))
+    if ctx.rank == 0:
+        save_checkpoint(ctx)
+
+
+@register_runner("infer", options=InferStageOptions)
+def run_infer(ctx: RunContext, stage: Stage) -> None:
+    """The encoder's poses for the rows of the pose table a subset search left out."""
+    opts = InferStageOptions.model_validate(stage.options)
+    prog = ctx.stage_state(stage)
+    if "pending" not in prog:
+        missing = _missing_rows(ctx)
+        if len(missing) == 0:
+            return  # the search posed every particle
+        prog["pending"], prog["done"] = missing, 0
+    missing = prog["pending"]
+    ctx.use_encoder(stage.encoder)
+    if ctx.pipeline.encoder is None:
+        raise ConfigError(f"stage {stage.name!r} predicts poses with the encoder, but the run has none")
+    n_chunks = -(-len(missing) // opts.chunk)
+    log.info("stage %r: the encoder poses %d particles the search left out", stage.name, len(missing))
+    t0, seen = time.perf_counter(), 0
+    while prog["done"] < len(missing):
+        stop_point(ctx)
+        if ctx.steps_left() == 0:
+            return
+        rows = missing[prog["done"] : prog["done"] + opts.chunk]
+        positions = ctx.index[rows.numpy()]
+        infer = infer_poses_grid_averaged if opts.average_views else infer_poses
+        pose = infer(ctx.pipeline, ctx.source, positions, opts.batch_size, ctx.device)
+        _write_rows(ctx, rows, pose)
+        prog["done"] += len(rows)
+        seen += len(rows)
+        rate = seen / max(time.perf_counter() - t0, 1e-9)
+        _step(ctx, stage, -(-prog["done"] // opts.chunk), n_chunks, float(prog["done"]), rate)
+    ctx.state[INFERRED] = missing
+    ctx.set_table_rows(None)  # every row holds a pose now
+
+
+@register_runner("refine", options=RefineStageOptions)
+def run_refine(ctx: RunContext, stage: Stage) -> None:
+    """Local refinement of the encoder's poses at full size, then a volume fit on every particle."""
+    opts = RefineStageOptions.model_validate(stage.options)
+    prog = ctx.stage_state(stage)
+    prog.setdefault("refined", 0)
+    rows = ctx.state.get(INFERRED)
+    if rows is None or len(rows) == 0:
+        return  # no pose came from the encoder: nothing to refine
+    assert ctx.poses is not None
+    steps = opts.refine_steps_deg
+    if prog["refined"] < len(steps):
+        searched = torch.ones(len(ctx.index), dtype=torch.bool)
+        searched[rows] = False
+        px = particle_pixel_sizes(ctx)
+        s_rows = torch.nonzero(searched).flatten()
+        # the reference: the searched particles at their poses (the encoder's poses are rougher)
+        base = full_size_sums(
+            ctx,
+            ctx.poses.rotation[s_rows].double(),
+            opts.batch,
+            ctx.poses.shift_angstrom[s_rows].double() / px[s_rows, None],
+            ctx.index[s_rows.numpy()],
+        )
+        volume = symmetric_reconstruction(base, opts.symmetry, opts.wiener)
+        rotation = ctx.poses.rotation[rows].double()
+        origin = ctx.poses.shift_angstrom[rows].double() / px[rows, None]
+        positions = ctx.index[rows.numpy()]
+        t0 = time.perf_counter()
+        while prog["refined"] < len(steps):
+            stop_point(ctx)
+            if ctx.steps_left() == 0:
+                return
+            j = prog["refined"]
+            last = j == len(steps) - 1
+            rotation, residual, volume, origin = refine_locally(
+                ctx,
+                rotation,
+                volume,
+                steps[j],
+                opts.batch,
+                None if last else opts.wiener,
+                origin,
+                opts.shift_step_px / 2**j,
+                opts.symmetry,
+                positions,
+                base,
+            )
+            _write_rows(ctx, rows, Pose(rotation.float(), (origin * px[rows, None]).float()))
+            prog["refined"] = j + 1
+            rate = len(rows) * (j + 1) / max(time.perf_counter() - t0, 1e-9)
+            _step(ctx, stage, j + 1, len(steps), residual, rate)
+    if opts.fit_steps:  # the volume, fitted so far on the searched subset, now sees every particle
+        fit = Stage(
+            name=f"{stage.name}.fit", kind="gradient", max_steps=opts.fit_steps, options={"poses": "table"}
+        )
+        ctx.emit("on_stage_start", fit)
+        train_gradient(ctx, fit)
+        ctx.emit("on_stage_end", fit)

@@ -1,0 +1,160 @@
+"""Search a subset, amortize, infer the rest, refine it: the path for many particles (scale issue).
+
+The refinement is checked against the simulation's true poses: from poses a few degrees off
+(as the encoder leaves them), the local search at full size against the searched particles' map
+returns to the truth. The run test checks the stages' wiring: which particles each stage saw,
+and that every particle ends with a pose.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from cryoforge.config import RunConfig, apply_override, load_config_file
+from cryoforge.engine.checkpoint import load_checkpoint
+from cryoforge.engine.run import prepare, run
+from cryoforge.engine.search import search_rows
+from cryoforge.engine.search_scoring import full_size_sums, refine_locally
+from cryoforge.errors import ConfigError
+from cryoforge.io.star import read_star
+from cryoforge.ops.rotations import geodesic_distance_deg, random_rotations, rotvec_to_matrix
+from cryoforge.ops.symmetry import symmetric_reconstruction
+from cryoforge.schedules.abinit import AbinitSchedule
+from cryoforge.simulation.simulate import SimulationSettings, simulate
+from cryoforge.types import BuildContext
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def case(tmp_path_factory) -> Path:
+    """4AKE, 1,200 particles, L=32, 3 Å/px, CTF, no noise, origins σ = 2 px."""
+    d = tmp_path_factory.mktemp("subset_case")
+    simulate(
+        None,
+        d,
+        SimulationSettings(
+            n_particles=1200, snr=None, seed=5, defocus_median_angstrom=15000, shift_std_angstrom=6.0
+        ),
+    )
+    return d
+
+
+def _config(star: Path, out: Path, **over) -> RunConfig:
+    c = load_config_file(ROOT / "examples" / "demo.toml")
+    small = {
+        "source.path": str(star),
+        "output_dir": str(out),
+        "encoder.channels": [8, 16],
+        "encoder.head_hidden": [32],
+        "volume.hidden_dim": 32,
+        "schedule.fit_steps": 10,
+        "schedule.amortize_steps": 20,
+        "schedule.search": {"iterations": 4, "refine_steps_deg": [2.0]},
+        "schedule.refine": {"refine_steps_deg": [2.0], "fit_steps": 5},
+        "train.batch_size": 16,
+        "train.tensorboard": False,
+        "train.progress": False,
+    }
+    for k, v in {**small, **over}.items():
+        c = apply_override(c, k, v)
+    return c
+
+
+def test_search_rows_are_a_seeded_sorted_subset_or_all():
+    a = search_rows(1000, 300, seed=0)
+    assert a is not None and len(a) == 300 and len(set(a.tolist())) == 300
+    assert bool((a[1:] > a[:-1]).all()) and int(a.min()) >= 0 and int(a.max()) < 1000
+    assert torch.equal(a, search_rows(1000, 300, seed=0))  # a resumed run searches the same particles
+    assert not torch.equal(a, search_rows(1000, 300, seed=1))
+    assert search_rows(1000, 1000, 0) is None and search_rows(1000, None, 0) is None
+
+
+def _stages(**options) -> list:
+    return AbinitSchedule(AbinitSchedule.Options(**options), BuildContext(32, 3.0)).stages()
+
+
+def test_schedule_adds_infer_and_refine_only_with_an_encoder():
+    stages = _stages()
+    assert [s.name for s in stages] == ["search", "fit", "amortize", "infer", "refine"]
+    assert stages[0].options["subset"] == AbinitSchedule.Options().subset
+    sym = _stages(search={"symmetry": "D2"})
+    assert sym[-1].options["symmetry"] == "D2"  # the refine stage's reference maps keep the group
+    plain = _stages(amortize_steps=0)
+    assert [s.name for s in plain] == ["search", "fit"] and "subset" not in plain[0].options
+    with pytest.raises(ValueError, match="amortize_steps"):
+        AbinitSchedule.Options(amortize_steps=0, search={"subset": 500})
+
+
+def test_refine_returns_poses_a_few_degrees_off_to_the_truth(case):
+    """Half the particles at their true poses make the reference; the other half start 5° off
+    (random axes) and ±1 px off: four local steps bring them back within the grid's reach."""
+    _, _, source = prepare(_config(case / "particles.star", case / "unused"))
+    truth = read_star(case / "particles.star")
+    R = torch.as_tensor(truth.rotations, dtype=torch.float64)
+    origin = torch.as_tensor(truth.shifts_angstrom, dtype=torch.float64) / 3.0
+    n = len(R)
+    ctx = SimpleNamespace(source=source, index=np.arange(n))
+    ref, moved = np.arange(0, n, 2), np.arange(1, n, 2)
+    base = full_size_sums(ctx, R[ref], 400, origin[ref], ref)
+    volume = symmetric_reconstruction(base, "C1", 0.1)
+    gen = torch.Generator().manual_seed(0)
+    axis = torch.nn.functional.normalize(
+        torch.randn(len(moved), 3, generator=gen, dtype=torch.float64), dim=1
+    )
+    kick = rotvec_to_matrix(axis * np.deg2rad(5.0))
+    start = kick @ R[moved]
+    start_origin = origin[moved] + torch.where(torch.rand(len(moved), 2, generator=gen) < 0.5, -1.0, 1.0)
+    assert float(geodesic_distance_deg(start, R[moved]).median()) == pytest.approx(5.0, abs=0.01)
+    rot, org = start, start_origin
+    for j, step in enumerate([4.0, 2.0, 1.0, 1.0]):
+        rot, _, vol, org = refine_locally(
+            ctx, rot, volume, step, 400, 0.1, org, 0.5 / 2**j if j < 2 else 0.25, "C1", moved, base
+        )
+        volume = vol
+    err = geodesic_distance_deg(rot, R[moved])
+    assert float(err.median()) <= 1.0, float(err.median())
+    assert float((org - origin[moved]).norm(dim=1).median()) <= 0.3
+    # the refinement's map holds both halves: the reference's sums were added, not replaced
+    assert volume.abs().sum() > 0
+
+
+def test_subset_run_poses_every_particle_and_fits_the_subset_first(case, tmp_path):
+    """subset 600 of 1,200: the search poses 600, the encoder the other 600, the refine stage
+    refines exactly those; poses.star has a pose for every particle."""
+    cfg = _config(case / "particles.star", tmp_path / "run", **{"schedule.subset": 600})
+    res = run(cfg)
+    ck = load_checkpoint(tmp_path / "run" / "checkpoint.pt")
+    stages = ck["state"]["stages"]
+    pending = stages["infer"]["pending"]
+    rows = search_rows(1200, 600, cfg.train.seed)
+    assert rows is not None
+    assert sorted(set(pending.tolist()) | set(rows.tolist())) == list(range(1200))
+    assert len(pending) == 600 and stages["infer"]["done"] == 600
+    assert stages["refine"]["refined"] == 1 and stages["refine.fit"]["step"] == 5
+    assert "table_rows" not in ck["state"]  # every row holds a pose now
+    poses = read_star(res.star_path)
+    assert len(poses.rotations) == 1200
+    # every pose was found by the search or the encoder: none is the random start any more
+    start = random_rotations(1200, torch.Generator().manual_seed(cfg.train.seed)).double()
+    moved = geodesic_distance_deg(torch.as_tensor(poses.rotations, dtype=torch.float64), start)
+    assert float(moved.min()) > 0.5
+    # the fit stage fitted the subset only: its batches (16 images) span 600 particles
+    assert stages["fit"]["step"] == 10
+
+
+def test_subset_without_an_encoder_is_refused_before_the_run(case, tmp_path):
+    with pytest.raises((ConfigError, ValueError), match="amortize_steps"):
+        run(
+            _config(
+                case / "particles.star",
+                tmp_path / "r",
+                **{"schedule.amortize_steps": 0, "schedule.search": {"subset": 500}},
+            )
+        )
+    assert not (tmp_path / "r" / "checkpoint.pt").exists()
