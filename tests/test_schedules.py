@@ -284,7 +284,13 @@ def test_dry_run_prints_the_stages(plug):
         ("fine", "gradient", [0.6, 1.0], 5),
     ]
     r = CliRunner().invoke(cli, ["run", "--dry-run"], catch_exceptions=False)
-    assert [s["name"] for s in json.loads(r.output)["schedule"]["stages"]] == ["search", "fit", "amortize", "infer", "refine"]
+    assert [s["name"] for s in json.loads(r.output)["schedule"]["stages"]] == [
+        "search",
+        "fit",
+        "amortize",
+        "infer",
+        "refine",
+    ]
 
 
 def test_unknown_stage_kind_is_one_line_error(plug):

@@ -136,16 +136,20 @@ def run_amortize(ctx: RunContext, stage: Stage) -> None:
     posed = ctx.table_index()  # the particles whose pose a search found (a subset, or all)
     n_batches = math.ceil(len(posed) / n_real)
     images_seen, rate_t0 = 0, ctx.clock.elapsed()
+    coll = ctx.collective
     while prog["step"] < total:
         perm = np.random.default_rng(tc.seed + 7919 * (prog["epoch"] + 1)).permutation(posed)
         for b in range(prog["step"] % n_batches, n_batches):
             stop_point(ctx)  # the state resumes exactly here (step, epoch; the optimizer is ctx's)
-            gen = torch.Generator().manual_seed(tc.seed * 1_000_003 + prog["step"])
+            # with several processes each takes its share of the batch (and draws its own views)
+            gen = torch.Generator().manual_seed(tc.seed * 1_000_003 + prog["step"] + 7_919_993 * coll.rank)
             chunk = perm[b * n_real : (b + 1) * n_real]
+            chunk = chunk[coll.shard(len(chunk))]
             batch = make_batch(ctx.source, chunk, ctx.device)
             images, target = batch.images, ctx.table_pose(chunk).to(ctx.device)
-            if n_syn:
-                syn, syn_pose = synthetic_batch(ctx, n_syn, noise, gen)
+            mine_syn = coll.shard(n_syn)
+            if mine_syn.stop > mine_syn.start:
+                syn, syn_pose = synthetic_batch(ctx, mine_syn.stop - mine_syn.start, noise, gen)
                 images = torch.cat([images, syn.images])
                 target = Pose.cat([target, syn_pose])
             # every view in one encoder pass: 64 images cost 46 ms, two passes of 32 cost 70 ms
@@ -166,6 +170,10 @@ def run_amortize(ctx: RunContext, stage: Stage) -> None:
                 group["lr"] = stage_lr(base_lr, prog["step"], total, opts.lr_schedule)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if coll.world > 1:  # the mean gradient over the processes' shares of the batch
+                for param in encoder.parameters():
+                    if param.grad is not None:
+                        coll.sum_(param.grad).div_(coll.world)
             if tc.grad_clip:
                 torch.nn.utils.clip_grad_norm_(encoder.parameters(), tc.grad_clip)
             optimizer.step()
@@ -173,7 +181,7 @@ def run_amortize(ctx: RunContext, stage: Stage) -> None:
             ctx.state["step"] += 1
             ctx.state["elapsed_s"] = ctx.clock.elapsed()
             lv = float(loss.detach())
-            images_seen += len(images)
+            images_seen += len(images) * coll.world
             rate = images_seen / max(ctx.state["elapsed_s"] - rate_t0, 1e-9)
             logged = ctx.state["step"] % tc.log_every == 0
             if logged:

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from cryoforge.config import RunConfig
+from cryoforge.engine.collective import Collective
 from cryoforge.errors import ConfigError
 from cryoforge.pipeline import Pipeline
 from cryoforge.registry import Registry
@@ -120,6 +121,11 @@ class RunContext:
 
     def __post_init__(self) -> None:
         self.result = RunResult(self.run_dir)
+
+    @property
+    def collective(self) -> Collective:
+        """The run's processes, as the stages split particles among them (:mod:`.collective`)."""
+        return Collective(self.rank, self.world)
 
     @property
     def checkpoint_path(self) -> Path:

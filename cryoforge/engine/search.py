@@ -42,6 +42,7 @@ from pydantic import Field, field_validator
 from cryoforge.config import Options
 from cryoforge.engine.callbacks import StepInfo
 from cryoforge.engine.checkpoint import save_checkpoint
+from cryoforge.engine.collective import LOCAL, Collective
 from cryoforge.engine.context import RunContext
 from cryoforge.engine.search_scoring import (
     SearchSpectra,
@@ -213,13 +214,14 @@ def _centre_on_round_map(
     opts: SearchOptions,
     crop: float,
     step_px: float,
+    coll: Collective = LOCAL,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Origins (px of the search box) from the wide shift grid, and the map of the centred data."""
     wide = shift_grid_px(opts.shift_extent_px * crop, step_px * crop)
     # once: centring again on the (sharper, less round) map of the centred data was measured to
     # double the error (4AKE, σ = 2 px: median 1.2 px after one pass, 2.5 px after two)
     origin = centre_particles(sp, volume, opts.band_px[0], wide, opts.batch)
-    return origin, backproject_hypotheses(sp, rot0, None, opts.wiener, origin[:, None], opts.symmetry)
+    return origin, backproject_hypotheses(sp, rot0, None, opts.wiener, origin[:, None], opts.symmetry, coll)
 
 
 def _iterate(
@@ -231,11 +233,14 @@ def _iterate(
     opts: SearchOptions,
     crop: float,
     step_px: float,
+    coll: Collective = LOCAL,
 ) -> tuple[torch.Tensor, torch.Tensor, float, torch.Tensor, torch.Tensor, float]:
     """Global iteration ``it``: soft assignment over rotations × shifts, then the next map.
 
     Returns the assignment (``index``, ``weights``, ``noise``, ``origins``), the backprojected
     map (its density moved to the box centre when shifts are searched) and the band used.
+    With several processes ``coll``, the assignment is of this process's particles (``sp``) and
+    the map of all.
     """
     frac = it / max(opts.iterations - 1, 1)
     band = opts.band_px[0] + (opts.band_px[1] - opts.band_px[0]) * frac
@@ -245,18 +250,20 @@ def _iterate(
     local = shift_grid_px(step_px * crop * reach, step_px * crop) if shifts else None
     temperature = opts.temperature ** (1 - min(frac, 1.0))
     index, weights, noise, origins = global_iteration(
-        sp, volume, grid, band, opts.keep, opts.batch, origin, local, temperature
+        sp, volume, grid, band, opts.keep, opts.batch, origin, local, temperature, coll
     )
     if shifts:  # origins stay inside the searched disc
         limit = opts.shift_extent_px * crop
         r = origins.norm(dim=-1, keepdim=True)
         origins = torch.where(r > limit, origins * (limit / r.clamp_min(1e-12)), origins)
-    volume = backproject_hypotheses(sp, grid[index], weights, opts.wiener, origins, opts.symmetry)
+    volume = backproject_hypotheses(sp, grid[index], weights, opts.wiener, origins, opts.symmetry, coll)
     if shifts:  # shifts let the map drift; keep its density in the box centre
         c = map_centre_px(volume)
         if float(c.norm()) > 0.25:
             origins = recentred_origins(origins, grid[index], c)
-            volume = backproject_hypotheses(sp, grid[index], weights, opts.wiener, origins, opts.symmetry)
+            volume = backproject_hypotheses(
+                sp, grid[index], weights, opts.wiener, origins, opts.symmetry, coll
+            )
     return index, weights, noise, origins, volume, band
 
 
@@ -269,6 +276,7 @@ def _best_start(
     step_px: float,
     seed: int,
     name: str,
+    coll: Collective = LOCAL,
 ) -> torch.Tensor:
     """The map of the random start that fits the data best (lowest residual), tried on a subset.
 
@@ -286,10 +294,12 @@ def _best_start(
         g = torch.Generator().manual_seed(seed * 7919 + 101 + k)
         rot0 = random_rotations(len(rows), g).double()[:, None]
         origin = origin_px[rows]
-        volume = backproject_hypotheses(sub, rot0, None, opts.wiener, origin[:, None], opts.symmetry)
+        volume = backproject_hypotheses(sub, rot0, None, opts.wiener, origin[:, None], opts.symmetry, coll)
         noise = math.inf
         for it in range(opts.start_iterations):
-            _, _, noise, origins, volume, _ = _iterate(sub, volume, grid, it, origin, opts, crop, step_px)
+            _, _, noise, origins, volume, _ = _iterate(
+                sub, volume, grid, it, origin, opts, crop, step_px, coll
+            )
             origin = origins[:, 0]
         log.info("stage %r: random start %d of %d: residual %.5f", name, k + 1, opts.starts, noise)
         if best is None or noise < best[0]:
@@ -325,26 +335,35 @@ def run_search(ctx: RunContext, stage: Stage) -> None:
         ctx.set_table_rows(rows)  # the other rows hold no found pose until an infer stage
     t0 = time.perf_counter()
     table = ctx.poses if rows is None else ctx.poses.index(rows)  # the searched particles' rows
+    coll = ctx.collective
+    mine = coll.shard(N)  # this process's particles (all of them with one process)
     if prog["iteration"] < opts.iterations:
-        sp = SearchSpectra(ctx, size, opts.batch, index)
+        sp = SearchSpectra(ctx, size, opts.batch, index[mine])
         origin = table.shift_angstrom.double() / px_a[:, None] * crop  # px of the search box
         if "assign_index" in prog:  # resumed: the map of the last finished iteration, exactly
+            last_origin = prog.get("assign_origin")
             volume = backproject_hypotheses(
                 sp,
-                grid[prog["assign_index"]],
-                prog["assign_weight"],
+                grid[prog["assign_index"][mine]],
+                prog["assign_weight"][mine],
                 opts.wiener,
-                prog.get("assign_origin"),
+                None if last_origin is None else last_origin[mine],
                 opts.symmetry,
+                coll,
             )
         else:  # random poses: the rotational average of the data
-            rot0 = table.rotation.double()[:, None]
-            volume = backproject_hypotheses(sp, rot0, None, opts.wiener, origin[:, None], opts.symmetry)
+            rot0 = table.rotation.double()[mine][:, None]
+            volume = backproject_hypotheses(
+                sp, rot0, None, opts.wiener, origin[mine][:, None], opts.symmetry, coll
+            )
             if searching_shifts and opts.centring and opts.initial_origins == "zero":
-                origin, volume = _centre_on_round_map(sp, volume, rot0, opts, crop, step_px)
+                mine_origin, volume = _centre_on_round_map(sp, volume, rot0, opts, crop, step_px, coll)
+                origin = coll.gather(mine_origin, N)
                 _set_rows(ctx, rows, _pose(table.rotation, origin / crop, px_a))
             if opts.starts > 1:
-                volume = _best_start(sp, grid, origin, opts, crop, step_px, ctx.config.train.seed, stage.name)
+                volume = _best_start(
+                    sp, grid, origin[mine], opts, crop, step_px, ctx.config.train.seed, stage.name, coll
+                )
         log.info(
             "stage %r: global search, %d rotations (%d directions x %d)%s, %d particles at %d px",
             stage.name,
@@ -361,8 +380,10 @@ def run_search(ctx: RunContext, stage: Stage) -> None:
                 return
             it = prog["iteration"]
             assign, weights, noise, origins, volume, band = _iterate(
-                sp, volume, grid, it, origin, opts, crop, step_px
+                sp, volume, grid, it, origin[mine], opts, crop, step_px, coll
             )
+            assign, weights = coll.gather(assign, N), coll.gather(weights, N)
+            origins = coll.gather(origins, N)
             origin = origins[:, 0]
             _set_rows(ctx, rows, _pose(grid[assign[:, 0]], origin / crop, px_a))
             prog["assign_index"], prog["assign_weight"], prog["assign_origin"] = assign, weights, origins
@@ -376,7 +397,9 @@ def run_search(ctx: RunContext, stage: Stage) -> None:
     steps = opts.refine_steps_deg
     volume = (
         symmetric_reconstruction(
-            full_size_sums(ctx, rotation, opts.batch, origin, index), opts.symmetry, opts.wiener
+            coll.sum_sums(full_size_sums(ctx, rotation[mine], opts.batch, origin[mine], index[mine])),
+            opts.symmetry,
+            opts.wiener,
         )
         if prog["refined"] < len(steps)
         else None
@@ -388,18 +411,21 @@ def run_search(ctx: RunContext, stage: Stage) -> None:
         j = prog["refined"]
         last = j == len(steps) - 1  # the map after the last step is not needed here
         shift_step = step_px / 2 ** (j + 1) if searching_shifts else 0.0
-        rotation, residual, volume, origin = refine_locally(
+        mine_rotation, residual, volume, mine_origin = refine_locally(
             ctx,
-            rotation,
+            rotation[mine],
             volume,
             steps[j],
             opts.batch,
             None if last else opts.wiener,
-            origin,
+            origin[mine],
             shift_step,
             opts.symmetry,
-            index,
+            index[mine],
+            None,
+            coll,
         )
+        rotation, origin = coll.gather(mine_rotation, N), coll.gather(mine_origin, N)
         _set_rows(ctx, rows, _pose(rotation, origin, px_a))
         prog["refined"] = j + 1
         _step(ctx, stage, opts.iterations + j + 1, total, residual, 1.0, N, t0)

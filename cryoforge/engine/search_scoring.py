@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import torch
 
+from cryoforge.engine.collective import LOCAL, Collective
 from cryoforge.engine.context import RunContext
 from cryoforge.ops.fft import fourier_crop, rfft2_images
 from cryoforge.ops.grids import half_plane_query
@@ -84,12 +85,14 @@ def backproject_hypotheses(
     wiener: float,
     origin_px: torch.Tensor | None = None,
     group: str = "C1",
+    coll: Collective = LOCAL,
 ) -> torch.Tensor:
     """Map at ``sp.size`` from the spectra with ``rotation`` ``(N, K, 3, 3)`` and ``weights`` ``(N, K)``.
 
     ``origin_px`` ``(N, K, 2)`` are the hypotheses' origins in pixels of the search box (RELION's
     sign), or ``None`` for centred particles; ``group`` a point group imposed on the map
-    (RELION's convention, :mod:`cryoforge.ops.symmetry`).
+    (RELION's convention, :mod:`cryoforge.ops.symmetry`). With several processes ``coll``, each
+    holds its own particles' spectra and the sums are added over the processes.
     """
     N, K = rotation.shape[:2]
     acc = BackprojectionSums.zeros(sp.size)
@@ -106,7 +109,7 @@ def backproject_hypotheses(
             None if origin_px is None else origin_px[sl].reshape(n * K, 2),
             None if weights is None else weights[sl].reshape(n * K),
         )
-    return symmetric_reconstruction(acc, group, wiener)
+    return symmetric_reconstruction(coll.sum_sums(acc), group, wiener)
 
 
 def _centred(Y: torch.Tensor, freqs: torch.Tensor, origin_px: torch.Tensor) -> torch.Tensor:
@@ -140,6 +143,7 @@ def global_iteration(
     origin_px: torch.Tensor | None = None,
     offsets_px: torch.Tensor | None = None,
     temperature: float = 1.0,
+    coll: Collective = LOCAL,
 ) -> tuple[torch.Tensor, torch.Tensor, float, torch.Tensor]:
     """Score every image against every grid rotation × in-plane shift inside ``band_px``; soft top-``keep``.
 
@@ -149,6 +153,8 @@ def global_iteration(
     projections; the power term ``C²|P|²`` does not depend on it and is computed once.
     The weights are the posterior ``exp(−E / (2 σ² T))`` of the Gaussian noise model at the
     estimated noise ``σ²``, tempered by ``temperature`` ``T ≥ 1`` (flatter: more hypotheses count).
+    With several processes ``coll``, ``sp`` holds this process's particles and ``σ²`` is the
+    mean over all of them.
 
     Returns
     -------
@@ -187,7 +193,8 @@ def global_iteration(
         v, i = torch.topk(-best, keep, dim=1)
         index[sl], score[sl] = i, -v
         origins[sl] = origin_px[sl, None] + offsets_px[arg.gather(1, i)]
-    noise = float((score[:, 0] + norm2).clamp_min(0).mean() / int(m.sum()))
+    residual = coll.total(float((score[:, 0] + norm2).clamp_min(0).sum()))
+    noise = residual / max(coll.total(float(N)), 1.0) / int(m.sum())
     weights = torch.softmax(-(score - score[:, :1]) / (2 * max(noise, 1e-12) * temperature), dim=1)
     return index, weights, noise, origins
 
@@ -278,6 +285,7 @@ def refine_locally(
     group: str = "C1",
     index: np.ndarray | None = None,
     base: BackprojectionSums | None = None,
+    coll: Collective = LOCAL,
 ) -> tuple[torch.Tensor, float, torch.Tensor | None, torch.Tensor]:
     """Best of the ``3³`` local perturbations ``δ R`` × ``3²`` origin offsets of each pose at full size.
 
@@ -290,6 +298,8 @@ def refine_locally(
 
     ``index`` are the particles' dataset positions (default ``ctx.index``; rows of ``rotation``
     follow it); ``base`` sums of other particles that the backprojection adds to (unchanged).
+    With several processes ``coll``, each refines its own particles; the residual and the
+    backprojection are over all of them (``base`` is the same on every process).
     """
     L = ctx.source.image_size
     _, freqs = half_plane_query(L)
@@ -301,8 +311,6 @@ def refine_locally(
     offsets = offsets.double()
     out = torch.empty_like(rotation)
     acc = None if wiener is None else BackprojectionSums.zeros(L)
-    if acc is not None and base is not None:
-        acc.sums += base.sums
     residual = 0.0
     for rows, Y, C in _full_size_batches(ctx, max(1, batch // 4), index):
         cand = loc[None] @ rotation[rows, None]
@@ -323,8 +331,13 @@ def refine_locally(
         residual += float((val.double() + Y.abs().pow(2).sum(1)).sum()) / Y.shape[1]
         if acc is not None:
             acc.add(Y, freqs, out[rows], C, origin[rows])
-    volume_out = None if acc is None else symmetric_reconstruction(acc, group, wiener)
-    return out, residual / max(N, 1), volume_out, origin
+    volume_out = None
+    if acc is not None:
+        coll.sum_sums(acc)
+        if base is not None:
+            acc.sums += base.sums
+        volume_out = symmetric_reconstruction(acc, group, wiener)
+    return out, coll.total(residual) / max(coll.total(float(N)), 1.0), volume_out, origin
 
 
 def full_size_map(

@@ -130,6 +130,7 @@ def run_infer(ctx: RunContext, stage: Stage) -> None:
     if ctx.pipeline.encoder is None:
         raise ConfigError(f"stage {stage.name!r} predicts poses with the encoder, but the run has none")
     n_chunks = -(-len(missing) // opts.chunk)
+    coll = ctx.collective
     log.info("stage %r: the encoder poses %d particles the search left out", stage.name, len(missing))
     t0, seen = time.perf_counter(), 0
     while prog["done"] < len(missing):
@@ -137,9 +138,13 @@ def run_infer(ctx: RunContext, stage: Stage) -> None:
         if ctx.steps_left() == 0:
             return
         rows = missing[prog["done"] : prog["done"] + opts.chunk]
-        positions = ctx.index[rows.numpy()]
+        mine = coll.shard(len(rows))  # each process poses its share of the chunk
+        positions = ctx.index[rows[mine].numpy()]
         infer = infer_poses_grid_averaged if opts.average_views else infer_poses
         pose = infer(ctx.pipeline, ctx.source, positions, opts.batch_size, ctx.device)
+        pose = Pose(
+            coll.gather(pose.rotation.float(), len(rows)), coll.gather(pose.shift_angstrom.float(), len(rows))
+        )
         _write_rows(ctx, rows, pose)
         prog["done"] += len(rows)
         seen += len(rows)
@@ -164,7 +169,9 @@ def run_refine(ctx: RunContext, stage: Stage) -> None:
         searched = torch.ones(len(ctx.index), dtype=torch.bool)
         searched[rows] = False
         px = particle_pixel_sizes(ctx)
+        coll = ctx.collective
         s_rows = torch.nonzero(searched).flatten()
+        s_rows = s_rows[coll.shard(len(s_rows))]  # each process its share of both sets
         # the reference: the searched particles at their poses (the encoder's poses are rougher)
         base = full_size_sums(
             ctx,
@@ -173,10 +180,12 @@ def run_refine(ctx: RunContext, stage: Stage) -> None:
             ctx.poses.shift_angstrom[s_rows].double() / px[s_rows, None],
             ctx.index[s_rows.numpy()],
         )
-        volume = symmetric_reconstruction(base, opts.symmetry, opts.wiener)
+        volume = symmetric_reconstruction(coll.sum_sums(base), opts.symmetry, opts.wiener)
+        n = len(rows)
+        mine = coll.shard(n)
         rotation = ctx.poses.rotation[rows].double()
         origin = ctx.poses.shift_angstrom[rows].double() / px[rows, None]
-        positions = ctx.index[rows.numpy()]
+        positions = ctx.index[rows[mine].numpy()]
         t0 = time.perf_counter()
         while prog["refined"] < len(steps):
             stop_point(ctx)
@@ -184,19 +193,21 @@ def run_refine(ctx: RunContext, stage: Stage) -> None:
                 return
             j = prog["refined"]
             last = j == len(steps) - 1
-            rotation, residual, volume, origin = refine_locally(
+            mine_rotation, residual, volume, mine_origin = refine_locally(
                 ctx,
-                rotation,
+                rotation[mine],
                 volume,
                 steps[j],
                 opts.batch,
                 None if last else opts.wiener,
-                origin,
+                origin[mine],
                 opts.shift_step_px / 2**j,
                 opts.symmetry,
                 positions,
                 base,
+                coll,
             )
+            rotation, origin = coll.gather(mine_rotation, n), coll.gather(mine_origin, n)
             _write_rows(ctx, rows, Pose(rotation.float(), (origin * px[rows, None]).float()))
             prog["refined"] = j + 1
             rate = len(rows) * (j + 1) / max(time.perf_counter() - t0, 1e-9)
