@@ -51,6 +51,7 @@ def test_piped_stdout_gets_plain_progress_lines_while_training(tiny, tmp_path):
     assert len(steps) >= 3, lines  # a steady stream, not one line at the end
     assert running[steps[0]], "the first progress line came only after the run had ended"
     assert all("training time" in lines[i] for i in steps)  # whole lines, never wrapped
+    assert all("stage left ~" in lines[i] for i in steps[1:-1])  # the time left, once a pace is known
     assert any(ln.startswith("  map ") and ln.endswith(str(out / "map.mrc")) for ln in lines)
     assert lines[-1] == f"open the map: chimerax {out / 'map.mrc'}"  # last, and not cut at 80 columns
     assert "━" not in "\n".join(lines)  # no rich bar or table in a log
@@ -101,3 +102,22 @@ def test_summary_lists_only_what_exists_and_labels_ground_truth_metrics(tmp_path
 def test_summary_without_a_map_does_not_offer_to_open_one(tmp_path, capsys):
     lines = _summary(capsys, RunResult(tmp_path, map_path=tmp_path / "map.mrc"))
     assert not any("chimerax" in ln or ln.strip().startswith("map") for ln in lines)
+
+
+def test_progress_line_gives_particles_done_and_the_stage_time_left():
+    from cryoforge.engine.callbacks import StepInfo
+    from cryoforge.engine.progress import StageClock, progress_line
+    from cryoforge.schedules.base import Stage
+
+    stage = Stage(name="infer", kind="infer")
+    clock = StageClock()
+    first = StepInfo(stage, 10, 1, 5, 0, 0.0, 100.0, 1.0, True, 20_000, 100_000)
+    assert clock.left_s(first) is None  # no pace yet
+    time.sleep(0.2)
+    second = StepInfo(stage, 11, 2, 5, 0, 0.0, 100.0, 1.0, True, 40_000, 100_000)
+    left = clock.left_s(second)
+    assert left is not None and 0.5 <= left <= 1.5  # 3 steps left at ~0.2 s each
+    line = progress_line(second, 65.0, left)
+    assert "stage infer: step 2/5" in line and "particles 40,000/100,000" in line
+    assert "stage left ~0:00:01" in line or "stage left ~0:00:00" in line
+    assert line.endswith("training time 0:01:05")

@@ -37,6 +37,9 @@ class StepInfo:
         The frequency band used, as a fraction of Nyquist.
     logged
         Whether this step is a logging step (every ``train.log_every`` steps, and the first).
+    particles, particles_total
+        Particles the stage has handled so far (a search counts each particle once per
+        iteration) and will handle in all; ``None`` where the stage counts steps only.
     """
 
     stage: Stage
@@ -48,6 +51,8 @@ class StepInfo:
     images_per_s: float
     band: float
     logged: bool
+    particles: int | None = None
+    particles_total: int | None = None
 
 
 @dataclass(frozen=True)

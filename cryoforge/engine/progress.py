@@ -17,7 +17,7 @@ log = logging.getLogger("cryoforge")
 
 
 def _bar() -> Any:
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     return Progress(
         TextColumn("[bold]{task.description}"),
@@ -25,6 +25,8 @@ def _bar() -> Any:
         TextColumn("{task.completed}"),
         TextColumn("{task.fields[info]}"),
         TimeElapsedColumn(),
+        TextColumn("left"),
+        TimeRemainingColumn(),
         transient=False,
     )
 
@@ -35,14 +37,42 @@ def hms(seconds: float) -> str:
     return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
 
 
-def progress_line(info: StepInfo, elapsed_s: float) -> str:
-    """One plain progress line: stage, steps (of the budget), loss, throughput, training time."""
+def progress_line(info: StepInfo, elapsed_s: float, left_s: float | None = None) -> str:
+    """One plain progress line: stage, steps (of the budget), particles, loss, throughput, time
+    left in the stage (``left_s``, when known) and training time."""
     budget = f"/{info.total_steps}" if info.total_steps else ""
     rate = f"{info.images_per_s:.0f} img/s, " if info.images_per_s > 0 else ""  # 0: not measured
+    particles = ""
+    if info.particles is not None:
+        of = f"/{info.particles_total:,}" if info.particles_total else ""
+        particles = f"particles {info.particles:,}{of}, "
+    left = "" if left_s is None else f"stage left ~{hms(left_s)}, "
     return (
         f"{time.strftime('%Y-%m-%d %H:%M:%S')} stage {info.stage.name}: step {info.stage_step}{budget} "
-        f"(run step {info.step}), loss {info.loss:.5g}, {rate}training time {hms(elapsed_s)}"
+        f"(run step {info.step}), {particles}loss {info.loss:.5g}, {rate}{left}training time {hms(elapsed_s)}"
     )
+
+
+class StageClock:
+    """The time left in a stage, from its steps so far in this process and its step budget."""
+
+    def __init__(self) -> None:
+        self.t0: float | None = None
+        self.step0 = 0
+
+    def start(self) -> None:
+        self.t0 = None
+
+    def left_s(self, info: StepInfo) -> float | None:
+        """Seconds left at the stage's mean pace since its first step here (``None``: unknown)."""
+        now = time.perf_counter()
+        if self.t0 is None:  # the first step seen (a resumed stage starts part-way)
+            self.t0, self.step0 = now, info.stage_step
+            return None
+        done = info.stage_step - self.step0
+        if not info.total_steps or done <= 0:
+            return None
+        return (now - self.t0) / done * max(info.total_steps - info.stage_step, 0)
 
 
 class ProgressCallback(Callback):
@@ -62,6 +92,7 @@ class ProgressCallback(Callback):
         self.last_line = -float("inf")
         self.last_info: StepInfo | None = None
         self.task: Any = None
+        self.clock = StageClock()
         if self.bar is not None:
             self.bar.start()
 
@@ -89,6 +120,7 @@ class ProgressCallback(Callback):
         )
         self.task = None
         self.last_info = None
+        self.clock.start()
 
     def on_step(self, ctx: RunContext, info: StepInfo) -> None:
         if info.logged:
@@ -96,17 +128,19 @@ class ProgressCallback(Callback):
                 "epoch %d step %d loss %.5f %.1f img/s", info.epoch, info.step, info.loss, info.images_per_s
             )
         self.last_info = info
+        left = self.clock.left_s(info)
         if self.plain:
             now = time.perf_counter()
             if info.stage_step == 1 or now - self.last_line >= self.every_s:
-                self._say(progress_line(info, ctx.state["elapsed_s"]))
+                self._say(progress_line(info, ctx.state["elapsed_s"], left))
                 self.last_line = now
         if self.bar is None:
             return
         if self.task is None:
             self.task = self.bar.add_task(info.stage.name, total=info.total_steps, info="")
         if info.logged:
-            self.bar.update(self.task, info=f"loss {info.loss:.4f} · {info.images_per_s:.0f} img/s")
+            count = "" if info.particles is None else f"{info.particles:,} particles · "
+            self.bar.update(self.task, info=f"{count}loss {info.loss:.4f} · {info.images_per_s:.0f} img/s")
         self.bar.update(self.task, completed=info.stage_step)
 
     def on_export(self, ctx: RunContext, exported: Exported) -> None:

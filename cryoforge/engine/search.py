@@ -438,7 +438,9 @@ def _step(
     ctx.state["step"] += 1
     ctx.state["elapsed_s"] = ctx.clock.elapsed()
     rate = n * stage_step / max(time.perf_counter() - t0, 1e-9)
-    info = StepInfo(stage, ctx.state["step"], stage_step, total, 0, value, rate, band, True)
+    info = StepInfo(
+        stage, ctx.state["step"], stage_step, total, 0, value, rate, band, True, n * stage_step, n * total
+    )
     ctx.emit("on_step", info)
     if ctx.rank == 0:
         save_checkpoint(ctx)

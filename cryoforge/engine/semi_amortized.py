@@ -106,11 +106,20 @@ def _write_rows(ctx: RunContext, rows: torch.Tensor, pose: Pose) -> None:
     ctx.poses.shift_angstrom[rows] = pose.shift_angstrom.to(ctx.poses.shift_angstrom.dtype)
 
 
-def _step(ctx: RunContext, stage: Stage, done: int, total: int, value: float, rate: float) -> None:
+def _step(
+    ctx: RunContext,
+    stage: Stage,
+    done: int,
+    total: int,
+    value: float,
+    rate: float,
+    particles: tuple[int, int],
+) -> None:
     """One unit of the stage as a step: callbacks (progress, logs) and a checkpoint."""
     ctx.state["step"] += 1
     ctx.state["elapsed_s"] = ctx.clock.elapsed()
-    ctx.emit("on_step", StepInfo(stage, ctx.state["step"], done, total, 0, value, rate, 1.0, True))
+    info = StepInfo(stage, ctx.state["step"], done, total, 0, value, rate, 1.0, True, *particles)
+    ctx.emit("on_step", info)
     if ctx.rank == 0:
         save_checkpoint(ctx)
 
@@ -149,7 +158,8 @@ def run_infer(ctx: RunContext, stage: Stage) -> None:
         prog["done"] += len(rows)
         seen += len(rows)
         rate = seen / max(time.perf_counter() - t0, 1e-9)
-        _step(ctx, stage, -(-prog["done"] // opts.chunk), n_chunks, float(prog["done"]), rate)
+        chunks = -(-prog["done"] // opts.chunk)
+        _step(ctx, stage, chunks, n_chunks, float(prog["done"]), rate, (prog["done"], len(missing)))
     ctx.state[INFERRED] = missing
     ctx.set_table_rows(None)  # every row holds a pose now
 
@@ -211,7 +221,7 @@ def run_refine(ctx: RunContext, stage: Stage) -> None:
             _write_rows(ctx, rows, Pose(rotation.float(), (origin * px[rows, None]).float()))
             prog["refined"] = j + 1
             rate = len(rows) * (j + 1) / max(time.perf_counter() - t0, 1e-9)
-            _step(ctx, stage, j + 1, len(steps), residual, rate)
+            _step(ctx, stage, j + 1, len(steps), residual, rate, (n * (j + 1), n * len(steps)))
     if opts.fit_steps:  # the volume, fitted so far on the searched subset, now sees every particle
         fit = Stage(
             name=f"{stage.name}.fit", kind="gradient", max_steps=opts.fit_steps, options={"poses": "table"}
