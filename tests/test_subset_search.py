@@ -8,6 +8,7 @@ and that every particle ends with a pose.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -138,6 +139,9 @@ def test_subset_run_poses_every_particle_and_fits_the_subset_first(case, tmp_pat
     assert len(pending) == 600 and stages["infer"]["done"] == 600
     assert stages["refine"]["refined"] == 1 and stages["refine.fit"]["step"] == 5
     assert "table_rows" not in ck["state"]  # every row holds a pose now
+    walls = json.loads((tmp_path / "run" / "metrics.json").read_text())["stage_wall_s"]
+    assert sorted(walls) == ["amortize", "fit", "infer", "refine", "search"]
+    assert all(v > 0 for v in walls.values())
     poses = read_star(res.star_path)
     assert len(poses.rotations) == 1200
     # every pose was found by the search or the encoder: none is the random start any more

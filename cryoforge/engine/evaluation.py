@@ -94,6 +94,8 @@ class EvaluationCallback(Callback):
                 "steps": ctx.state["step"],
                 "elapsed_s": ctx.state["elapsed_s"],
                 "final_loss": history[-1]["loss"] if history else math.nan,
+                # wall time of each stage (s), summed over resumes: where the time went
+                "stage_wall_s": dict(ctx.state.get("stage_wall_s", {})),
             }
         )
         write_json(ctx.run_dir / "metrics.json", ctx.result.metrics)

@@ -15,6 +15,7 @@ runner reads them with :func:`stage_options`.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -138,7 +139,12 @@ def run_stages(ctx: RunContext, stages: list[Stage]) -> None:
             stage = stages[i]
             ctx.state["stage"] = i
             ctx.emit("on_stage_start", stage)
-            RUNNERS[stage.kind](ctx, stage)
+            t0 = time.perf_counter()
+            try:
+                RUNNERS[stage.kind](ctx, stage)
+            finally:  # a stopped stage's time counts too; the state is checkpointed with it
+                walls = ctx.state.setdefault("stage_wall_s", {})
+                walls[stage.name] = walls.get(stage.name, 0.0) + time.perf_counter() - t0
             ctx.state["stage"] = i + 1
             ctx.emit("on_stage_end", stage)
         stop_point(ctx)
