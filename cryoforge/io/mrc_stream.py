@@ -20,7 +20,8 @@ from cryoforge.io.atomic import atomic_path
 
 
 class StackWriter:
-    """Write an ``(n, L, L)`` float32 MRC stack (mode 2, an image stack, origin 0) in chunks.
+    """Write an ``(n, L, L)`` MRC stack (float32, mode 2, or ``float16``: mode 12; an image stack,
+    origin 0) in chunks.
 
     Use as a context manager::
 
@@ -34,8 +35,12 @@ class StackWriter:
     is called before a second pass).
     """
 
-    def __init__(self, path: str | Path, n: int, box: int, voxel_size_angstrom: float) -> None:
+    def __init__(
+        self, path: str | Path, n: int, box: int, voxel_size_angstrom: float, float16: bool = False
+    ) -> None:
         self.path = Path(path)
+        self.dtype, self.mode = ("<f2", 12) if float16 else ("<f4", 2)
+        self.itemsize = 2 if float16 else 4
         self.n, self.box = int(n), int(box)
         self.voxel = float(voxel_size_angstrom)
         self._stack = contextlib.ExitStack()
@@ -53,7 +58,9 @@ class StackWriter:
 
     def __enter__(self) -> StackWriter:
         tmp = self._stack.enter_context(atomic_path(self.path))
-        with mrcfile.new_mmap(tmp, shape=(self.n, self.box, self.box), mrc_mode=2, overwrite=True) as mrc:
+        with mrcfile.new_mmap(
+            tmp, shape=(self.n, self.box, self.box), mrc_mode=self.mode, overwrite=True
+        ) as mrc:
             mrc.set_image_stack()
             mrc.voxel_size = self.voxel
             self._offset = int(mrc.header.nbytes) + int(mrc.header.nsymbt)
@@ -63,11 +70,11 @@ class StackWriter:
 
     def _seek(self, start: int) -> None:
         assert self._file is not None, "use StackWriter as a context manager"
-        self._file.seek(self._offset + int(start) * self.box * self.box * 4)
+        self._file.seek(self._offset + int(start) * self.box * self.box * self.itemsize)
 
     def write(self, start: int, images: np.ndarray) -> None:
         """Write ``images`` ``(m, L, L)`` as images ``start … start + m − 1`` (0-based)."""
-        data = np.ascontiguousarray(images, dtype="<f4")
+        data = np.ascontiguousarray(images, dtype=self.dtype)
         if data.ndim != 3 or data.shape[1:] != (self.box, self.box) or start + len(data) > self.n:
             raise ValueError(f"chunk {data.shape} at {start} does not fit a stack of {self.n}×{self.box}²")
         self._seek(start)
@@ -83,8 +90,8 @@ class StackWriter:
     def read(self, start: int, count: int) -> np.ndarray:
         """Images ``start … start + count − 1`` as written so far, ``(count, L, L)`` float32."""
         self._seek(start)
-        raw = self._file.read(int(count) * self.box * self.box * 4)
-        return np.frombuffer(raw, dtype="<f4").reshape(-1, self.box, self.box).astype(np.float32)
+        raw = self._file.read(int(count) * self.box * self.box * self.itemsize)
+        return np.frombuffer(raw, dtype=self.dtype).reshape(-1, self.box, self.box).astype(np.float32)
 
     def _write_stats(self) -> None:
         with mrcfile.open(self._tmp, mode="r", permissive=True, header_only=True) as mrc:

@@ -69,6 +69,8 @@ class SimulationSettings:
     junk_model: str | None = None
     """the junk molecule: .pdb/.cif/.mrc (an .mrc on the dataset's grid); None: a random blob"""
     chunk_images: int | None = None
+    float16: bool = False
+    """write the stack as float16 (MRC mode 12, half the bytes; as RELION 4+ can write)"""
     """images formed and written at a time (None: :func:`chunk_size`'s, about 64 MiB)"""
 
 
@@ -534,7 +536,9 @@ def simulate(
     keep = real.junk_kind == 0  # the SNR is the true particles'
     chunk = chunk_size(L, settings.chunk_images)
     realised = None
-    if n <= chunk:  # the whole stack at once (the demo: bit for bit as before chunks existed)
+    if (
+        n <= chunk and not settings.float16
+    ):  # the whole stack at once (the demo: bit for bit as before chunks existed)
         clean = render(0, n)
         images = clean
         if settings.snr is not None:
@@ -544,7 +548,7 @@ def simulate(
             realised = sig_var / float(added.double().var())
         write_mrc(stack, images.numpy(), voxel, stack=True)
     else:  # chunk by chunk: clean images first, then (second pass) the noise, in place
-        with StackWriter(stack, n, L, voxel) as writer:
+        with StackWriter(stack, n, L, voxel, settings.float16) as writer:
             signal = _Moments()
             for a in range(0, n, chunk):
                 clean = render(a, min(n, a + chunk))
