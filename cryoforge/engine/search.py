@@ -56,6 +56,7 @@ from cryoforge.engine.search_scoring import (
 )
 from cryoforge.engine.signals import stop_point
 from cryoforge.engine.stages import register_runner
+from cryoforge.engine.whitening import background_power_per_shell
 from cryoforge.errors import ConfigError
 from cryoforge.ops.rotations import random_rotations
 from cryoforge.ops.search import shift_grid_px, so3_grid
@@ -123,6 +124,11 @@ class SearchOptions(Options):
         "C1",
         description="point group imposed on the search's maps (RELION's convention: Cn about z, "
         "Dn adds a two-fold about x; also T, O); C1: none. The map is written in that frame",
+    )
+    whiten: bool = Field(
+        False,
+        description="weight every frequency by 1/σ² of the noise measured on the images' background "
+        "(the coloured-noise likelihood; real data)",
     )
     subset: int | None = Field(
         None,
@@ -337,8 +343,9 @@ def run_search(ctx: RunContext, stage: Stage) -> None:
     table = ctx.poses if rows is None else ctx.poses.index(rows)  # the searched particles' rows
     coll = ctx.collective
     mine = coll.shard(N)  # this process's particles (all of them with one process)
+    power = background_power_per_shell(ctx.source, index) if opts.whiten else None
     if prog["iteration"] < opts.iterations:
-        sp = SearchSpectra(ctx, size, opts.batch, index[mine])
+        sp = SearchSpectra(ctx, size, opts.batch, index[mine], power)
         origin = table.shift_angstrom.double() / px_a[:, None] * crop  # px of the search box
         if "assign_index" in prog:  # resumed: the map of the last finished iteration, exactly
             last_origin = prog.get("assign_origin")
@@ -397,7 +404,7 @@ def run_search(ctx: RunContext, stage: Stage) -> None:
     steps = opts.refine_steps_deg
     volume = (
         symmetric_reconstruction(
-            coll.sum_sums(full_size_sums(ctx, rotation[mine], opts.batch, origin[mine], index[mine])),
+            coll.sum_sums(full_size_sums(ctx, rotation[mine], opts.batch, origin[mine], index[mine], power)),
             opts.symmetry,
             opts.wiener,
         )
@@ -424,6 +431,7 @@ def run_search(ctx: RunContext, stage: Stage) -> None:
             index[mine],
             None,
             coll,
+            power,
         )
         rotation, origin = coll.gather(mine_rotation, N), coll.gather(mine_origin, N)
         _set_rows(ctx, rows, _pose(rotation, origin, px_a))

@@ -46,8 +46,20 @@ def ctf_values(
 class SearchSpectra:
     """Image spectra at one box size inside its Nyquist circle, read once from the source."""
 
-    def __init__(self, ctx: RunContext, size: int, batch: int, index: np.ndarray | None = None) -> None:
-        """Read the particles ``index`` (dataset positions; default ``ctx.index``) in batches of ``batch``."""
+    def __init__(
+        self,
+        ctx: RunContext,
+        size: int,
+        batch: int,
+        index: np.ndarray | None = None,
+        noise_power: torch.Tensor | None = None,
+    ) -> None:
+        """Read the particles ``index`` (dataset positions; default ``ctx.index``) in batches of ``batch``.
+
+        With ``noise_power`` (per Fourier shell of the data,
+        :func:`~cryoforge.engine.whitening.background_power_per_shell`), the spectra and the CTF
+        are whitened: every score is then the coloured-noise likelihood.
+        """
         source, L = ctx.source, ctx.source.image_size
         positions = ctx.index if index is None else index
         self.size = size
@@ -66,6 +78,8 @@ class SearchSpectra:
         self.Y = torch.cat(ys)
         self.C = None if cs[0] is None else torch.cat(cs)
         self.radius_px = self.freqs.norm(dim=1) * size
+        if noise_power is not None:
+            self.Y, self.C = _whiten(self.Y, self.C, noise_power, self.radius_px)
 
     def ctf(self, sl: slice) -> torch.Tensor | None:
         return None if self.C is None else self.C[sl]
@@ -257,11 +271,23 @@ def recentred_origins(
     return origin_px - (rotation @ centre_px.to(rotation.dtype))[..., :2]
 
 
+def _whiten(
+    Y: torch.Tensor, C: torch.Tensor | None, noise_power: torch.Tensor, radius_px: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Spectra ``(B, M)`` and CTF ``(B, M)`` (ones when ``None``) times the weights ``1/σ(|k|)``."""
+    from cryoforge.engine.whitening import whitening_weights
+
+    w = whitening_weights(noise_power, radius_px)
+    c = torch.ones(Y.shape, dtype=torch.float64) if C is None else C.double()
+    return (Y * w.to(Y.real.dtype)).to(Y.dtype), (c * w).to(torch.float32 if C is None else C.dtype)
+
+
 def _full_size_batches(
-    ctx: RunContext, batch: int, index: np.ndarray | None = None
+    ctx: RunContext, batch: int, index: np.ndarray | None = None, noise_power: torch.Tensor | None = None
 ) -> Iterator[tuple[slice, torch.Tensor, torch.Tensor | None]]:
     """Stream ``(rows, spectra (B, M), CTF (B, M) or None)`` of the particles ``index`` (dataset
-    positions, default ``ctx.index``) at the data's size; ``rows`` index into ``index``."""
+    positions, default ``ctx.index``) at the data's size; ``rows`` index into ``index``. With
+    ``noise_power``, both are whitened (:class:`SearchSpectra`)."""
     source, L = ctx.source, ctx.source.image_size
     positions = ctx.index if index is None else index
     flat, freqs = half_plane_query(L)
@@ -270,7 +296,10 @@ def _full_size_batches(
         imgs = torch.from_numpy(source.read_images(part)).double()
         Y = rfft2_images(imgs).reshape(len(part), -1)[:, flat]
         ctf = None if source.ctf is None else source.ctf.index(torch.as_tensor(part))
-        yield slice(s, s + len(part)), Y, ctf_values(ctf, freqs, 1.0, source.pixel_size_angstrom)
+        C = ctf_values(ctf, freqs, 1.0, source.pixel_size_angstrom)
+        if noise_power is not None:
+            Y, C = _whiten(Y, C, noise_power, freqs.norm(dim=1) * L)
+        yield slice(s, s + len(part)), Y, C
 
 
 def refine_locally(
@@ -286,6 +315,7 @@ def refine_locally(
     index: np.ndarray | None = None,
     base: BackprojectionSums | None = None,
     coll: Collective = LOCAL,
+    noise_power: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, float, torch.Tensor | None, torch.Tensor]:
     """Best of the ``3³`` local perturbations ``δ R`` × ``3²`` origin offsets of each pose at full size.
 
@@ -299,7 +329,8 @@ def refine_locally(
     ``index`` are the particles' dataset positions (default ``ctx.index``; rows of ``rotation``
     follow it); ``base`` sums of other particles that the backprojection adds to (unchanged).
     With several processes ``coll``, each refines its own particles; the residual and the
-    backprojection are over all of them (``base`` is the same on every process).
+    backprojection are over all of them (``base`` is the same on every process). With
+    ``noise_power``, the images are whitened (:class:`SearchSpectra`).
     """
     L = ctx.source.image_size
     _, freqs = half_plane_query(L)
@@ -312,7 +343,7 @@ def refine_locally(
     out = torch.empty_like(rotation)
     acc = None if wiener is None else BackprojectionSums.zeros(L)
     residual = 0.0
-    for rows, Y, C in _full_size_batches(ctx, max(1, batch // 4), index):
+    for rows, Y, C in _full_size_batches(ctx, max(1, batch // 4), index, noise_power):
         cand = loc[None] @ rotation[rows, None]
         P = project_fourier(spec, cand.reshape(-1, 3, 3), freqs, dtype=torch.complex64)
         P = P.reshape(len(Y), len(loc), -1)
@@ -358,6 +389,7 @@ def full_size_sums(
     batch: int,
     origin_px: torch.Tensor | None = None,
     index: np.ndarray | None = None,
+    noise_power: torch.Tensor | None = None,
 ) -> BackprojectionSums:
     """Backprojection sums of the particles ``index`` (default ``ctx.index``) at the data's size.
 
@@ -366,6 +398,6 @@ def full_size_sums(
     L = ctx.source.image_size
     _, freqs = half_plane_query(L)
     acc = BackprojectionSums.zeros(L)
-    for rows, Y, C in _full_size_batches(ctx, max(1, batch // 4), index):  # the batches refine_locally grids
+    for rows, Y, C in _full_size_batches(ctx, max(1, batch // 4), index, noise_power):  # as refine_locally
         acc.add(Y, freqs, rotation[rows], C, None if origin_px is None else origin_px[rows])
     return acc

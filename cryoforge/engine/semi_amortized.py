@@ -33,6 +33,7 @@ from cryoforge.engine.search import particle_pixel_sizes
 from cryoforge.engine.search_scoring import full_size_sums, refine_locally
 from cryoforge.engine.signals import stop_point
 from cryoforge.engine.stages import register_runner
+from cryoforge.engine.whitening import background_power_per_shell
 from cryoforge.errors import ConfigError
 from cryoforge.ops.symmetry import point_group_matrices, symmetric_reconstruction
 from cryoforge.options import Options
@@ -72,6 +73,7 @@ class RefineStageOptions(Options):
     wiener: float = Field(0.1, gt=0, description="Wiener term of the backprojections (relative)")
     batch: int = Field(1000, ge=4, le=1_000_000, description="images per scoring batch (÷ 4 at full size)")
     symmetry: str = Field("C1", description="point group imposed on the reference maps (as the search's)")
+    whiten: bool = Field(False, description="whiten the images by their background's noise (as the search's)")
     fit_steps: int = Field(
         300, ge=0, le=10**9, description="volume fit steps on every particle after refinement (0: none)"
     )
@@ -180,6 +182,7 @@ def run_refine(ctx: RunContext, stage: Stage) -> None:
         searched[rows] = False
         px = particle_pixel_sizes(ctx)
         coll = ctx.collective
+        power = background_power_per_shell(ctx.source, ctx.index) if opts.whiten else None
         s_rows = torch.nonzero(searched).flatten()
         s_rows = s_rows[coll.shard(len(s_rows))]  # each process its share of both sets
         # the reference: the searched particles at their poses (the encoder's poses are rougher)
@@ -189,6 +192,7 @@ def run_refine(ctx: RunContext, stage: Stage) -> None:
             opts.batch,
             ctx.poses.shift_angstrom[s_rows].double() / px[s_rows, None],
             ctx.index[s_rows.numpy()],
+            power,
         )
         volume = symmetric_reconstruction(coll.sum_sums(base), opts.symmetry, opts.wiener)
         n = len(rows)
@@ -216,6 +220,7 @@ def run_refine(ctx: RunContext, stage: Stage) -> None:
                 positions,
                 base,
                 coll,
+                power,
             )
             rotation, origin = coll.gather(mine_rotation, n), coll.gather(mine_origin, n)
             _write_rows(ctx, rows, Pose(rotation.float(), (origin * px[rows, None]).float()))

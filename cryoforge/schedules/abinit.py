@@ -74,8 +74,9 @@ class AbinitSchedule(Schedule):
         ]
         if amortized:
             refine = dict(o.refine)
-            if "symmetry" in search:
-                refine.setdefault("symmetry", search["symmetry"])
+            for key in ("symmetry", "whiten"):  # the refine stage scores as the search did
+                if key in search:
+                    refine.setdefault(key, search[key])
             stages += [
                 Stage(name="amortize", kind="amortize", max_steps=o.amortize_steps, options=o.amortize),
                 Stage(name="infer", kind="infer", options=o.infer),
