@@ -283,22 +283,29 @@ def _whiten(
 
 
 def _full_size_batches(
-    ctx: RunContext, batch: int, index: np.ndarray | None = None, noise_power: torch.Tensor | None = None
+    ctx: RunContext,
+    batch: int,
+    index: np.ndarray | None = None,
+    noise_power: torch.Tensor | None = None,
+    box: int | None = None,
 ) -> Iterator[tuple[slice, torch.Tensor, torch.Tensor | None]]:
     """Stream ``(rows, spectra (B, M), CTF (B, M) or None)`` of the particles ``index`` (dataset
-    positions, default ``ctx.index``) at the data's size; ``rows`` index into ``index``. With
-    ``noise_power``, both are whitened (:class:`SearchSpectra`)."""
+    positions, default ``ctx.index``) at the data's size, or Fourier-cropped to ``box`` px;
+    ``rows`` index into ``index``. With ``noise_power``, both are whitened (:class:`SearchSpectra`)."""
     source, L = ctx.source, ctx.source.image_size
+    box = L if box is None else min(box, L)
     positions = ctx.index if index is None else index
-    flat, freqs = half_plane_query(L)
+    flat, freqs = half_plane_query(box)
     for s in range(0, len(positions), batch):
         part = positions[s : s + batch]
         imgs = torch.from_numpy(source.read_images(part)).double()
+        if box != L:
+            imgs = fourier_crop(imgs, box)
         Y = rfft2_images(imgs).reshape(len(part), -1)[:, flat]
         ctf = None if source.ctf is None else source.ctf.index(torch.as_tensor(part))
-        C = ctf_values(ctf, freqs, 1.0, source.pixel_size_angstrom)
+        C = ctf_values(ctf, freqs, L / box, source.pixel_size_angstrom)
         if noise_power is not None:
-            Y, C = _whiten(Y, C, noise_power, freqs.norm(dim=1) * L)
+            Y, C = _whiten(Y, C, noise_power, freqs.norm(dim=1) * box)
         yield slice(s, s + len(part)), Y, C
 
 
@@ -316,6 +323,7 @@ def refine_locally(
     base: BackprojectionSums | None = None,
     coll: Collective = LOCAL,
     noise_power: torch.Tensor | None = None,
+    box: int | None = None,
 ) -> tuple[torch.Tensor, float, torch.Tensor | None, torch.Tensor]:
     """Best of the ``3³`` local perturbations ``δ R`` × ``3²`` origin offsets of each pose at full size.
 
@@ -330,20 +338,25 @@ def refine_locally(
     follow it); ``base`` sums of other particles that the backprojection adds to (unchanged).
     With several processes ``coll``, each refines its own particles; the residual and the
     backprojection are over all of them (``base`` is the same on every process). With
-    ``noise_power``, the images are whitened (:class:`SearchSpectra`).
+    ``noise_power``, the images are whitened (:class:`SearchSpectra`). With ``box`` (px), the
+    images are Fourier-cropped to it (``volume`` and the map returned are then ``box`` px; origins
+    stay in px of the data).
     """
     L = ctx.source.image_size
-    _, freqs = half_plane_query(L)
+    box = L if box is None else min(box, L)
+    scale = box / L  # px of the box per px of the data
+    _, freqs = half_plane_query(box)
     spec = oversampled_spectrum(volume.double(), 2)
     loc = local_rotations(step_deg, 1)
     N = len(rotation)
-    origin = torch.zeros(N, 2, dtype=torch.float64) if origin_px is None else origin_px.double().clone()
-    offsets = shift_grid_px(shift_step_px * 1.5, shift_step_px) if shift_step_px > 0 else torch.zeros(1, 2)
+    origin = torch.zeros(N, 2, dtype=torch.float64) if origin_px is None else origin_px.double() * scale
+    step = shift_step_px * scale
+    offsets = shift_grid_px(step * 1.5, step) if shift_step_px > 0 else torch.zeros(1, 2)
     offsets = offsets.double()
     out = torch.empty_like(rotation)
-    acc = None if wiener is None else BackprojectionSums.zeros(L)
+    acc = None if wiener is None else BackprojectionSums.zeros(box)
     residual = 0.0
-    for rows, Y, C in _full_size_batches(ctx, max(1, batch // 4), index, noise_power):
+    for rows, Y, C in _full_size_batches(ctx, max(1, batch // 4), index, noise_power, box):
         cand = loc[None] @ rotation[rows, None]
         P = project_fourier(spec, cand.reshape(-1, 3, 3), freqs, dtype=torch.complex64)
         P = P.reshape(len(Y), len(loc), -1)
@@ -368,7 +381,7 @@ def refine_locally(
         if base is not None:
             acc.sums += base.sums
         volume_out = symmetric_reconstruction(acc, group, wiener)
-    return out, coll.total(residual) / max(coll.total(float(N)), 1.0), volume_out, origin
+    return out, coll.total(residual) / max(coll.total(float(N)), 1.0), volume_out, origin / scale
 
 
 def full_size_map(
@@ -390,14 +403,18 @@ def full_size_sums(
     origin_px: torch.Tensor | None = None,
     index: np.ndarray | None = None,
     noise_power: torch.Tensor | None = None,
+    box: int | None = None,
 ) -> BackprojectionSums:
-    """Backprojection sums of the particles ``index`` (default ``ctx.index``) at the data's size.
+    """Backprojection sums of the particles ``index`` (default ``ctx.index``) at the data's size (or
+    Fourier-cropped to ``box`` px).
 
     ``rotation`` ``(N, 3, 3)`` and ``origin_px`` ``(N, 2)`` (px of the data) follow ``index``.
     """
     L = ctx.source.image_size
-    _, freqs = half_plane_query(L)
-    acc = BackprojectionSums.zeros(L)
-    for rows, Y, C in _full_size_batches(ctx, max(1, batch // 4), index, noise_power):  # as refine_locally
-        acc.add(Y, freqs, rotation[rows], C, None if origin_px is None else origin_px[rows])
+    box = L if box is None else min(box, L)
+    _, freqs = half_plane_query(box)
+    acc = BackprojectionSums.zeros(box)
+    origin = None if origin_px is None else origin_px.double() * (box / L)
+    for rows, Y, C in _full_size_batches(ctx, max(1, batch // 4), index, noise_power, box):
+        acc.add(Y, freqs, rotation[rows], C, None if origin is None else origin[rows])
     return acc

@@ -50,7 +50,9 @@ class InferStageOptions(Options):
     """Settings of an ``infer`` stage (``Stage.options``)."""
 
     average_views: bool = Field(
-        True, description="average the encoder's poses over the 8 symmetries of the pixel grid"
+        False,
+        description="average the encoder's poses over the 8 symmetries of the pixel grid (8 passes; "
+        "the refine stage refines the poses either way)",
     )
     batch_size: int = Field(256, ge=1, le=100_000, description="images per encoder pass")
     chunk: int = Field(
@@ -62,7 +64,13 @@ class RefineStageOptions(Options):
     """Settings of a ``refine`` stage (``Stage.options``)."""
 
     refine_steps_deg: list[float] = Field(
-        [4.0, 2.0, 1.0, 1.0], description="local refinement steps (degrees), from the encoder's poses"
+        [4.0, 2.0, 1.0], description="local refinement steps (degrees), from the encoder's poses"
+    )
+    size: int | None = Field(
+        None,
+        ge=8,
+        le=4096,
+        description="box (px) the images are Fourier-cropped to for refinement (None: the data's)",
     )
     shift_step_px: float = Field(
         0.5,
@@ -193,6 +201,7 @@ def run_refine(ctx: RunContext, stage: Stage) -> None:
             ctx.poses.shift_angstrom[s_rows].double() / px[s_rows, None],
             ctx.index[s_rows.numpy()],
             power,
+            opts.size,
         )
         volume = symmetric_reconstruction(coll.sum_sums(base), opts.symmetry, opts.wiener)
         n = len(rows)
@@ -221,6 +230,7 @@ def run_refine(ctx: RunContext, stage: Stage) -> None:
                 base,
                 coll,
                 power,
+                opts.size,
             )
             rotation, origin = coll.gather(mine_rotation, n), coll.gather(mine_origin, n)
             _write_rows(ctx, rows, Pose(rotation.float(), (origin * px[rows, None]).float()))
