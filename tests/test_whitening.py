@@ -1,4 +1,5 @@
-"""Noise whitening of the search: the background's power per shell, against the simulator's known colour."""
+"""Search options for real data: noise whitening (against the simulator's known colour) and the
+per-image contrast scale (against the least-squares scale)."""
 
 from __future__ import annotations
 
@@ -49,3 +50,21 @@ def test_whitening_weights_are_inverse_sigma_with_unit_mean_square():
     raw = torch.tensor([0.5, 0.5, 1.0, 2.0, 2.0])  # 1/σ at shells 0, 1, 2, 3 (3 again beyond the last)
     assert torch.allclose(w / w[2], raw / raw[2])
     assert float(w.pow(2).mean()) == pytest.approx(1.0)
+
+
+def test_scaled_error_is_the_residual_at_each_images_best_scale():
+    """An image that is 0.3 × the projection plus noise: the scaled score equals |Y − a·CP|² − |Y|²
+    at the least-squares a, and prefers the right projection even though 0.3 is far from 1."""
+    from cryoforge.engine.search_scoring import _error
+
+    gen = torch.Generator().manual_seed(1)
+    P = torch.randn(2, 500, generator=gen, dtype=torch.float64)  # two candidate projections (C = 1)
+    Y = 0.3 * P[0] + 0.3 * torch.randn(500, generator=gen, dtype=torch.float64)
+    power, cross = P.pow(2).sum(1), P @ Y
+    scaled = _error(power, cross, True)
+    a = cross / power
+    direct = (Y[None] - a[:, None] * P).pow(2).sum(1) - Y.pow(2).sum()
+    assert torch.allclose(scaled[0], direct[0])
+    assert int(scaled.argmin()) == 0
+    assert torch.allclose(_error(power, cross, False), power - 2 * cross)
+    assert float(_error(power, -cross.abs(), True).abs().max()) == 0.0  # anti-correlated: no fit

@@ -125,6 +125,11 @@ class SearchOptions(Options):
         description="point group imposed on the search's maps (RELION's convention: Cn about z, "
         "Dn adds a two-fold about x; also T, O); C1: none. The map is written in that frame",
     )
+    scale: bool = Field(
+        False,
+        description="score each image at its own best contrast scale (real particles differ in ice "
+        "thickness and contrast); false: every image at the map's scale",
+    )
     whiten: bool = Field(
         False,
         description="weight every frequency by 1/σ² of the noise measured on the images' background "
@@ -256,7 +261,7 @@ def _iterate(
     local = shift_grid_px(step_px * crop * reach, step_px * crop) if shifts else None
     temperature = opts.temperature ** (1 - min(frac, 1.0))
     index, weights, noise, origins = global_iteration(
-        sp, volume, grid, band, opts.keep, opts.batch, origin, local, temperature, coll
+        sp, volume, grid, band, opts.keep, opts.batch, origin, local, temperature, coll, opts.scale
     )
     if shifts:  # origins stay inside the searched disc
         limit = opts.shift_extent_px * crop
@@ -432,6 +437,8 @@ def run_search(ctx: RunContext, stage: Stage) -> None:
             None,
             coll,
             power,
+            None,
+            opts.scale,
         )
         rotation, origin = coll.gather(mine_rotation, N), coll.gather(mine_origin, N)
         _set_rows(ctx, rows, _pose(rotation, origin, px_a))

@@ -131,6 +131,14 @@ def _centred(Y: torch.Tensor, freqs: torch.Tensor, origin_px: torch.Tensor) -> t
     return Y * origin_phase(freqs, origin_px).conj().to(Y.dtype)
 
 
+def _error(power: torch.Tensor, cross: torch.Tensor, scaled: bool) -> torch.Tensor:
+    """Squared error less ``|Y|²``: ``|CP|² − 2 Re⟨Y, CP⟩``, or with ``scaled`` at each image's best
+    contrast scale ``a = Re⟨Y, CP⟩ / |CP|² ≥ 0``: ``−Re⟨Y, CP⟩² / |CP|²`` (0 when anti-correlated)."""
+    if not scaled:
+        return power - 2 * cross
+    return -(cross.clamp_min(0) ** 2) / power.clamp_min(1e-30)
+
+
 def _best_over_offsets(
     errors: Callable[[torch.Tensor], torch.Tensor], offsets_px: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -158,6 +166,7 @@ def global_iteration(
     offsets_px: torch.Tensor | None = None,
     temperature: float = 1.0,
     coll: Collective = LOCAL,
+    scaled: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, float, torch.Tensor]:
     """Score every image against every grid rotation × in-plane shift inside ``band_px``; soft top-``keep``.
 
@@ -168,7 +177,8 @@ def global_iteration(
     The weights are the posterior ``exp(−E / (2 σ² T))`` of the Gaussian noise model at the
     estimated noise ``σ²``, tempered by ``temperature`` ``T ≥ 1`` (flatter: more hypotheses count).
     With several processes ``coll``, ``sp`` holds this process's particles and ``σ²`` is the
-    mean over all of them.
+    mean over all of them. With ``scaled``, each image is compared at its own best contrast
+    scale (real particles differ in ice thickness and contrast).
 
     Returns
     -------
@@ -199,8 +209,8 @@ def global_iteration(
         c = None if c is None else c[:, m]
         power = pair_power(c, P, len(Y))
         best, arg = _best_over_offsets(
-            lambda d, Y=Y, c=c, sl=sl, power=power: (
-                power - 2 * pair_cross(_centred(Y, fm, origin_px[sl] + d), c, P)
+            lambda d, Y=Y, c=c, sl=sl, power=power: _error(
+                power, pair_cross(_centred(Y, fm, origin_px[sl] + d), c, P), scaled
             ),
             offsets_px,
         )
@@ -324,6 +334,7 @@ def refine_locally(
     coll: Collective = LOCAL,
     noise_power: torch.Tensor | None = None,
     box: int | None = None,
+    scaled: bool = False,
 ) -> tuple[torch.Tensor, float, torch.Tensor | None, torch.Tensor]:
     """Best of the ``3³`` local perturbations ``δ R`` × ``3²`` origin offsets of each pose at full size.
 
@@ -363,8 +374,8 @@ def refine_locally(
         c = None if C is None else C.float()
         power = pair_power_batched(c, P)
         best, arg = _best_over_offsets(
-            lambda d, Y=Y, c=c, rows=rows, P=P, power=power: (
-                power - 2 * pair_cross_batched(_centred(Y, freqs, origin[rows] + d).to(P.dtype), c, P)
+            lambda d, Y=Y, c=c, rows=rows, P=P, power=power: _error(
+                power, pair_cross_batched(_centred(Y, freqs, origin[rows] + d).to(P.dtype), c, P), scaled
             ),
             offsets,
         )
