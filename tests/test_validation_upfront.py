@@ -113,7 +113,13 @@ def test_dry_run_refuses_what_the_run_refuses(finished, tiny):
     assert real == dry
     ok = invoke("run", "--particles", tiny["star"], "-d", finished, *args(), "--overwrite", "--dry-run")
     assert ok.exit_code == 0, ok.output
-    assert [s["name"] for s in json.loads(ok.output)["schedule"]["stages"]] == ["search", "fit", "amortize"]
+    assert [s["name"] for s in json.loads(ok.output)["schedule"]["stages"]] == [
+        "search",
+        "fit",
+        "amortize",
+        "infer",
+        "refine",
+    ]
 
 
 def test_resume_may_correct_a_stage_that_has_not_run_but_not_one_that_has(finished, tmp_path):

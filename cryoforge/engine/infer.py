@@ -18,7 +18,7 @@ from cryoforge.engine.portable import load_run_config
 from cryoforge.engine.pose_files import write_pose_files
 from cryoforge.engine.run import prepare
 from cryoforge.errors import InputFileError
-from cryoforge.io.mrc import read_voxel_size, stack_info
+from cryoforge.io.mrc import read_map, read_voxel_size, stack_info
 from cryoforge.io.outputs import (
     MARKER,
     read_run_marker,
@@ -40,6 +40,7 @@ def infer_run(
     plugins_dirs: list[str] | None = None,
     overwrite: bool = False,
     average_views: bool = True,
+    refine: bool = False,
 ) -> Path:
     """Predict poses for every particle (dataset order) with the encoder of ``run_dir``.
 
@@ -51,6 +52,8 @@ def infer_run(
     unless ``overwrite``, and are never inputs (the particles, their stacks, the run's files).
     ``average_views`` averages the encoder's poses over the 8 symmetries of the pixel grid
     (:mod:`cryoforge.engine.grid_views`); off, each pose is one forward pass, as in training.
+    ``refine`` refines every predicted pose by a local search against the run's ``map.mrc``
+    (:func:`~cryoforge.engine.semi_amortized.refine_poses`: semi-amortized inference).
 
     Everything is checked before any image is read: the run (a checkpoint with an encoder), the
     outputs and their folder, and that the particles have the box the encoder was trained on.
@@ -104,6 +107,16 @@ def infer_run(
             "scale; give particles at the run's pixel size (or downsample them to it)",
             "--particles",
         )
+    reference = run_dir / "map.mrc"
+    if refine:
+        if not reference.is_file():
+            raise InputFileError(reference, "missing: --refine refines against the run's map", "--refine")
+        if stack_info(reference).size != source.image_size:
+            raise InputFileError(
+                reference,
+                f"the map is {stack_info(reference).size} px but the particles are {source.image_size} px",
+                "--refine",
+            )
     outputs = [out]
     if str(config.source.options.get("path") or "").lower().endswith(".cs"):
         outputs.append(out.with_suffix(".cs"))  # write_pose_files writes one next to the star
@@ -127,6 +140,13 @@ def infer_run(
         pose = infer_poses_grid_averaged(pipeline, source, index, batch_size, device)
     else:
         pose = infer_poses(pipeline, source, index, batch_size, device)
+    if refine:
+        import torch
+
+        from cryoforge.engine.semi_amortized import refine_poses
+
+        volume = torch.from_numpy(read_map(reference)[0])
+        pose = refine_poses(source, index, pose, volume)
     write_pose_files(out, source, index, pose)
     return out
 

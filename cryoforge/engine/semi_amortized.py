@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import time
 
+import numpy as np
 import torch
 from pydantic import Field, field_validator
 
@@ -37,6 +38,7 @@ from cryoforge.engine.whitening import background_power_per_shell
 from cryoforge.errors import ConfigError
 from cryoforge.ops.symmetry import point_group_matrices, symmetric_reconstruction
 from cryoforge.options import Options
+from cryoforge.roles import Source
 from cryoforge.schedules.base import Stage
 from cryoforge.types import Pose
 
@@ -244,3 +246,39 @@ def run_refine(ctx: RunContext, stage: Stage) -> None:
         ctx.emit("on_stage_start", fit)
         train_gradient(ctx, fit)
         ctx.emit("on_stage_end", fit)
+
+
+def refine_poses(
+    source: Source,
+    index: np.ndarray,
+    pose: Pose,
+    volume: torch.Tensor,
+    steps_deg: tuple[float, ...] = (4.0, 2.0, 1.0),
+    shift_step_px: float = 0.5,
+    batch: int = 1000,
+) -> Pose:
+    """The encoder's ``pose`` of the particles ``index`` refined by local search against ``volume``.
+
+    The semi-amortized step of ``cryoforge infer --refine``: each pose is perturbed on a 3³ grid
+    of small rotations × 3 × 3 sub-pixel origins per step (``steps_deg``, origin steps from
+    ``shift_step_px`` halving), against the fixed map ``volume`` ``(L, L, L)`` at the data's
+    size and pixel size. Returns rotations and origins (Å) in ``index`` order.
+    """
+    from types import SimpleNamespace
+
+    ctx = SimpleNamespace(source=source, index=index)
+    px = particle_pixel_sizes(ctx)  # type: ignore[arg-type]
+    rotation = pose.rotation.double()
+    origin = pose.shift_angstrom.double() / px[:, None]
+    for j, step in enumerate(steps_deg):
+        rotation, _, _, origin = refine_locally(
+            ctx,  # type: ignore[arg-type]
+            rotation,
+            volume,
+            step,
+            batch,
+            None,
+            origin,
+            shift_step_px / 2**j,
+        )
+    return Pose(rotation.float(), (origin * px[:, None]).float())
