@@ -210,3 +210,28 @@ def test_infer_refine_needs_the_runs_map(case, tmp_path):
     with pytest.raises(InputFileError, match="--refine refines against the run's map"):
         infer_run(tmp_path / "run", None, str(tmp_path / "again.star"), first=10, refine=True)
     assert not (tmp_path / "again.star").exists()
+
+
+def test_a_run_stopped_before_infer_exports_the_searched_subset_only(case, tmp_path):
+    """Stopped after the search (train.max_steps): poses.star holds the 600 searched particles, not
+    600 random poses beside them, and the pose errors are those of the searched particles."""
+    cfg = _config(case / "particles.star", tmp_path / "run", **{"schedule.subset": 600, "train.max_steps": 5})
+    res = run(cfg)
+    poses = read_star(res.star_path)
+    rows = search_rows(1200, 600, cfg.train.seed)
+    assert rows is not None and len(poses.rotations) == 600
+    truth = read_star(case / "particles.star")
+    want = [n.split("@")[0] for n in truth.image_names[rows.numpy()]]
+    assert [n.split("@")[0] for n in poses.image_names] == want  # the searched particles, in order
+    from cryoforge.metrics.poses import pose_errors
+
+    sub = rows.numpy()
+    pe = pose_errors(
+        torch.as_tensor(poses.rotations),
+        torch.as_tensor(truth.rotations[sub]),
+        torch.as_tensor(poses.shifts_angstrom),
+        torch.as_tensor(truth.shifts_angstrom[sub]),
+        3.0,
+    )
+    # the metrics are those of the searched particles against their own true poses
+    assert res.metrics["rot_median_deg"] == pytest.approx(pe["rot_median_deg"], abs=0.05)

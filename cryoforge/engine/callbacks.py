@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 
 from cryoforge.schedules.base import Stage
@@ -63,6 +64,7 @@ class Exported:
     map_path: Path
     pose: Pose | None = None
     star_path: Path | None = None
+    index: np.ndarray | None = None  # dataset positions of the pose rows (None: the run's index)
 
 
 class Callback:

@@ -53,11 +53,12 @@ class EvaluationCallback(Callback):
         metrics: dict[str, Any] = {}
         A = mirrored = None
         if exported.pose is not None and source.poses is not None:
-            true = source.poses.index(torch.as_tensor(ctx.index))
+            index = ctx.index if exported.index is None else exported.index  # the exported rows
+            true = source.poses.index(torch.as_tensor(index))
             pose = exported.pose
             table = getattr(source, "table", None)
             junk_free = None if table is None else true_particles(table)  # simulate --junk-fraction
-            keep = None if junk_free is None else junk_free[torch.as_tensor(ctx.index)]
+            keep = None if junk_free is None else junk_free[torch.as_tensor(index)]
             pe = pose_errors(
                 pose.rotation, true.rotation, pose.shift_angstrom, true.shift_angstrom, px, keep=keep
             )

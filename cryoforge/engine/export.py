@@ -21,7 +21,8 @@ def export(ctx: RunContext) -> Exported:
     The poses come from the shared pose table ``ctx.poses`` when a stage left one (a search or
     refinement: the semi-amortized result), else from the encoder (inferred in dataset order);
     with neither, no ``poses.star`` is written. The poses keep the input's format and columns
-    (:mod:`cryoforge.engine.pose_files`); a cryoSPARC input also gets ``poses.cs``.
+    (:mod:`cryoforge.engine.pose_files`); a cryoSPARC input also gets ``poses.cs``. While only
+    a searched subset holds poses (before the ``infer`` stage), the files hold that subset.
     """
     source, index = ctx.source, ctx.index
     vmap = volume_to_map(ctx.pipeline.volume, source.image_size)
@@ -31,11 +32,20 @@ def export(ctx: RunContext) -> Exported:
     if pose is None and ctx.pipeline.encoder is not None:
         batch = max(256, ctx.config.train.batch_size)
         pose = infer_poses(ctx.pipeline, source, index, batch, ctx.device)
+    rows = ctx.table_rows()
+    if pose is not None and rows is not None:  # mid-run: only the searched subset holds poses yet
+        index, pose = index[rows.numpy()], pose.index(rows)
     ctx.result.poses = None if pose is None else pose.to("cpu")
     if pose is not None:
         ctx.result.star_path = ctx.run_dir / "poses.star"
         write_pose_files(ctx.result.star_path, source, index, pose)
-    exported = Exported(vmap, ctx.result.map_path, pose, ctx.result.star_path if pose is not None else None)
+    exported = Exported(
+        vmap,
+        ctx.result.map_path,
+        pose,
+        ctx.result.star_path if pose is not None else None,
+        None if rows is None else index,
+    )
     ctx.emit("on_export", exported)
     return exported
 
