@@ -158,7 +158,7 @@ def infer_one(args: argparse.Namespace) -> list[dict]:
     molecule = args.molecule[0]
     data = simulate_dataset(molecule, args.n[0], args.box[0], args.preset, args.seed + 1, args.work, True)
     rows = []
-    for single in (True, False):
+    for single in {"both": (True, False), "single": (True,), "average": (False,)}[args.views]:
         out = args.work / f"infer_{data.name}_{'single' if single else 'avg'}.star"
         cmd = [sys.executable, "-m", "cryoforge.cli", "infer", str(args.run), "--particles"]
         cmd += [str(data / "particles.star"), "--out", str(out), "--overwrite"]
@@ -256,6 +256,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--run", type=Path, help="a trained run (infer)")
+    ap.add_argument("--views", choices=["both", "single", "average"], default="both", help="infer: which")
     ap.add_argument("--override", "-o", action="append", help="KEY=JSON passed to cryoforge run")
     ap.add_argument("--tag", default="")
     ap.add_argument("--work", type=Path, default=Path("/tmp/cryoforge-scale"))
