@@ -5,7 +5,7 @@ the encoder amortized on that subset's poses. Two stages then pose every other p
 cryoSPIN's semi-amortized inference:
 
 1. ``infer`` (kind ``"infer"``): the trained encoder predicts their poses in one pass each
-   (averaged over the 8 symmetries of the pixel grid, as ``cryoforge infer`` does).
+   (the encoder alone: no rendering; or averaged over the 8 symmetries of the pixel grid).
 2. ``refine`` (kind ``"refine"``): each predicted pose is refined by the local search of the search
    stage (a cubic grid of small rotations × sub-pixel origins, steps shrinking) against the
    full-size backprojection of the searched particles, then of those and the refined ones; the
@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from pydantic import Field, field_validator
 
-from cryoforge.engine.batches import infer_poses
+from cryoforge.engine.batches import encoder_poses
 from cryoforge.engine.callbacks import StepInfo
 from cryoforge.engine.checkpoint import save_checkpoint
 from cryoforge.engine.context import RunContext
@@ -161,7 +161,7 @@ def run_infer(ctx: RunContext, stage: Stage) -> None:
         rows = missing[prog["done"] : prog["done"] + opts.chunk]
         mine = coll.shard(len(rows))  # each process poses its share of the chunk
         positions = ctx.index[rows[mine].numpy()]
-        infer = infer_poses_grid_averaged if opts.average_views else infer_poses
+        infer = infer_poses_grid_averaged if opts.average_views else encoder_poses
         pose = infer(ctx.pipeline, ctx.source, positions, opts.batch_size, ctx.device)
         pose = Pose(
             coll.gather(pose.rotation.float(), len(rows)), coll.gather(pose.shift_angstrom.float(), len(rows))
