@@ -166,6 +166,17 @@ class RunContext:
         else:
             self.state["table_rows"] = torch.as_tensor(rows, dtype=torch.long)
 
+    def set_table_poses(self, rows: torch.Tensor | None, pose: Pose) -> None:
+        """Write ``pose`` into the rows ``rows`` of :attr:`poses` (``None``: ``pose`` is the whole
+        table). The table is copied, never changed in place: earlier exports may hold it."""
+        if rows is None or self.poses is None:
+            self.poses = pose
+            return
+        rotation, shift = self.poses.rotation.clone(), self.poses.shift_angstrom.clone()
+        rotation[rows] = pose.rotation.to(rotation.dtype)
+        shift[rows] = pose.shift_angstrom.to(shift.dtype)
+        self.poses = Pose(rotation, shift)
+
     def steps_left(self) -> int | None:
         """Steps the run may still take under ``train.max_steps`` (all stages together), or None."""
         cap = self.config.train.max_steps

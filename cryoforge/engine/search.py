@@ -67,7 +67,25 @@ from cryoforge.types import Pose
 log = logging.getLogger("cryoforge")
 
 
-class SearchOptions(Options):
+class RefinementChecks(Options):
+    """The checks of ``symmetry`` and ``refine_steps_deg`` shared by the stages that refine poses
+    (``search``, ``refine``), which declare those fields with their own defaults."""
+
+    @field_validator("symmetry", check_fields=False)
+    @classmethod
+    def _known_group(cls, v: str) -> str:
+        point_group_matrices(v)  # a ValueError naming the supported groups
+        return v.upper()
+
+    @field_validator("refine_steps_deg", check_fields=False)
+    @classmethod
+    def _positive_steps(cls, v: list[float]) -> list[float]:
+        if not all(0 < x <= 180 for x in v):
+            raise ValueError("refinement steps must be in (0, 180] degrees")
+        return v
+
+
+class SearchOptions(RefinementChecks):
     """Settings of a ``search`` stage (``Stage.options``)."""
 
     size: int = Field(
@@ -148,24 +166,11 @@ class SearchOptions(Options):
         "(re-extracted data) and search around them",
     )
 
-    @field_validator("symmetry")
-    @classmethod
-    def _known_group(cls, v: str) -> str:
-        point_group_matrices(v)  # a ValueError naming the supported groups
-        return v.upper()
-
     @field_validator("band_px")
     @classmethod
     def _positive_band(cls, v: tuple[float, float]) -> tuple[float, float]:
         if not all(0 < b <= 10_000 for b in v):
             raise ValueError("band radii must be > 0 Fourier px")
-        return v
-
-    @field_validator("refine_steps_deg")
-    @classmethod
-    def _positive_steps(cls, v: list[float]) -> list[float]:
-        if not all(0 < x <= 180 for x in v):
-            raise ValueError("refinement steps must be in (0, 180] degrees")
         return v
 
 
@@ -193,16 +198,6 @@ def search_rows(n: int, subset: int | None, seed: int) -> torch.Tensor | None:
         return None
     gen = torch.Generator().manual_seed(seed * 104_729 + 3)
     return torch.randperm(n, generator=gen)[:subset].sort().values
-
-
-def _set_rows(ctx: RunContext, rows: torch.Tensor | None, pose: Pose) -> None:
-    """Write ``pose`` into the rows ``rows`` of the pose table (``None``: it is the whole table)."""
-    if rows is None or ctx.poses is None:
-        ctx.poses = pose
-        return
-    rotation, shift = ctx.poses.rotation.clone(), ctx.poses.shift_angstrom.clone()
-    rotation[rows], shift[rows] = pose.rotation.to(rotation.dtype), pose.shift_angstrom.to(shift.dtype)
-    ctx.poses = Pose(rotation, shift)
 
 
 def _input_origins_px(ctx: RunContext, px_angstrom: torch.Tensor) -> torch.Tensor:
@@ -371,7 +366,7 @@ def run_search(ctx: RunContext, stage: Stage) -> None:
             if searching_shifts and opts.centring and opts.initial_origins == "zero":
                 mine_origin, volume = _centre_on_round_map(sp, volume, rot0, opts, crop, step_px, coll)
                 origin = coll.gather(mine_origin, N)
-                _set_rows(ctx, rows, _pose(table.rotation, origin / crop, px_a))
+                ctx.set_table_poses(rows, _pose(table.rotation, origin / crop, px_a))
             if opts.starts > 1:
                 volume = _best_start(
                     sp, grid, origin[mine], opts, crop, step_px, ctx.config.train.seed, stage.name, coll
@@ -397,7 +392,7 @@ def run_search(ctx: RunContext, stage: Stage) -> None:
             assign, weights = coll.gather(assign, N), coll.gather(weights, N)
             origins = coll.gather(origins, N)
             origin = origins[:, 0]
-            _set_rows(ctx, rows, _pose(grid[assign[:, 0]], origin / crop, px_a))
+            ctx.set_table_poses(rows, _pose(grid[assign[:, 0]], origin / crop, px_a))
             prog["assign_index"], prog["assign_weight"], prog["assign_origin"] = assign, weights, origins
             prog["iteration"] = it + 1
             _step(ctx, stage, prog["iteration"], total, noise, band / (size / 2), N, t0)
@@ -433,15 +428,13 @@ def run_search(ctx: RunContext, stage: Stage) -> None:
             origin[mine],
             shift_step,
             opts.symmetry,
-            index[mine],
-            None,
-            coll,
-            power,
-            None,
-            opts.scale,
+            index=index[mine],
+            coll=coll,
+            noise_power=power,
+            scaled=opts.scale,
         )
         rotation, origin = coll.gather(mine_rotation, N), coll.gather(mine_origin, N)
-        _set_rows(ctx, rows, _pose(rotation, origin, px_a))
+        ctx.set_table_poses(rows, _pose(rotation, origin, px_a))
         prog["refined"] = j + 1
         _step(ctx, stage, opts.iterations + j + 1, total, residual, 1.0, N, t0)
 

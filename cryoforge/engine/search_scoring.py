@@ -395,18 +395,6 @@ def refine_locally(
     return out, coll.total(residual) / max(coll.total(float(N)), 1.0), volume_out, origin / scale
 
 
-def full_size_map(
-    ctx: RunContext,
-    rotation: torch.Tensor,
-    wiener: float,
-    batch: int,
-    origin_px: torch.Tensor | None = None,
-    group: str = "C1",
-) -> torch.Tensor:
-    """Backprojection of all particles at the data's size with one pose each (streamed), ``group`` imposed."""
-    return symmetric_reconstruction(full_size_sums(ctx, rotation, batch, origin_px), group, wiener)
-
-
 def full_size_sums(
     ctx: RunContext,
     rotation: torch.Tensor,

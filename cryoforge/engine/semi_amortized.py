@@ -22,7 +22,7 @@ import time
 
 import numpy as np
 import torch
-from pydantic import Field, field_validator
+from pydantic import Field
 
 from cryoforge.engine.batches import encoder_poses
 from cryoforge.engine.callbacks import StepInfo
@@ -30,13 +30,13 @@ from cryoforge.engine.checkpoint import save_checkpoint
 from cryoforge.engine.context import RunContext
 from cryoforge.engine.grid_views import infer_poses_grid_averaged
 from cryoforge.engine.loop import train_gradient
-from cryoforge.engine.search import particle_pixel_sizes
+from cryoforge.engine.search import RefinementChecks, particle_pixel_sizes
 from cryoforge.engine.search_scoring import full_size_sums, refine_locally
 from cryoforge.engine.signals import stop_point
 from cryoforge.engine.stages import register_runner
 from cryoforge.engine.whitening import background_power_per_shell
 from cryoforge.errors import ConfigError
-from cryoforge.ops.symmetry import point_group_matrices, symmetric_reconstruction
+from cryoforge.ops.symmetry import symmetric_reconstruction
 from cryoforge.options import Options
 from cryoforge.roles import Source
 from cryoforge.schedules.base import Stage
@@ -62,7 +62,7 @@ class InferStageOptions(Options):
     )
 
 
-class RefineStageOptions(Options):
+class RefineStageOptions(RefinementChecks):
     """Settings of a ``refine`` stage (``Stage.options``)."""
 
     refine_steps_deg: list[float] = Field(
@@ -88,19 +88,6 @@ class RefineStageOptions(Options):
         300, ge=0, le=10**9, description="volume fit steps on every particle after refinement (0: none)"
     )
 
-    @field_validator("symmetry")
-    @classmethod
-    def _known_group(cls, v: str) -> str:
-        point_group_matrices(v)
-        return v.upper()
-
-    @field_validator("refine_steps_deg")
-    @classmethod
-    def _positive_steps(cls, v: list[float]) -> list[float]:
-        if not all(0 < x <= 180 for x in v):
-            raise ValueError("refinement steps must be in (0, 180] degrees")
-        return v
-
 
 def _missing_rows(ctx: RunContext) -> torch.Tensor:
     """Rows of the pose table without a found pose (empty when a search scored every particle)."""
@@ -110,12 +97,6 @@ def _missing_rows(ctx: RunContext) -> torch.Tensor:
     have = torch.zeros(len(ctx.index), dtype=torch.bool)
     have[rows] = True
     return torch.nonzero(~have).flatten()
-
-
-def _write_rows(ctx: RunContext, rows: torch.Tensor, pose: Pose) -> None:
-    assert ctx.poses is not None
-    ctx.poses.rotation[rows] = pose.rotation.to(ctx.poses.rotation.dtype)
-    ctx.poses.shift_angstrom[rows] = pose.shift_angstrom.to(ctx.poses.shift_angstrom.dtype)
 
 
 def _step(
@@ -166,7 +147,7 @@ def run_infer(ctx: RunContext, stage: Stage) -> None:
         pose = Pose(
             coll.gather(pose.rotation.float(), len(rows)), coll.gather(pose.shift_angstrom.float(), len(rows))
         )
-        _write_rows(ctx, rows, pose)
+        ctx.set_table_poses(rows, pose)
         prog["done"] += len(rows)
         seen += len(rows)
         rate = seen / max(time.perf_counter() - t0, 1e-9)
@@ -228,14 +209,14 @@ def run_refine(ctx: RunContext, stage: Stage) -> None:
                 origin[mine],
                 opts.shift_step_px / 2**j,
                 opts.symmetry,
-                positions,
-                base,
-                coll,
-                power,
-                opts.size,
+                index=positions,
+                base=base,
+                coll=coll,
+                noise_power=power,
+                box=opts.size,
             )
             rotation, origin = coll.gather(mine_rotation, n), coll.gather(mine_origin, n)
-            _write_rows(ctx, rows, Pose(rotation.float(), (origin * px[rows, None]).float()))
+            ctx.set_table_poses(rows, Pose(rotation.float(), (origin * px[rows, None]).float()))
             prog["refined"] = j + 1
             rate = len(rows) * (j + 1) / max(time.perf_counter() - t0, 1e-9)
             _step(ctx, stage, j + 1, len(steps), residual, rate, (n * (j + 1), n * len(steps)))
