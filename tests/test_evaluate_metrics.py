@@ -102,6 +102,7 @@ def test_metrics_json_is_strict_and_table_reads_bounds(tmp_path):
         **rep_nyq.summary((0.5,)),
         **{"halfmap_" + k: v for k, v in rep_none.summary((0.143,)).items()},
         "rot_median_deg": 1.23456,
+        "stage_wall_s": {"search": 84.23456, "fit": 12.5},
         "_A": None,
     }
     write_json(tmp_path / "m.json", metrics)
@@ -114,6 +115,7 @@ def test_metrics_json_is_strict_and_table_reads_bounds(tmp_path):
         "resolution_0.5": "≤ 6.0 Å (Nyquist), 2.00 px",
         "halfmap_resolution_0.143": "not reached (> 96.0 Å)",
         "rot_median_deg": "1.235",
+        "stage_wall_s": "search 84.23, fit 12.5",
     }
 
 

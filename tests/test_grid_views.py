@@ -107,3 +107,25 @@ def test_vgg_backward_in_both_precisions(precision):
     (pose.rotation.sum() + pose.shift_angstrom.sum()).backward()
     grads = [p.grad for p in enc.features.parameters()]
     assert all(gr is not None and torch.isfinite(gr).all() and gr.dtype == torch.float32 for gr in grads)
+
+
+def test_grid_augmented_training_images_match_projections_at_their_new_poses():
+    """Each image moved by a random grid symmetry equals the real-space projection at its new
+    pose; shifts move as ``A t``; every one of the 8 moves is drawn."""
+    from cryoforge.engine.amortize import grid_augmented
+    from tests.test_ops_physics import project_real_space
+
+    L, B = 16, 48
+    g = torch.Generator().manual_seed(7)
+    z = torch.arange(L) - L // 2
+    zz, yy, xx = torch.meshgrid(z, z, z, indexing="ij")
+    vol = torch.rand(L, L, L, generator=g) * ((zz**2 + yy**2 + xx**2) < 25)
+    R = random_rotations(B, g)
+    t = torch.randn(B, 2, generator=g)
+    images, moved = grid_augmented(project_real_space(vol, R), Pose(R, t), g)
+    assert torch.allclose(images, project_real_space(vol, moved.rotation), atol=1e-4)
+    firsts = {tuple(m.flatten().tolist()) for m in (moved.rotation @ R.transpose(-1, -2)).round()}
+    assert len(firsts) == 8  # B·R Rᵀ = B: all eight moves were drawn
+    for i in range(B):
+        A = moved.rotation[i] @ R[i].T
+        assert torch.allclose(moved.shift_angstrom[i], A[:2, :2] @ t[i], atol=1e-5)

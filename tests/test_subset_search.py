@@ -84,8 +84,16 @@ def test_schedule_adds_infer_and_refine_only_with_an_encoder():
     stages = _stages()
     assert [s.name for s in stages] == ["search", "fit", "amortize", "infer", "refine"]
     assert stages[0].options["subset"] == AbinitSchedule.Options().subset
-    sym = _stages(search={"symmetry": "D2"})
-    assert sym[-1].options["symmetry"] == "D2"  # the refine stage's reference maps keep the group
+    sym = _stages(search={"symmetry": "D2", "whiten": True, "scale": True})
+    # the refine stage scores as the search did: the group of its maps, whitening, contrast scale
+    assert {k: sym[-1].options[k] for k in ("symmetry", "whiten", "scale")} == {
+        "symmetry": "D2",
+        "whiten": True,
+        "scale": True,
+    }
+    from cryoforge.engine.semi_amortized import RefineStageOptions
+
+    RefineStageOptions.model_validate(sym[-1].options)  # every copied option is one of the stage's
     plain = _stages(amortize_steps=0)
     assert [s.name for s in plain] == ["search", "fit"] and "subset" not in plain[0].options
     with pytest.raises(ValueError, match="amortize_steps"):

@@ -30,7 +30,8 @@ from cryoforge.engine.signals import stop_point
 from cryoforge.engine.stages import register_runner
 from cryoforge.errors import TrainingDiverged
 from cryoforge.losses.views import VIEWS
-from cryoforge.ops.rotations import random_rotations
+from cryoforge.ops.images import GRID_SYMMETRIES_XY, apply_grid_symmetry
+from cryoforge.ops.rotations import grid_symmetry_pose, random_rotations
 from cryoforge.options import Options
 from cryoforge.schedules.base import Stage
 from cryoforge.types import ParticleBatch, Pose
@@ -57,6 +58,29 @@ class AmortizeOptions(Options):
     lr_schedule: Literal["constant", "cosine"] = Field(
         "cosine", description="learning rate over the stage: constant, or cosine decay to zero"
     )
+    grid_augment: bool = Field(
+        False,
+        description="move each training image by a random one of the 8 symmetries of the pixel grid "
+        "(90° turns, mirrors; its pose moves exactly with it): 8× the distinct examples",
+    )
+
+
+def grid_augmented(images: torch.Tensor, target: Pose, gen: torch.Generator) -> tuple[torch.Tensor, Pose]:
+    """Each ``(B, L, L)`` image moved by a random symmetry of the pixel grid, with its pose.
+
+    A 90° turn or a mirror of a particle image is exactly the image of the same particle at a
+    known other pose (:func:`~cryoforge.ops.rotations.grid_symmetry_pose`; a mirror is the view
+    from the other side), with no interpolation: the encoder sees 8 distinct examples per image.
+    """
+    moves = list(GRID_SYMMETRIES_XY.values())
+    pick = torch.randint(len(moves), (len(images),), generator=gen).to(images.device)
+    out, rot, shift = images.clone(), target.rotation.clone(), target.shift_angstrom.clone()
+    for k, A in enumerate(moves):
+        m = pick == k
+        if bool(m.any()):
+            out[m] = apply_grid_symmetry(images[m], A)
+            rot[m], shift[m] = grid_symmetry_pose(A, target.rotation[m], target.shift_angstrom[m])
+    return out, Pose(rot, shift)
 
 
 def stage_lr(base_lr: float, step: int, total: int, schedule: str) -> float:
@@ -152,6 +176,8 @@ def run_amortize(ctx: RunContext, stage: Stage) -> None:
                 syn, syn_pose = synthetic_batch(ctx, mine_syn.stop - mine_syn.start, noise, gen)
                 images = torch.cat([images, syn.images])
                 target = Pose.cat([target, syn_pose])
+            if opts.grid_augment:
+                images, target = grid_augmented(images, target, gen)
             # every view in one encoder pass: 64 images cost 46 ms, two passes of 32 cost 70 ms
             pred = encoder(torch.cat([view.transform(images) for view in views]))
             want = Pose.cat([view.pose_to_original(target) for view in views])  # each map is an involution

@@ -44,6 +44,7 @@ from cryoforge.engine.callbacks import StepInfo
 from cryoforge.engine.checkpoint import save_checkpoint
 from cryoforge.engine.collective import LOCAL, Collective
 from cryoforge.engine.context import RunContext
+from cryoforge.engine.gold_standard import fsc_filtered_halves, half_labels, half_resolution_px
 from cryoforge.engine.search_scoring import (
     SearchSpectra,
     backproject_hypotheses,
@@ -159,6 +160,12 @@ class SearchOptions(RefinementChecks):
         le=10**9,
         description="particles searched: a random subset of min(N, subset), the rest get their poses "
         "from the encoder (an infer stage) and local refinement (a refine stage); None: all",
+    )
+    gold_standard: bool = Field(
+        False,
+        description="local refinement in two random halves, each against its own half map filtered "
+        "by the half maps' FSC (RELION's gold standard): frequencies the data do not support do not "
+        "steer the poses; for real particles at low SNR",
     )
     initial_origins: Literal["zero", "input"] = Field(
         "zero",
@@ -399,18 +406,23 @@ def run_search(ctx: RunContext, stage: Stage) -> None:
     if ctx.steps_left() == 0:
         return
     table = ctx.poses if rows is None else ctx.poses.index(rows)
-    rotation = table.rotation.double()
+    rotation = table.rotation.double().clone()  # rows are refined in place below
     origin = table.shift_angstrom.double() / px_a[:, None]  # px of the data
     steps = opts.refine_steps_deg
-    volume = (
+    if prog["refined"] >= len(steps):
+        return
+    # the particles refined together against one map: all, or (gold standard) each half alone
+    groups = _refinement_groups(N, mine, ctx.config.train.seed if opts.gold_standard else None)
+    volumes = [
         symmetric_reconstruction(
-            coll.sum_sums(full_size_sums(ctx, rotation[mine], opts.batch, origin[mine], index[mine], power)),
+            coll.sum_sums(full_size_sums(ctx, rotation[g], opts.batch, origin[g], index[g.numpy()], power)),
             opts.symmetry,
             opts.wiener,
         )
-        if prog["refined"] < len(steps)
-        else None
-    )
+        for g in groups
+    ]
+    volumes = _filtered(volumes, stage.name)
+    sizes = [coll.total(float(len(g))) for g in groups]
     while prog["refined"] < len(steps):
         stop_point(ctx)
         if ctx.steps_left() == 0:
@@ -418,25 +430,52 @@ def run_search(ctx: RunContext, stage: Stage) -> None:
         j = prog["refined"]
         last = j == len(steps) - 1  # the map after the last step is not needed here
         shift_step = step_px / 2 ** (j + 1) if searching_shifts else 0.0
-        mine_rotation, residual, volume, mine_origin = refine_locally(
-            ctx,
-            rotation[mine],
-            volume,
-            steps[j],
-            opts.batch,
-            None if last else opts.wiener,
-            origin[mine],
-            shift_step,
-            opts.symmetry,
-            index=index[mine],
-            coll=coll,
-            noise_power=power,
-            scaled=opts.scale,
-        )
-        rotation, origin = coll.gather(mine_rotation, N), coll.gather(mine_origin, N)
+        residual, maps = 0.0, []
+        for g, volume, n_g in zip(groups, volumes, sizes, strict=True):
+            g_rotation, g_residual, g_volume, g_origin = refine_locally(
+                ctx,
+                rotation[g],
+                volume,
+                steps[j],
+                opts.batch,
+                None if last else opts.wiener,
+                origin[g],
+                shift_step,
+                opts.symmetry,
+                index=index[g.numpy()],
+                coll=coll,
+                noise_power=power,
+                scaled=opts.scale,
+            )
+            rotation[g], origin[g] = g_rotation, g_origin
+            residual += g_residual * n_g / max(sum(sizes), 1.0)
+            maps.append(g_volume)
+        rotation, origin = coll.gather(rotation[mine], N), coll.gather(origin[mine], N)
         ctx.set_table_poses(rows, _pose(rotation, origin, px_a))
+        if not last:
+            volumes = _filtered(maps, stage.name)
         prog["refined"] = j + 1
         _step(ctx, stage, opts.iterations + j + 1, total, residual, 1.0, N, t0)
+
+
+def _refinement_groups(n: int, mine: slice, seed: int | None) -> list[torch.Tensor]:
+    """Rows (of ``n``) of this process's particles refined against one map each: ``[mine]``, or,
+    with a ``seed`` (gold standard), this process's particles of each random half."""
+    rows = torch.arange(n)[mine]
+    if seed is None:
+        return [rows]
+    labels = half_labels(n, seed)[mine]
+    return [rows[labels == h] for h in (0, 1)]
+
+
+def _filtered(volumes: list[torch.Tensor], name: str) -> list[torch.Tensor]:
+    """One map as it is; two half maps each filtered by their FSC (the resolution is logged)."""
+    if len(volumes) == 1:
+        return volumes
+    a, b, values = fsc_filtered_halves(volumes[0], volumes[1])
+    res = half_resolution_px(values)
+    log.info("stage %r: local refinement, half maps agree to FSC-0.143 at %.2f px", name, res)
+    return [a, b]
 
 
 def _step(

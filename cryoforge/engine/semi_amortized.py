@@ -84,6 +84,7 @@ class RefineStageOptions(RefinementChecks):
     batch: int = Field(1000, ge=4, le=1_000_000, description="images per scoring batch (÷ 4 at full size)")
     symmetry: str = Field("C1", description="point group imposed on the reference maps (as the search's)")
     whiten: bool = Field(False, description="whiten the images by their background's noise (as the search's)")
+    scale: bool = Field(False, description="score each image at its best contrast scale (as the search's)")
     fit_steps: int = Field(
         300, ge=0, le=10**9, description="volume fit steps on every particle after refinement (0: none)"
     )
@@ -214,6 +215,7 @@ def run_refine(ctx: RunContext, stage: Stage) -> None:
                 coll=coll,
                 noise_power=power,
                 box=opts.size,
+                scaled=opts.scale,
             )
             rotation, origin = coll.gather(mine_rotation, n), coll.gather(mine_origin, n)
             ctx.set_table_poses(rows, Pose(rotation.float(), (origin * px[rows, None]).float()))

@@ -38,7 +38,8 @@ def metric_rows(metrics: dict[str, Any]) -> list[tuple[str, str]]:
     Each resolution reads as one row, ``resolution_{t}`` (with its ``halfmap_`` prefix if any),
     from the summary's ``_text`` and ``_px`` keys: ``"7.2 Å, 2.40 px"``,
     ``"≤ 6.0 Å (Nyquist), 2.00 px"`` or ``"not reached (> 96.0 Å)"``. Other floats get 4
-    significant digits; keys starting with ``_`` are left out.
+    significant digits, as do the values of a dict of numbers (``stage_wall_s``: ``"search 84.2, fit
+    12.5"``); keys starting with ``_`` are left out.
 
     Parameters
     ----------
@@ -65,6 +66,8 @@ def metric_rows(metrics: dict[str, Any]) -> list[tuple[str, str]]:
             rows.append((base, text))
         elif isinstance(value, list | tuple) and all(isinstance(v, float) for v in value):
             rows.append((key, "(" + ", ".join(f"{v:.3g}" for v in value) + ")"))
+        elif isinstance(value, dict) and all(isinstance(v, int | float) for v in value.values()):
+            rows.append((key, ", ".join(f"{k} {v:.4g}" for k, v in value.items())))  # stage_wall_s
         else:
             rows.append((key, f"{value:.4g}" if isinstance(value, float) else str(value)))
     return rows

@@ -31,3 +31,30 @@ def lowpass_disk(images: torch.Tensor, fraction: float) -> torch.Tensor:
     mask = k.pow(2).sum(-1) <= (0.5 * fraction) ** 2
     spectrum = torch.fft.rfft2(images) * mask
     return torch.fft.irfft2(spectrum, s=(L, L))
+
+
+def shell_filter(volume: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Multiply every Fourier shell of a map by its weight.
+
+    Parameters
+    ----------
+    volume
+        ``(L, L, L)`` real map ``[z, y, x]``.
+    weights
+        ``(n,)`` weight of shells ``0 … n − 1``; shell ``round(|k| · L)`` (``k`` in cycles/px, the
+        shells of :func:`cryoforge.metrics.fsc.fsc`). Shells from ``n`` on (the cube's corners
+        when ``n = L//2 + 1``) get weight 0.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(L, L, L)`` filtered map, in ``volume``'s dtype.
+    """
+    L = volume.shape[-1]
+    f = torch.fft.fftfreq(L, dtype=torch.float64)
+    kz, ky, kx = torch.meshgrid(f, f, f, indexing="ij")
+    shell = torch.round(torch.sqrt(kx**2 + ky**2 + kz**2) * L).long()
+    w = torch.as_tensor(weights, dtype=torch.float64)
+    per_voxel = torch.where(shell < len(w), w[shell.clamp_max(len(w) - 1)], torch.zeros((), dtype=w.dtype))
+    spectrum = torch.fft.fftn(volume.double()) * per_voxel
+    return torch.fft.ifftn(spectrum).real.to(volume.dtype)

@@ -77,7 +77,7 @@ class AbinitSchedule(Schedule):
         ]
         if amortized:
             refine = dict(o.refine)
-            for key in ("symmetry", "whiten"):  # the refine stage scores as the search did
+            for key in ("symmetry", "whiten", "scale"):  # the refine stage scores as the search did
                 if key in search:
                     refine.setdefault(key, search[key])
             stages += [
