@@ -161,6 +161,15 @@ class SearchOptions(RefinementChecks):
         description="particles searched: a random subset of min(N, subset), the rest get their poses "
         "from the encoder (an infer stage) and local refinement (a refine stage); None: all",
     )
+    online_iterations: int = Field(
+        0,
+        ge=0,
+        le=100_000,
+        description="stochastic steps before the global iterations, each on a random batch of "
+        "online_batch particles, moving the map by online_rate towards the batch's map (0: none)",
+    )
+    online_batch: int = Field(300, ge=2, le=10_000_000, description="particles per online step")
+    online_rate: float = Field(0.3, gt=0, le=1, description="fraction the map moves per online step")
     gold_standard: bool = Field(
         False,
         description="local refinement in two random halves, each against its own half map filtered "
@@ -321,6 +330,46 @@ def _best_start(
     return best[1]
 
 
+def _online_phase(
+    sp: SearchSpectra,
+    volume: torch.Tensor,
+    grid: torch.Tensor,
+    origin_px: torch.Tensor,
+    opts: SearchOptions,
+    crop: float,
+    step_px: float,
+    seed: int,
+    name: str,
+    coll: Collective = LOCAL,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stochastic (online) EM before the global iterations: the map moves by small random batches.
+
+    Each of ``online_iterations`` steps scores a random batch of ``online_batch`` particles
+    against the current map (the first iteration's band and temperature) and moves the map a
+    fraction ``online_rate`` towards the batch's backprojection. The noise of small batches lets
+    the map leave the wrong structure a deterministic full-data iteration would keep refining
+    (cryoSPARC and RELION start ab initio by stochastic gradient steps on minibatches for this
+    reason). Returns the map and the origins (px of the search box) of this process's particles.
+    The phase is seeded, so a run killed inside it repeats it exactly on resume.
+    """
+    gen = torch.Generator().manual_seed(seed * 7919 + 31 + 104_729 * coll.rank)
+    n = len(sp.Y)
+    b = max(1, min(n, opts.online_batch // coll.world))
+    origin = origin_px.clone()
+    for t in range(opts.online_iterations):
+        rows = torch.randperm(n, generator=gen)[:b]
+        _, _, noise, origins, batch_map, _ = _iterate(
+            sp.subset(rows), volume, grid, 0, origin[rows], opts, crop, step_px, coll
+        )
+        origin[rows] = origins[:, 0]
+        volume = (1 - opts.online_rate) * volume + opts.online_rate * batch_map
+        if (t + 1) % 10 == 0 or t + 1 == opts.online_iterations:
+            log.info(
+                "stage %r: online step %d of %d, residual %.5f", name, t + 1, opts.online_iterations, noise
+            )
+    return volume, origin
+
+
 @register_runner("search", options=SearchOptions)
 def run_search(ctx: RunContext, stage: Stage) -> None:
     """Global pose search then local refinement; leaves the pose table in ``ctx.poses``."""
@@ -378,6 +427,20 @@ def run_search(ctx: RunContext, stage: Stage) -> None:
                 volume = _best_start(
                     sp, grid, origin[mine], opts, crop, step_px, ctx.config.train.seed, stage.name, coll
                 )
+            if opts.online_iterations:
+                volume, mine_origin = _online_phase(
+                    sp,
+                    volume,
+                    grid,
+                    origin[mine],
+                    opts,
+                    crop,
+                    step_px,
+                    ctx.config.train.seed,
+                    stage.name,
+                    coll,
+                )
+                origin = coll.gather(mine_origin, N)
         log.info(
             "stage %r: global search, %d rotations (%d directions x %d)%s, %d particles at %d px",
             stage.name,
