@@ -18,9 +18,10 @@ import torch
 from cryoforge.engine.batches import make_batch
 from cryoforge.ops.images import GRID_SYMMETRIES_XY, apply_grid_symmetry
 from cryoforge.ops.rotations import consensus_rotations, grid_symmetry_pose
+from cryoforge.ops.shift import translate_images
 from cryoforge.pipeline import Pipeline
 from cryoforge.roles import Source
-from cryoforge.types import Pose
+from cryoforge.types import ParticleBatch, Pose
 
 
 def _inverse(A: tuple[tuple[int, int], tuple[int, int]]) -> tuple[tuple[int, int], tuple[int, int]]:
@@ -65,8 +66,16 @@ def infer_poses_grid_averaged(
     batch_size: int,
     device: torch.device,
     max_deg: float = 20.0,
+    average: bool = True,
+    recentre: bool = False,
 ) -> Pose:
-    """:func:`~cryoforge.engine.batches.infer_poses`, then :func:`grid_averaged_poses` per batch."""
+    """:func:`~cryoforge.engine.batches.infer_poses`, then :func:`grid_averaged_poses` per batch.
+
+    With ``recentre`` (an encoder trained with the amortize stage's ``recentre``), a second pass
+    reads each image centred by the first pass's origin: its rotation, and its origin added to the
+    first, are the pose (:func:`recentred_pass`). ``average=False`` keeps one pass per image (two with
+    ``recentre``), no grid averaging.
+    """
     was_training = pipeline.training
     pipeline.eval()
     rots, shifts = [], []
@@ -74,8 +83,27 @@ def infer_poses_grid_averaged(
         for s in range(0, len(index), batch_size):
             batch = make_batch(source, index[s : s + batch_size], device)
             anchor = pipeline(batch).pose
-            pose = grid_averaged_poses(pipeline, batch.images, anchor, max_deg)
+            first = torch.zeros_like(anchor.shift_angstrom)
+            if recentre:
+                batch, anchor, first = recentred_pass(pipeline, batch, anchor, source.pixel_size_angstrom)
+            pose = grid_averaged_poses(pipeline, batch.images, anchor, max_deg) if average else anchor
             rots.append(pose.rotation.cpu())
-            shifts.append(pose.shift_angstrom.cpu())
+            shifts.append((pose.shift_angstrom + first).cpu())
     pipeline.train(was_training)
     return Pose(torch.cat(rots), torch.cat(shifts))
+
+
+def recentred_pass(
+    pipeline: Pipeline, batch: ParticleBatch, first: Pose, pixel_size_angstrom: float
+) -> tuple[ParticleBatch, Pose, torch.Tensor]:
+    """The second pass: each image translated by its first-pass origin (so the particle sits near the
+    box centre), and the pipeline's pose of it.
+
+    Returns the centred batch, its pose (origins relative to the first pass's) and the first
+    pass's origins ``(B, 2)`` in Å, which the final origin adds.
+    """
+    images = translate_images(
+        batch.images, (first.shift_angstrom / pixel_size_angstrom).to(batch.images.dtype)
+    )
+    centred = ParticleBatch(images, batch.ctf, batch.index)
+    return centred, pipeline(centred).pose, first.shift_angstrom

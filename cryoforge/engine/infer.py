@@ -8,8 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cryoforge.config import apply_override
-from cryoforge.engine.batches import infer_poses
+from cryoforge.config import RunConfig, apply_override
 from cryoforge.engine.build import build_pipeline, pick_device
 from cryoforge.engine.checkpoint import load_checkpoint
 from cryoforge.engine.context import CHECKPOINT
@@ -27,6 +26,7 @@ from cryoforge.io.outputs import (
     source_input_paths,
 )
 from cryoforge.io.writable import check_writable_file
+from cryoforge.registry import Registry
 from cryoforge.types import BuildContext
 
 
@@ -136,10 +136,15 @@ def infer_run(
     device = pick_device(config.train.device)
     pipeline.to(device)
     index = np.arange(len(source))
-    if average_views:
-        pose = infer_poses_grid_averaged(pipeline, source, index, batch_size, device)
-    else:
-        pose = infer_poses(pipeline, source, index, batch_size, device)
+    pose = infer_poses_grid_averaged(
+        pipeline,
+        source,
+        index,
+        batch_size,
+        device,
+        average=average_views,
+        recentre=trained_recentred(config, registry),
+    )
     if refine:
         import torch
 
@@ -149,6 +154,17 @@ def infer_run(
         pose = refine_poses(source, index, pose, volume)
     write_pose_files(out, source, index, pose)
     return out
+
+
+def trained_recentred(config: RunConfig, registry: Registry) -> bool:
+    """Whether the run's encoder learned centred particles (an amortize stage with ``recentre``):
+    inference then reads each image a second time, centred by the first pass's origin."""
+    from cryoforge.engine.stages import schedule_stages
+
+    return any(
+        s.kind == "amortize" and float(s.options.get("recentre") or 0) > 0
+        for s in schedule_stages(config, registry)
+    )
 
 
 def _trained_pixel_size(run_dir: Path) -> float | None:
