@@ -198,6 +198,16 @@ def test_second_pass_on_recentred_images_corrects_the_first_origin():
     assert torch.allclose(one.shift_angstrom, 0.6 * truth, atol=0.02)
     assert torch.allclose(two.shift_angstrom, 0.84 * truth, atol=0.03)
 
+    class Encoder(torch.nn.Module):  # the same reader, as an encoder on images (the infer stage's path)
+        def forward(self, imgs):
+            return Stand()(SimpleNamespace(images=imgs)).pose
+
+    from cryoforge.engine.batches import encoder_poses
+
+    pipe = SimpleNamespace(encoder=Encoder())
+    fast = encoder_poses(pipe, source, idx, 4, torch.device("cpu"), recentre=True)
+    assert torch.allclose(fast.shift_angstrom, 0.84 * truth, atol=0.03)
+
 
 def test_infer_reads_twice_only_for_an_encoder_trained_with_recentring():
     from pathlib import Path

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from cryoforge.ops.shift import translate_images
 from cryoforge.pipeline import Pipeline
 from cryoforge.roles import Source
 from cryoforge.types import ParticleBatch, Pose
@@ -37,7 +38,12 @@ def infer_poses(
 
 @torch.no_grad()
 def encoder_poses(
-    pipeline: Pipeline, source: Source, index: np.ndarray, batch_size: int, device: torch.device
+    pipeline: Pipeline,
+    source: Source,
+    index: np.ndarray,
+    batch_size: int,
+    device: torch.device,
+    recentre: bool = False,
 ) -> Pose:
     """The encoder's own poses for ``index`` (one pass per image, no rendering).
 
@@ -54,6 +60,10 @@ def encoder_poses(
     for s in range(0, len(index), batch_size):
         images = torch.from_numpy(source.read_images(index[s : s + batch_size])).to(device)
         pose = encoder(images)
+        if recentre:
+            first = pose.shift_angstrom
+            pose = encoder(translate_images(images, (first / source.pixel_size_angstrom).to(images.dtype)))
+            pose = Pose(pose.rotation, pose.shift_angstrom + first)
         rots.append(pose.rotation.cpu())
         shifts.append(pose.shift_angstrom.cpu())
     encoder.train(was_training)

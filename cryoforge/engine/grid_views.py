@@ -15,11 +15,13 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from cryoforge.config import RunConfig
 from cryoforge.engine.batches import make_batch
 from cryoforge.ops.images import GRID_SYMMETRIES_XY, apply_grid_symmetry
 from cryoforge.ops.rotations import consensus_rotations, grid_symmetry_pose
 from cryoforge.ops.shift import translate_images
 from cryoforge.pipeline import Pipeline
+from cryoforge.registry import Registry
 from cryoforge.roles import Source
 from cryoforge.types import ParticleBatch, Pose
 
@@ -107,3 +109,14 @@ def recentred_pass(
     )
     centred = ParticleBatch(images, batch.ctf, batch.index)
     return centred, pipeline(centred).pose, first.shift_angstrom
+
+
+def trained_recentred(config: RunConfig, registry: Registry) -> bool:
+    """Whether the run's encoder learned centred particles (an amortize stage with ``recentre``):
+    inference then reads each image a second time, centred by the first pass's origin."""
+    from cryoforge.engine.stages import schedule_stages
+
+    return any(
+        s.kind == "amortize" and float(s.options.get("recentre") or 0) > 0
+        for s in schedule_stages(config, registry)
+    )

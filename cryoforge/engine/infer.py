@@ -8,11 +8,11 @@ from pathlib import Path
 
 import numpy as np
 
-from cryoforge.config import RunConfig, apply_override
+from cryoforge.config import apply_override
 from cryoforge.engine.build import build_pipeline, pick_device
 from cryoforge.engine.checkpoint import load_checkpoint
 from cryoforge.engine.context import CHECKPOINT
-from cryoforge.engine.grid_views import infer_poses_grid_averaged
+from cryoforge.engine.grid_views import infer_poses_grid_averaged, trained_recentred
 from cryoforge.engine.portable import load_run_config
 from cryoforge.engine.pose_files import write_pose_files
 from cryoforge.engine.run import prepare
@@ -26,7 +26,6 @@ from cryoforge.io.outputs import (
     source_input_paths,
 )
 from cryoforge.io.writable import check_writable_file
-from cryoforge.registry import Registry
 from cryoforge.types import BuildContext
 
 
@@ -154,17 +153,6 @@ def infer_run(
         pose = refine_poses(source, index, pose, volume)
     write_pose_files(out, source, index, pose)
     return out
-
-
-def trained_recentred(config: RunConfig, registry: Registry) -> bool:
-    """Whether the run's encoder learned centred particles (an amortize stage with ``recentre``):
-    inference then reads each image a second time, centred by the first pass's origin."""
-    from cryoforge.engine.stages import schedule_stages
-
-    return any(
-        s.kind == "amortize" and float(s.options.get("recentre") or 0) > 0
-        for s in schedule_stages(config, registry)
-    )
 
 
 def _trained_pixel_size(run_dir: Path) -> float | None:

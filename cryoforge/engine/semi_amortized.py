@@ -28,7 +28,7 @@ from cryoforge.engine.batches import encoder_poses
 from cryoforge.engine.callbacks import StepInfo
 from cryoforge.engine.checkpoint import save_checkpoint
 from cryoforge.engine.context import RunContext
-from cryoforge.engine.grid_views import infer_poses_grid_averaged
+from cryoforge.engine.grid_views import infer_poses_grid_averaged, trained_recentred
 from cryoforge.engine.loop import train_gradient
 from cryoforge.engine.search import RefinementChecks, particle_pixel_sizes
 from cryoforge.engine.search_scoring import full_size_sums, refine_locally
@@ -136,6 +136,7 @@ def run_infer(ctx: RunContext, stage: Stage) -> None:
     coll = ctx.collective
     log.info("stage %r: the encoder poses %d particles the search left out", stage.name, len(missing))
     t0, seen = time.perf_counter(), 0
+    recentre = trained_recentred(ctx.config, ctx.registry)  # the encoder reads centred images too
     while prog["done"] < len(missing):
         stop_point(ctx)
         if ctx.steps_left() == 0:
@@ -143,8 +144,12 @@ def run_infer(ctx: RunContext, stage: Stage) -> None:
         rows = missing[prog["done"] : prog["done"] + opts.chunk]
         mine = coll.shard(len(rows))  # each process poses its share of the chunk
         positions = ctx.index[rows[mine].numpy()]
-        infer = infer_poses_grid_averaged if opts.average_views else encoder_poses
-        pose = infer(ctx.pipeline, ctx.source, positions, opts.batch_size, ctx.device)
+        if opts.average_views:
+            pose = infer_poses_grid_averaged(
+                ctx.pipeline, ctx.source, positions, opts.batch_size, ctx.device, recentre=recentre
+            )
+        else:
+            pose = encoder_poses(ctx.pipeline, ctx.source, positions, opts.batch_size, ctx.device, recentre)
         pose = Pose(
             coll.gather(pose.rotation.float(), len(rows)), coll.gather(pose.shift_angstrom.float(), len(rows))
         )
