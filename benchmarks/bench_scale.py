@@ -8,7 +8,7 @@ with the CPU model; ``table`` prints them and ``plot`` draws the cost curves.
 
 Settings of the scale issue: 3 Å/px, SNR 0.05, origins σ = 2 px, defocus uniform in 1–3 µm
 (``--preset scale``); ``--preset realistic`` adds the real-data issue's rest (coloured noise
-measured on the β-galactosidase particles, B = 100 Å², 10 % junk, astigmatism up to 1,000 Å).
+measured on the β-galactosidase particles, B = 100 Å², 10 % junk, ΔU−V uniform in 0–500 Å).
 
 Run one at a time on a 2-core machine::
 
@@ -67,7 +67,7 @@ def simulate_dataset(
     )
     if preset == "realistic":
         settings.update(
-            astigmatism_range_angstrom=(0.0, 1000.0),
+            astigmatism_range_angstrom=(0.0, 500.0),
             bfactor_angstrom2=100.0,
             noise_like=str(BETAGAL) if BETAGAL.is_file() else None,
             junk_fraction=0.1,
