@@ -16,7 +16,9 @@ for off-centre particles (its default translation search), or, for centred ones,
         --cryodrgn OUT --epoch 1 --cryoforge RUN
 
 prints the median rotation error, the median shift error (px, after one global 3D translation;
-cryoDRGN's ``trans`` is ``+origin / D``, a fraction of the box in RELION's origin sign) and FSC-0.5
+cryoDRGN's ``trans`` is ``+origin`` in RELION's origin sign: in pixels in ``abinit``'s pose pickles,
+whose values reach its ``--t-extent`` of 20 px; a fraction of the box, ``+origin / D``, in
+``parse_pose_star``'s, ``--trans-unit fraction``) and FSC-0.5
 vs the truth of both (both hands, global rotation from the poses), the per-epoch timings from
 cryoDRGN's log, and, for a run stopped before its first epoch ended, its time per image from the
 log's progress lines.
@@ -106,6 +108,13 @@ def main() -> None:
     ap.add_argument("--epoch", type=int, default=1)
     ap.add_argument("--cryoforge", type=Path, help="cryoforge run folder")
     ap.add_argument("-n", type=int, default=1000, help="particles (the first n)")
+    ap.add_argument(
+        "--trans-unit",
+        choices=["px", "fraction"],
+        default="px",
+        help="unit of the pose pickle's trans: px (abinit 4.3.1 writes its search's pixels, up to its "
+        "--t-extent) or fraction of the box (parse_pose_star's pickles)",
+    )
     args = ap.parse_args()
     table = read_star(args.truth)
     truth, truth_shift = table.rotations[: args.n], table.shifts_angstrom[: args.n]
@@ -117,7 +126,8 @@ def main() -> None:
         if pose_file.is_file():
             obj = load_array_pickle(pose_file)  # numpy arrays only
             rot = np.asarray(obj[0] if isinstance(obj, tuple) else obj)
-            shift = np.asarray(obj[1]) * D * px if isinstance(obj, tuple) and len(obj) > 1 else None
+            unit = D if args.trans_unit == "fraction" else 1.0  # abinit's pickles hold pixels
+            shift = np.asarray(obj[1]) * unit * px if isinstance(obj, tuple) and len(obj) > 1 else None
             vol = _read_mrc_any(args.cryodrgn / f"reconstruct.{args.epoch}.mrc")
             print("cryoDRGN", score(rot, vol, truth, gt, px, shift, truth_shift))
         else:
