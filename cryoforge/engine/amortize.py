@@ -15,7 +15,7 @@ Two moves multiply the distinct examples (both on by default; measured in ``docs
 *The amortized encoder*): each image is turned or mirrored by a random symmetry of the pixel grid
 (``grid_augment``; its pose moves exactly with it), and a share ``recentre`` of them is translated
 so that the particle sits near the box centre. Inference then reads each image twice: as given, for
-its origin, and centred by that origin, for its rotation (off-centre particles: 7.4° → 5.6° on
+its origin, and centred by that origin, for its rotation (off-centre particles: 7.4° → 5.3° on
 fresh particles at 6,000 steps).
 """
 
@@ -66,7 +66,7 @@ class AmortizeOptions(Options):
         "cosine", description="learning rate over the stage: constant, or cosine decay to zero"
     )
     recentre: float = Field(
-        0.5,
+        0.75,
         ge=0,
         le=1,
         description="share of training images moved to near the box centre (their table origin, "
