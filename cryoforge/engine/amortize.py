@@ -21,6 +21,7 @@ fresh particles at 6,000 steps).
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from typing import Literal
@@ -104,22 +105,39 @@ def recentred(
     return out, Pose(target.rotation, shift)
 
 
+@functools.cache
+def _grid_moves(L: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The 8 grid moves of ``L × L`` images: ``(8, L²)`` source pixel of every pixel, and ``(8, 3, 3)``
+    pose turns ``[[A, 0], [0, det A]]`` (:func:`~cryoforge.ops.rotations.grid_symmetry_pose`)."""
+    moves = list(GRID_SYMMETRIES_XY.values())
+    pixels = torch.arange(L * L).reshape(L, L)
+    source = torch.stack([apply_grid_symmetry(pixels, A).reshape(-1) for A in moves])
+    eye, zero = torch.eye(3, dtype=torch.float64), torch.zeros(1, 2, dtype=torch.float64)
+    return source, torch.stack([grid_symmetry_pose(A, eye, zero)[0] for A in moves])
+
+
 def grid_augmented(images: torch.Tensor, target: Pose, gen: torch.Generator) -> tuple[torch.Tensor, Pose]:
     """Each ``(B, L, L)`` image moved by a random symmetry of the pixel grid, with its pose.
 
     A 90° turn or a mirror of a particle image is exactly the image of the same particle at a
     known other pose (:func:`~cryoforge.ops.rotations.grid_symmetry_pose`; a mirror is the view
     from the other side), with no interpolation: the encoder sees 8 distinct examples per image.
+    One gather moves every image (each pixel's source under its move).
     """
+    B, L = len(images), images.shape[-1]
     moves = list(GRID_SYMMETRIES_XY.values())
-    pick = torch.randint(len(moves), (len(images),), generator=gen).to(images.device)
-    out, rot, shift = images.clone(), target.rotation.clone(), target.shift_angstrom.clone()
-    for k, A in enumerate(moves):
-        m = pick == k
-        if bool(m.any()):
-            out[m] = apply_grid_symmetry(images[m], A)
-            rot[m], shift[m] = grid_symmetry_pose(A, target.rotation[m], target.shift_angstrom[m])
-    return out, Pose(rot, shift)
+    pick = torch.randint(len(moves), (B,), generator=gen).to(images.device)
+    pixels = torch.arange(L * L, device=images.device).reshape(L, L)
+    source = torch.stack([apply_grid_symmetry(pixels, A).reshape(-1) for A in moves])  # (8, L²)
+    out = images.reshape(B, -1).gather(1, source[pick]).reshape(images.shape)
+    eye = torch.eye(3, dtype=target.rotation.dtype, device=target.rotation.device)
+    zero = torch.zeros(1, 2, dtype=target.shift_angstrom.dtype, device=target.shift_angstrom.device)
+    turns = torch.stack(
+        [grid_symmetry_pose(A, eye, zero)[0] for A in moves]
+    )  # (8, 3, 3): [[A, 0], [0, det A]]
+    turn = turns[pick]
+    shift = (turn[:, :2, :2].to(target.shift_angstrom.dtype) @ target.shift_angstrom[..., None])[..., 0]
+    return out, Pose(turn @ target.rotation, shift)
 
 
 def stage_lr(base_lr: float, step: int, total: int, schedule: str) -> float:
