@@ -25,11 +25,14 @@ def _opts(**kw) -> SearchOptions:
     return SearchOptions(size=12, directions=30, inplane=6, shift_extent_px=0, keep=4, **kw)
 
 
+def _case(seed: int):
+    """40 random spectra at 12 px, the 30 × 6 rotation grid, a random map, centred origins."""
+    volume = torch.rand(12, 12, 12, generator=torch.Generator().manual_seed(seed + 1))
+    return _spectra(40, 12, seed), so3_grid(30, 6), volume, torch.zeros(40, 2, dtype=torch.float64)
+
+
 def test_one_online_step_on_all_particles_at_rate_one_is_a_global_iteration():
-    sp = _spectra(40, 12, 0)
-    grid = so3_grid(30, 6)
-    volume = torch.rand(12, 12, 12, generator=torch.Generator().manual_seed(1))
-    origin = torch.zeros(40, 2, dtype=torch.float64)
+    sp, grid, volume, origin = _case(0)
     opts = _opts(online_iterations=1, online_batch=40, online_rate=1.0)
     online, _ = _online_phase(sp, volume, grid, origin, opts, 1.0, 0.5, seed=0, name="t")
     *_, full, _ = _iterate(sp, volume, grid, 0, origin, opts, 1.0, 0.5)
@@ -37,10 +40,7 @@ def test_one_online_step_on_all_particles_at_rate_one_is_a_global_iteration():
 
 
 def test_online_step_moves_the_map_by_its_rate_towards_the_batch_map():
-    sp = _spectra(40, 12, 2)
-    grid = so3_grid(30, 6)
-    volume = torch.rand(12, 12, 12, generator=torch.Generator().manual_seed(3))
-    origin = torch.zeros(40, 2, dtype=torch.float64)
+    sp, grid, volume, origin = _case(2)
     whole = _opts(online_iterations=1, online_batch=40, online_rate=1.0)
     half = _opts(online_iterations=1, online_batch=40, online_rate=0.25)
     target, _ = _online_phase(sp, volume, grid, origin, whole, 1.0, 0.5, seed=0, name="t")

@@ -125,17 +125,10 @@ def grid_augmented(images: torch.Tensor, target: Pose, gen: torch.Generator) -> 
     One gather moves every image (each pixel's source under its move).
     """
     B, L = len(images), images.shape[-1]
-    moves = list(GRID_SYMMETRIES_XY.values())
-    pick = torch.randint(len(moves), (B,), generator=gen).to(images.device)
-    pixels = torch.arange(L * L, device=images.device).reshape(L, L)
-    source = torch.stack([apply_grid_symmetry(pixels, A).reshape(-1) for A in moves])  # (8, L²)
-    out = images.reshape(B, -1).gather(1, source[pick]).reshape(images.shape)
-    eye = torch.eye(3, dtype=target.rotation.dtype, device=target.rotation.device)
-    zero = torch.zeros(1, 2, dtype=target.shift_angstrom.dtype, device=target.shift_angstrom.device)
-    turns = torch.stack(
-        [grid_symmetry_pose(A, eye, zero)[0] for A in moves]
-    )  # (8, 3, 3): [[A, 0], [0, det A]]
-    turn = turns[pick]
+    source, turns = _grid_moves(L)
+    pick = torch.randint(len(turns), (B,), generator=gen)
+    out = images.reshape(B, -1).gather(1, source[pick].to(images.device)).reshape(images.shape)
+    turn = turns[pick].to(target.rotation)
     shift = (turn[:, :2, :2].to(target.shift_angstrom.dtype) @ target.shift_angstrom[..., None])[..., 0]
     return out, Pose(turn @ target.rotation, shift)
 

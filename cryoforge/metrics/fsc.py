@@ -11,12 +11,12 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from cryoforge.ops.filters import fourier_shells
+
 
 def _shells(L: int) -> torch.Tensor:
     """Shell index ``round(|k|)`` of every voxel of the ``(L, L, L)`` FFT grid, flattened."""
-    f = torch.fft.fftfreq(L, dtype=torch.float64)
-    kz, ky, kx = torch.meshgrid(f, f, f, indexing="ij")
-    return torch.round(torch.sqrt(kx**2 + ky**2 + kz**2) * L).long().flatten()
+    return fourier_shells(L).flatten()
 
 
 def shell_voxel_counts(L: int) -> np.ndarray:

@@ -33,6 +33,14 @@ def lowpass_disk(images: torch.Tensor, fraction: float) -> torch.Tensor:
     return torch.fft.irfft2(spectrum, s=(L, L))
 
 
+def fourier_shells(L: int) -> torch.Tensor:
+    """``(L, L, L)`` shell index ``round(|k| · L)`` of every voxel of the unshifted ``L³`` FFT grid
+    (``k`` in cycles/px): RELION's shells, one Fourier pixel wide."""
+    f = torch.fft.fftfreq(L, dtype=torch.float64)
+    kz, ky, kx = torch.meshgrid(f, f, f, indexing="ij")
+    return torch.round(torch.sqrt(kx**2 + ky**2 + kz**2) * L).long()
+
+
 def shell_filter(volume: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """Multiply every Fourier shell of a map by its weight.
 
@@ -41,7 +49,7 @@ def shell_filter(volume: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     volume
         ``(L, L, L)`` real map ``[z, y, x]``.
     weights
-        ``(n,)`` weight of shells ``0 … n − 1``; shell ``round(|k| · L)`` (``k`` in cycles/px, the
+        ``(n,)`` weight of shells ``0 … n − 1``; shell ``round(|k| · L)`` (:func:`fourier_shells`, the
         shells of :func:`cryoforge.metrics.fsc.fsc`). Shells from ``n`` on (the cube's corners
         when ``n = L//2 + 1``) get weight 0.
 
@@ -50,10 +58,7 @@ def shell_filter(volume: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     torch.Tensor
         ``(L, L, L)`` filtered map, in ``volume``'s dtype.
     """
-    L = volume.shape[-1]
-    f = torch.fft.fftfreq(L, dtype=torch.float64)
-    kz, ky, kx = torch.meshgrid(f, f, f, indexing="ij")
-    shell = torch.round(torch.sqrt(kx**2 + ky**2 + kz**2) * L).long()
+    shell = fourier_shells(volume.shape[-1])
     w = torch.as_tensor(weights, dtype=torch.float64)
     per_voxel = torch.where(shell < len(w), w[shell.clamp_max(len(w) - 1)], torch.zeros((), dtype=w.dtype))
     spectrum = torch.fft.fftn(volume.double()) * per_voxel
