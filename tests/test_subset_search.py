@@ -84,12 +84,14 @@ def test_schedule_adds_infer_and_refine_only_with_an_encoder():
     stages = _stages()
     assert [s.name for s in stages] == ["search", "fit", "amortize", "infer", "refine"]
     assert stages[0].options["subset"] == AbinitSchedule.Options().subset
-    sym = _stages(search={"symmetry": "D2", "whiten": True, "scale": True})
-    # the refine stage scores as the search did: the group of its maps, whitening, contrast scale
-    assert {k: sym[-1].options[k] for k in ("symmetry", "whiten", "scale")} == {
+    sym = _stages(search={"symmetry": "D2", "whiten": True, "scale": True, "mask_diameter_angstrom": 90.0})
+    # the refine stage scores as the search did: the group of its maps, whitening, contrast scale, mask
+    copied = ("symmetry", "whiten", "scale", "mask_diameter_angstrom")
+    assert {k: sym[-1].options[k] for k in copied} == {
         "symmetry": "D2",
         "whiten": True,
         "scale": True,
+        "mask_diameter_angstrom": 90.0,
     }
     from cryoforge.engine.semi_amortized import RefineStageOptions
 

@@ -59,6 +59,7 @@ from cryoforge.engine.signals import stop_point
 from cryoforge.engine.stages import register_runner
 from cryoforge.engine.whitening import background_power_per_shell
 from cryoforge.errors import ConfigError
+from cryoforge.ops.filters import soft_sphere_mask
 from cryoforge.ops.rotations import random_rotations
 from cryoforge.ops.search import shift_grid_px, so3_grid
 from cryoforge.ops.symmetry import point_group_matrices, symmetric_reconstruction
@@ -176,6 +177,13 @@ class SearchOptions(RefinementChecks):
         "by the half maps' FSC (RELION's gold standard): frequencies the data do not support do not "
         "steer the poses; for real particles at low SNR",
     )
+    mask_diameter_angstrom: float | None = Field(
+        None,
+        gt=0,
+        le=100_000,
+        description="particle diameter in Å (RELION's --particle_diameter): every map of the search "
+        "is multiplied by a soft sphere of this diameter (raised-cosine edge of 2 voxels); null: no mask",
+    )
     initial_origins: Literal["zero", "input"] = Field(
         "zero",
         description="'zero': find every origin from scratch; 'input': start from the input's origins "
@@ -229,6 +237,19 @@ def _input_origins_px(ctx: RunContext, px_angstrom: torch.Tensor) -> torch.Tenso
     return origins[torch.as_tensor(ctx.index)].double() / px_angstrom[:, None]
 
 
+def map_mask(diameter_angstrom: float | None, box: int, voxel_angstrom: float) -> torch.Tensor | None:
+    """The soft sphere of ``diameter_angstrom`` (a stage's ``mask_diameter_angstrom``) for a ``box``-px
+    map of ``voxel_angstrom`` Å/voxel, or ``None`` without a diameter. Its raised-cosine edge is 2
+    voxels wide, outside the diameter."""
+    if diameter_angstrom is None:
+        return None
+    return soft_sphere_mask(box, diameter_angstrom / 2 / voxel_angstrom, 2.0)
+
+
+def _masked(volume: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    return volume if mask is None else volume * mask
+
+
 def _centre_on_round_map(
     sp: SearchSpectra,
     volume: torch.Tensor,
@@ -256,13 +277,14 @@ def _iterate(
     crop: float,
     step_px: float,
     coll: Collective = LOCAL,
+    mask: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, float, torch.Tensor, torch.Tensor, float]:
     """Global iteration ``it``: soft assignment over rotations × shifts, then the next map.
 
     Returns the assignment (``index``, ``weights``, ``noise``, ``origins``), the backprojected
     map (its density moved to the box centre when shifts are searched) and the band used.
     With several processes ``coll``, the assignment is of this process's particles (``sp``) and
-    the map of all.
+    the map of all. ``mask`` (the search box's, :func:`map_mask`) multiplies the new map.
     """
     frac = it / max(opts.iterations - 1, 1)
     band = opts.band_px[0] + (opts.band_px[1] - opts.band_px[0]) * frac
@@ -286,7 +308,7 @@ def _iterate(
             volume = backproject_hypotheses(
                 sp, grid[index], weights, opts.wiener, origins, opts.symmetry, coll
             )
-    return index, weights, noise, origins, volume, band
+    return index, weights, noise, origins, _masked(volume, mask), band
 
 
 def _best_start(
@@ -299,6 +321,7 @@ def _best_start(
     seed: int,
     name: str,
     coll: Collective = LOCAL,
+    mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The map of the random start that fits the data best (lowest residual), tried on a subset.
 
@@ -317,10 +340,11 @@ def _best_start(
         rot0 = random_rotations(len(rows), g).double()[:, None]
         origin = origin_px[rows]
         volume = backproject_hypotheses(sub, rot0, None, opts.wiener, origin[:, None], opts.symmetry, coll)
+        volume = _masked(volume, mask)
         noise = math.inf
         for it in range(opts.start_iterations):
             _, _, noise, origins, volume, _ = _iterate(
-                sub, volume, grid, it, origin, opts, crop, step_px, coll
+                sub, volume, grid, it, origin, opts, crop, step_px, coll, mask
             )
             origin = origins[:, 0]
         log.info("stage %r: random start %d of %d: residual %.5f", name, k + 1, opts.starts, noise)
@@ -341,6 +365,7 @@ def _online_phase(
     seed: int,
     name: str,
     coll: Collective = LOCAL,
+    mask: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Stochastic (online) EM before the global iterations: the map moves by small random batches.
 
@@ -359,7 +384,7 @@ def _online_phase(
     for t in range(opts.online_iterations):
         rows = torch.randperm(n, generator=gen)[:b]
         _, _, noise, origins, batch_map, _ = _iterate(
-            sp.subset(rows), volume, grid, 0, origin[rows], opts, crop, step_px, coll
+            sp.subset(rows), volume, grid, 0, origin[rows], opts, crop, step_px, coll, mask
         )
         origin[rows] = origins[:, 0]
         volume = (1 - opts.online_rate) * volume + opts.online_rate * batch_map
@@ -389,6 +414,8 @@ def run_search(ctx: RunContext, stage: Stage) -> None:
     crop = size / L  # search-box px per data px
     step_px = opts.shift_step_px if opts.shift_step_px is not None else 0.5 / crop
     searching_shifts = opts.shift_extent_px > 0
+    data_px = float(ctx.source.pixel_size_angstrom)
+    mask = map_mask(opts.mask_diameter_angstrom, size, data_px / crop)  # the search box's maps
     if ctx.poses is None or prog["iteration"] == 0:
         gen = torch.Generator().manual_seed(ctx.config.train.seed)
         n_all = len(ctx.index)
@@ -414,18 +441,21 @@ def run_search(ctx: RunContext, stage: Stage) -> None:
                 opts.symmetry,
                 coll,
             )
+            volume = _masked(volume, mask)
         else:  # random poses: the rotational average of the data
             rot0 = table.rotation.double()[mine][:, None]
             volume = backproject_hypotheses(
                 sp, rot0, None, opts.wiener, origin[mine][:, None], opts.symmetry, coll
             )
+            volume = _masked(volume, mask)
             if searching_shifts and opts.centring and opts.initial_origins == "zero":
                 mine_origin, volume = _centre_on_round_map(sp, volume, rot0, opts, crop, step_px, coll)
+                volume = _masked(volume, mask)
                 origin = coll.gather(mine_origin, N)
                 ctx.set_table_poses(rows, _pose(table.rotation, origin / crop, px_a))
             if opts.starts > 1:
                 volume = _best_start(
-                    sp, grid, origin[mine], opts, crop, step_px, ctx.config.train.seed, stage.name, coll
+                    sp, grid, origin[mine], opts, crop, step_px, ctx.config.train.seed, stage.name, coll, mask
                 )
             if opts.online_iterations:
                 volume, mine_origin = _online_phase(
@@ -439,6 +469,7 @@ def run_search(ctx: RunContext, stage: Stage) -> None:
                     ctx.config.train.seed,
                     stage.name,
                     coll,
+                    mask,
                 )
                 origin = coll.gather(mine_origin, N)
         log.info(
@@ -457,7 +488,7 @@ def run_search(ctx: RunContext, stage: Stage) -> None:
                 return
             it = prog["iteration"]
             assign, weights, noise, origins, volume, band = _iterate(
-                sp, volume, grid, it, origin[mine], opts, crop, step_px, coll
+                sp, volume, grid, it, origin[mine], opts, crop, step_px, coll, mask
             )
             assign, weights = coll.gather(assign, N), coll.gather(weights, N)
             origins = coll.gather(origins, N)
@@ -484,7 +515,8 @@ def run_search(ctx: RunContext, stage: Stage) -> None:
         )
         for g in groups
     ]
-    volumes = _filtered(volumes, stage.name)
+    full_mask = map_mask(opts.mask_diameter_angstrom, L, data_px)
+    volumes = _filtered([_masked(v, full_mask) for v in volumes], stage.name)
     sizes = [coll.total(float(len(g))) for g in groups]
     while prog["refined"] < len(steps):
         stop_point(ctx)
@@ -516,7 +548,7 @@ def run_search(ctx: RunContext, stage: Stage) -> None:
         rotation, origin = coll.gather(rotation[mine], N), coll.gather(origin[mine], N)
         ctx.set_table_poses(rows, _pose(rotation, origin, px_a))
         if not last:
-            volumes = _filtered(maps, stage.name)
+            volumes = _filtered([_masked(v, full_mask) for v in maps], stage.name)
         prog["refined"] = j + 1
         _step(ctx, stage, opts.iterations + j + 1, total, residual, 1.0, N, t0)
 

@@ -30,7 +30,7 @@ from cryoforge.engine.checkpoint import save_checkpoint
 from cryoforge.engine.context import RunContext
 from cryoforge.engine.grid_views import infer_poses_grid_averaged, trained_recentred
 from cryoforge.engine.loop import train_gradient
-from cryoforge.engine.search import RefinementChecks, particle_pixel_sizes
+from cryoforge.engine.search import RefinementChecks, map_mask, particle_pixel_sizes
 from cryoforge.engine.search_scoring import full_size_sums, refine_locally
 from cryoforge.engine.signals import stop_point
 from cryoforge.engine.stages import register_runner
@@ -85,6 +85,9 @@ class RefineStageOptions(RefinementChecks):
     symmetry: str = Field("C1", description="point group imposed on the reference maps (as the search's)")
     whiten: bool = Field(False, description="whiten the images by their background's noise (as the search's)")
     scale: bool = Field(False, description="score each image at its best contrast scale (as the search's)")
+    mask_diameter_angstrom: float | None = Field(
+        None, gt=0, le=100_000, description="soft spherical mask of the reference maps, Å (as the search's)"
+    )
     fit_steps: int = Field(
         300, ge=0, le=10**9, description="volume fit steps on every particle after refinement (0: none)"
     )
@@ -192,7 +195,11 @@ def run_refine(ctx: RunContext, stage: Stage) -> None:
             power,
             opts.size,
         )
+        box = ctx.source.image_size if opts.size is None else min(opts.size, ctx.source.image_size)
+        voxel_a = float(ctx.source.pixel_size_angstrom) * ctx.source.image_size / box
+        mask = map_mask(opts.mask_diameter_angstrom, box, voxel_a)
         volume = symmetric_reconstruction(coll.sum_sums(base), opts.symmetry, opts.wiener)
+        volume = volume if mask is None else volume * mask
         n = len(rows)
         mine = coll.shard(n)
         rotation = ctx.poses.rotation[rows].double()
@@ -222,6 +229,8 @@ def run_refine(ctx: RunContext, stage: Stage) -> None:
                 box=opts.size,
                 scaled=opts.scale,
             )
+            if volume is not None and mask is not None:
+                volume = volume * mask
             rotation, origin = coll.gather(mine_rotation, n), coll.gather(mine_origin, n)
             ctx.set_table_poses(rows, Pose(rotation.float(), (origin * px[rows, None]).float()))
             prog["refined"] = j + 1

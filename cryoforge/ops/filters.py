@@ -63,3 +63,13 @@ def shell_filter(volume: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     per_voxel = torch.where(shell < len(w), w[shell.clamp_max(len(w) - 1)], torch.zeros((), dtype=w.dtype))
     spectrum = torch.fft.fftn(volume.double()) * per_voxel
     return torch.fft.ifftn(spectrum).real.to(volume.dtype)
+
+
+def soft_sphere_mask(L: int, radius_px: float, edge_px: float) -> torch.Tensor:
+    """``(L, L, L)`` float32 mask about the centre voxel ``L//2``: 1 within ``radius_px``, a raised-cosine
+    edge ``0.5 (1 + cos(π (r − radius) / edge))`` out to ``radius_px + edge_px``, 0 beyond (RELION's
+    soft spherical mask of the particle diameter)."""
+    r1 = torch.arange(L, dtype=torch.float64) - L // 2
+    r = torch.sqrt(r1[:, None, None] ** 2 + r1[None, :, None] ** 2 + r1[None, None, :] ** 2)
+    t = ((r - radius_px) / max(edge_px, 1e-9)).clamp(0, 1)
+    return (0.5 * (1 + torch.cos(torch.pi * t))).float()

@@ -77,7 +77,8 @@ class AbinitSchedule(Schedule):
         ]
         if amortized:
             refine = dict(o.refine)
-            for key in ("symmetry", "whiten", "scale"):  # the refine stage scores as the search did
+            # the refine stage scores as the search did
+            for key in ("symmetry", "whiten", "scale", "mask_diameter_angstrom"):
                 if key in search:
                     refine.setdefault(key, search[key])
             stages += [

@@ -1,0 +1,53 @@
+"""The search's soft spherical mask (``mask_diameter_angstrom``): its profile and where it applies."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from cryoforge.engine.search import SearchOptions, _iterate, map_mask
+from cryoforge.engine.search_scoring import SearchSpectra
+from cryoforge.ops.filters import soft_sphere_mask
+from cryoforge.ops.grids import half_plane_query
+from cryoforge.ops.search import so3_grid
+
+
+def test_soft_sphere_mask_is_one_inside_a_raised_cosine_edge_and_zero_beyond():
+    L, radius, edge = 20, 5.0, 2.0
+    m = soft_sphere_mask(L, radius, edge)
+    c = L // 2
+    assert m.shape == (L, L, L) and m[c, c, c] == 1
+    assert m[c, c, c + 5] == 1  # on the radius
+    assert m[c, c, c + 6] == pytest.approx(0.5 * (1 + math.cos(math.pi / 2)))  # half-way through the edge
+    assert m[c, c, c + 7] == pytest.approx(0.0, abs=1e-7)  # the edge's end
+    assert m[c, c + 3, c + 4] == 1  # r = 5 along a diagonal
+    assert float(m[0].max()) == 0  # the box's face at distance 10
+    assert torch.equal(m, m.permute(2, 1, 0)) and torch.equal(m, m.permute(1, 0, 2))  # round
+    # about the centre voxel L//2: voxel c + d and c - d are equally far
+    assert torch.equal(m[c, c, c + 1 : c + 8], m[c, c, c - 7 : c].flip(0))
+
+
+def test_map_mask_converts_the_diameter_to_voxels_of_the_box():
+    assert map_mask(SearchOptions().mask_diameter_angstrom, 24, 9.0) is None  # no diameter: no mask
+    m = map_mask(90.0, 24, 9.0)  # radius 5 voxels
+    assert torch.equal(m, soft_sphere_mask(24, 5.0, 2.0))
+
+
+def test_a_global_iteration_with_a_mask_returns_the_masked_map():
+    sp = object.__new__(SearchSpectra)
+    sp.size = 12
+    sp.flat, sp.freqs = half_plane_query(12)
+    g = torch.Generator().manual_seed(0)
+    n, m = 40, len(sp.freqs)
+    sp.Y = torch.complex(torch.randn(n, m, generator=g), torch.randn(n, m, generator=g))
+    sp.C, sp.radius_px = None, sp.freqs.norm(dim=1) * 12
+    volume = torch.rand(12, 12, 12, generator=g)
+    opts = SearchOptions(size=12, directions=30, inplane=6, shift_extent_px=0, keep=4)
+    origin = torch.zeros(n, 2, dtype=torch.float64)
+    mask = soft_sphere_mask(12, 3.0, 2.0)
+    *_, free, _ = _iterate(sp, volume, so3_grid(30, 6), 0, origin, opts, 1.0, 0.5)
+    *_, masked, _ = _iterate(sp, volume, so3_grid(30, 6), 0, origin, opts, 1.0, 0.5, mask=mask)
+    assert torch.allclose(masked, free * mask) and float(free[mask == 0].abs().max()) > 0
+    assert float(masked[mask == 0].abs().max()) == 0
