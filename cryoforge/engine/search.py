@@ -96,6 +96,12 @@ class SearchOptions(RefinementChecks):
     directions: int = Field(300, ge=12, le=100_000, description="projection directions of the rotation grid")
     inplane: int = Field(24, ge=4, le=3600, description="in-plane angles per direction")
     iterations: int = Field(12, ge=1, le=10_000, description="global search iterations")
+    hold_iterations: int = Field(
+        0,
+        ge=0,
+        le=10_000,
+        description="more global iterations after the band march, at its last band and temperature 1",
+    )
     band_px: tuple[float, float] = Field(
         (5.0, 8.0), description="band radius in Fourier pixels at the first and last iteration"
     )
@@ -286,7 +292,7 @@ def _iterate(
     With several processes ``coll``, the assignment is of this process's particles (``sp``) and
     the map of all. ``mask`` (the search box's, :func:`map_mask`) multiplies the new map.
     """
-    frac = it / max(opts.iterations - 1, 1)
+    frac = min(it / max(opts.iterations - 1, 1), 1.0)  # held at the last band after the march
     band = opts.band_px[0] + (opts.band_px[1] - opts.band_px[0]) * frac
     band = min(band, sp.size / 2)
     shifts = opts.shift_extent_px > 0
@@ -406,7 +412,8 @@ def run_search(ctx: RunContext, stage: Stage) -> None:
     rows = search_rows(len(ctx.index), opts.subset, ctx.config.train.seed)
     index = ctx.index if rows is None else ctx.index[rows.numpy()]  # the particles searched
     N = len(index)
-    total = opts.iterations + len(opts.refine_steps_deg)
+    n_global = opts.iterations + opts.hold_iterations
+    total = n_global + len(opts.refine_steps_deg)
     grid = so3_grid(opts.directions, opts.inplane)
     px_all = particle_pixel_sizes(ctx)
     px_a = px_all if rows is None else px_all[rows]
@@ -427,7 +434,7 @@ def run_search(ctx: RunContext, stage: Stage) -> None:
     coll = ctx.collective
     mine = coll.shard(N)  # this process's particles (all of them with one process)
     power = background_power_per_shell(ctx.source, index) if opts.whiten else None
-    if prog["iteration"] < opts.iterations:
+    if prog["iteration"] < n_global:
         sp = SearchSpectra(ctx, size, opts.batch, index[mine], power)
         origin = table.shift_angstrom.double() / px_a[:, None] * crop  # px of the search box
         if "assign_index" in prog:  # resumed: the map of the last finished iteration, exactly
@@ -482,7 +489,7 @@ def run_search(ctx: RunContext, stage: Stage) -> None:
             N,
             size,
         )
-        while prog["iteration"] < opts.iterations:
+        while prog["iteration"] < n_global:
             stop_point(ctx)  # a signal stops here: the iteration's state resumes exactly
             if ctx.steps_left() == 0:  # train.max_steps caps the whole run
                 return
@@ -550,7 +557,7 @@ def run_search(ctx: RunContext, stage: Stage) -> None:
         if not last:
             volumes = _filtered([_masked(v, full_mask) for v in maps], stage.name)
         prog["refined"] = j + 1
-        _step(ctx, stage, opts.iterations + j + 1, total, residual, 1.0, N, t0)
+        _step(ctx, stage, n_global + j + 1, total, residual, 1.0, N, t0)
 
 
 def _refinement_groups(n: int, mine: slice, seed: int | None) -> list[torch.Tensor]:

@@ -1,4 +1,4 @@
-"""The search's soft spherical mask (``mask_diameter_angstrom``): its profile and where it applies."""
+"""The search's soft spherical mask (``mask_diameter_angstrom``) and held iterations (``hold_iterations``)."""
 
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ def test_map_mask_converts_the_diameter_to_voxels_of_the_box():
     assert torch.equal(m, soft_sphere_mask(24, 5.0, 2.0))
 
 
-def test_a_global_iteration_with_a_mask_returns_the_masked_map():
+def _spectra() -> SearchSpectra:
     sp = object.__new__(SearchSpectra)
     sp.size = 12
     sp.flat, sp.freqs = half_plane_query(12)
@@ -43,7 +43,12 @@ def test_a_global_iteration_with_a_mask_returns_the_masked_map():
     n, m = 40, len(sp.freqs)
     sp.Y = torch.complex(torch.randn(n, m, generator=g), torch.randn(n, m, generator=g))
     sp.C, sp.radius_px = None, sp.freqs.norm(dim=1) * 12
-    volume = torch.rand(12, 12, 12, generator=g)
+    return sp
+
+
+def test_a_global_iteration_with_a_mask_returns_the_masked_map():
+    sp, n = _spectra(), 40
+    volume = torch.rand(12, 12, 12, generator=torch.Generator().manual_seed(1))
     opts = SearchOptions(size=12, directions=30, inplane=6, shift_extent_px=0, keep=4)
     origin = torch.zeros(n, 2, dtype=torch.float64)
     mask = soft_sphere_mask(12, 3.0, 2.0)
@@ -51,3 +56,26 @@ def test_a_global_iteration_with_a_mask_returns_the_masked_map():
     *_, masked, _ = _iterate(sp, volume, so3_grid(30, 6), 0, origin, opts, 1.0, 0.5, mask=mask)
     assert torch.allclose(masked, free * mask) and float(free[mask == 0].abs().max()) > 0
     assert float(masked[mask == 0].abs().max()) == 0
+
+
+def test_held_iterations_stay_at_the_last_band_and_temperature_one():
+    sp = _spectra()
+    volume = torch.rand(12, 12, 12, generator=torch.Generator().manual_seed(1))
+    origin = torch.zeros(40, 2, dtype=torch.float64)
+    opts = SearchOptions(
+        size=12,
+        directions=30,
+        inplane=6,
+        shift_extent_px=0,
+        keep=4,
+        iterations=5,
+        band_px=(2.0, 5.0),
+        temperature=50.0,
+        hold_iterations=3,
+    )
+    last = _iterate(sp, volume, so3_grid(30, 6), 4, origin, opts, 1.0, 0.5)
+    held = _iterate(sp, volume, so3_grid(30, 6), 7, origin, opts, 1.0, 0.5)
+    first = _iterate(sp, volume, so3_grid(30, 6), 0, origin, opts, 1.0, 0.5)
+    assert last[-1] == held[-1] == 5.0 and first[-1] == 2.0  # the band used
+    assert torch.equal(last[0], held[0]) and torch.allclose(last[1], held[1])  # same assignment
+    assert not torch.allclose(first[1], last[1])  # the first iteration's hotter weights differ
