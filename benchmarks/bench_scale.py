@@ -188,7 +188,7 @@ def infer_one(args: argparse.Namespace) -> list[dict]:
 def table(rows: list[dict]) -> str:
     head = (
         f"{'path':<10} {'mol':<5} {'N':>8} {'L':>4} {'subset':>7} {'wall':>8} {'peak':>6} "
-        f"{'rot°':>6} {'p90°':>6} {'sh px':>6} {'FSC.5':>6}  stages (s)"
+        f"{'rot°':>6} {'p90°':>6} {'sh px':>6} {'FSC.5':>6}  stages (s); tag"
     )
     lines = [head, "-" * len(head)]
     for r in rows:
@@ -203,6 +203,7 @@ def table(rows: list[dict]) -> str:
             f"{r['path']:<10} {r['molecule']:<5} {r['n']:>8} {r['box']:>4} {r['subset']!s:>7} "
             f"{r['wall_s']:>8.0f} {r['peak_gb']:>6.2f} {f(r['rot_median_deg']):>6} {f(r['rot_p90_deg']):>6} "
             f"{f(r['trans_median_px']):>6} {f(r['fsc_0.5_px']):>6}  {stages}"
+            + (f"; {r['tag']}" if r.get("tag") else "")
         )
     for r in rows:
         if r.get("kind") == "infer":
