@@ -72,3 +72,66 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     from cryoforge.testing import write_tiny_dataset
 
     return write_tiny_dataset(tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.fixture(scope="session")
+def offcentre_clean(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """4AKE, 1,200 particles, L=32, 3 Å/px, CTF, noise-free, origins σ = 2 px (simulated once)."""
+    from cryoforge.simulation.simulate import SimulationSettings, simulate
+
+    d = tmp_path_factory.mktemp("offcentre_clean")
+    settings = SimulationSettings(
+        n_particles=1200, snr=None, seed=5, defocus_median_angstrom=15000, shift_std_angstrom=6.0
+    )
+    simulate(None, d, settings)
+    return d
+
+
+@pytest.fixture
+def demo_search_run():
+    """``run(data, out, search)``: ``examples/demo.toml`` on ``data``'s particles with the search
+    options ``search``, 20 fit steps, no encoder, scored against ``data``'s map; returns the run's
+    config (already run)."""
+    from cryoforge.config import apply_override, load_config_file
+    from cryoforge.engine.run import run
+
+    def _run(data: Path, out: Path, search: dict):
+        c = load_config_file(ROOT / "examples" / "demo.toml")
+        over = {
+            "source.path": str(data / "particles.star"),
+            "output_dir": str(out),
+            "schedule.fit_steps": 20,
+            "schedule.amortize_steps": 0,
+            "schedule.search": search,
+            "volume.hidden_dim": 32,
+            "train.tensorboard": False,
+            "train.progress": False,
+            "ground_truth_map": str(data / "map.mrc"),
+        }
+        for k, v in over.items():
+            c = apply_override(c, k, v)
+        run(c)
+        return c
+
+    return _run
+
+
+@pytest.fixture
+def random_spectra():
+    """``make(n, size, seed)``: search spectra of ``n`` random complex images at ``size`` px, CTF-free."""
+    import torch
+
+    from cryoforge.engine.search_scoring import SearchSpectra
+    from cryoforge.ops.grids import half_plane_query
+
+    def _make(n: int, size: int, seed: int) -> SearchSpectra:
+        sp = object.__new__(SearchSpectra)
+        sp.size = size
+        sp.flat, sp.freqs = half_plane_query(size)
+        g = torch.Generator().manual_seed(seed)
+        m = len(sp.freqs)
+        sp.Y = torch.complex(torch.randn(n, m, generator=g), torch.randn(n, m, generator=g))
+        sp.C, sp.radius_px = None, sp.freqs.norm(dim=1) * size
+        return sp
+
+    return _make

@@ -13,12 +13,9 @@ import numpy as np
 import pytest
 import torch
 
-from cryoforge.config import apply_override, load_config_file
 from cryoforge.engine.gold_standard import fsc_filtered_halves, half_labels, half_resolution_px
-from cryoforge.engine.run import run
 from cryoforge.metrics.fsc import fsc
 from cryoforge.ops.filters import shell_filter
-from cryoforge.simulation.simulate import SimulationSettings, simulate
 
 ROOT = Path(__file__).resolve().parents[1]
 L = 24
@@ -66,34 +63,12 @@ def test_half_labels_split_evenly_and_reproducibly():
     assert not torch.equal(a, half_labels(101, seed=4))
 
 
-@pytest.fixture(scope="module")
-def clean(tmp_path_factory) -> Path:
-    """4AKE, 1,200 particles, L=32, 3 Å/px, CTF, noise-free, origins σ = 2 px."""
-    d = tmp_path_factory.mktemp("gold_case")
-    settings = SimulationSettings(
-        n_particles=1200, snr=None, seed=5, defocus_median_angstrom=15000, shift_std_angstrom=6.0
-    )
-    simulate(None, d, settings)
-    return d
-
-
-def test_gold_standard_search_refines_each_half_against_its_own_map(clean, tmp_path, caplog):
-    c = load_config_file(ROOT / "examples" / "demo.toml")
-    over = {
-        "source.path": str(clean / "particles.star"),
-        "output_dir": str(tmp_path / "run"),
-        "schedule.fit_steps": 20,
-        "schedule.amortize_steps": 0,
-        "schedule.search": {"iterations": 12, "refine_steps_deg": [2.0, 1.0], "gold_standard": True},
-        "volume.hidden_dim": 32,
-        "train.tensorboard": False,
-        "train.progress": False,
-        "ground_truth_map": str(clean / "map.mrc"),
-    }
-    for k, v in over.items():
-        c = apply_override(c, k, v)
+def test_gold_standard_search_refines_each_half_against_its_own_map(
+    offcentre_clean, demo_search_run, tmp_path, caplog
+):
+    search = {"iterations": 12, "refine_steps_deg": [2.0, 1.0], "gold_standard": True}
     with caplog.at_level(logging.INFO, logger="cryoforge"):
-        run(c)
+        demo_search_run(offcentre_clean, tmp_path / "run", search)
     lines = [r.getMessage() for r in caplog.records if "half maps agree" in r.getMessage()]
     assert len(lines) == 2  # the half maps before each of the two steps (none after the last)
     res_px = float(lines[-1].split(" at ")[1].split(" px")[0])

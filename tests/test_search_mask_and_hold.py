@@ -9,14 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from cryoforge.config import apply_override, load_config_file
-from cryoforge.engine.run import run
 from cryoforge.engine.search import SearchOptions, _iterate, map_mask
-from cryoforge.engine.search_scoring import SearchSpectra
 from cryoforge.ops.filters import soft_sphere_mask
-from cryoforge.ops.grids import half_plane_query
 from cryoforge.ops.search import so3_grid
-from cryoforge.simulation.simulate import SimulationSettings, simulate
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -42,19 +37,8 @@ def test_map_mask_converts_the_diameter_to_voxels_of_the_box():
     assert torch.equal(m, soft_sphere_mask(24, 5.0, 2.0))
 
 
-def _spectra() -> SearchSpectra:
-    sp = object.__new__(SearchSpectra)
-    sp.size = 12
-    sp.flat, sp.freqs = half_plane_query(12)
-    g = torch.Generator().manual_seed(0)
-    n, m = 40, len(sp.freqs)
-    sp.Y = torch.complex(torch.randn(n, m, generator=g), torch.randn(n, m, generator=g))
-    sp.C, sp.radius_px = None, sp.freqs.norm(dim=1) * 12
-    return sp
-
-
-def test_a_global_iteration_with_a_mask_returns_the_masked_map():
-    sp, n = _spectra(), 40
+def test_a_global_iteration_with_a_mask_returns_the_masked_map(random_spectra):
+    sp, n = random_spectra(40, 12, 0), 40
     volume = torch.rand(12, 12, 12, generator=torch.Generator().manual_seed(1))
     opts = SearchOptions(size=12, directions=30, inplane=6, shift_extent_px=0, keep=4)
     origin = torch.zeros(n, 2, dtype=torch.float64)
@@ -65,8 +49,8 @@ def test_a_global_iteration_with_a_mask_returns_the_masked_map():
     assert float(masked[mask == 0].abs().max()) == 0
 
 
-def test_held_iterations_stay_at_the_last_band_and_temperature_one():
-    sp = _spectra()
+def test_held_iterations_stay_at_the_last_band_and_temperature_one(random_spectra):
+    sp = random_spectra(40, 12, 0)
     volume = torch.rand(12, 12, 12, generator=torch.Generator().manual_seed(1))
     origin = torch.zeros(40, 2, dtype=torch.float64)
     opts = SearchOptions(
@@ -88,36 +72,16 @@ def test_held_iterations_stay_at_the_last_band_and_temperature_one():
     assert not torch.allclose(first[1], last[1])  # the first iteration's hotter weights differ
 
 
-def test_a_masked_search_with_held_iterations_solves_the_demo_molecule(tmp_path):
+def test_a_masked_search_with_held_iterations_solves_the_demo_molecule(
+    offcentre_clean, demo_search_run, tmp_path
+):
     """4AKE (radius 37 Å), 1,200 noise-free particles off-centre by σ = 2 px in a 96 Å box: a 120 Å
     mask (which clips only the box's corners) and two held iterations still solve it, and the run
     counts the held iterations as steps. (A 90 Å mask clips the early, blurred maps in this small
     box and fails: 86°, docs/validation.md.)"""
-    data = tmp_path / "data"
-    simulate(
-        None,
-        data,
-        SimulationSettings(
-            n_particles=1200, snr=None, seed=5, defocus_median_angstrom=15000, shift_std_angstrom=6.0
-        ),
-    )
-    c = load_config_file(ROOT / "examples" / "demo.toml")
     search = {"iterations": 12, "hold_iterations": 2, "refine_steps_deg": [2.0, 1.0]}
     search["mask_diameter_angstrom"] = 120
-    over = {
-        "source.path": str(data / "particles.star"),
-        "output_dir": str(tmp_path / "run"),
-        "schedule.fit_steps": 20,
-        "schedule.amortize_steps": 0,
-        "schedule.search": search,
-        "volume.hidden_dim": 32,
-        "train.tensorboard": False,
-        "train.progress": False,
-        "ground_truth_map": str(data / "map.mrc"),
-    }
-    for k, v in over.items():
-        c = apply_override(c, k, v)
-    run(c)
+    demo_search_run(offcentre_clean, tmp_path / "run", search)
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["steps"] == 12 + 2 + 2 + 20  # global, held, local steps, then the fit
     assert metrics["rot_median_deg"] < 5.0 and metrics["trans_median_px"] < 0.5

@@ -252,7 +252,8 @@ def map_mask(diameter_angstrom: float | None, box: int, voxel_angstrom: float) -
     return soft_sphere_mask(box, diameter_angstrom / 2 / voxel_angstrom, 2.0)
 
 
-def _masked(volume: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+def masked(volume: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """``volume`` times ``mask`` (:func:`map_mask`); ``volume`` itself without a mask."""
     return volume if mask is None else volume * mask
 
 
@@ -314,7 +315,7 @@ def _iterate(
             volume = backproject_hypotheses(
                 sp, grid[index], weights, opts.wiener, origins, opts.symmetry, coll
             )
-    return index, weights, noise, origins, _masked(volume, mask), band
+    return index, weights, noise, origins, masked(volume, mask), band
 
 
 def _best_start(
@@ -346,7 +347,7 @@ def _best_start(
         rot0 = random_rotations(len(rows), g).double()[:, None]
         origin = origin_px[rows]
         volume = backproject_hypotheses(sub, rot0, None, opts.wiener, origin[:, None], opts.symmetry, coll)
-        volume = _masked(volume, mask)
+        volume = masked(volume, mask)
         noise = math.inf
         for it in range(opts.start_iterations):
             _, _, noise, origins, volume, _ = _iterate(
@@ -448,16 +449,16 @@ def run_search(ctx: RunContext, stage: Stage) -> None:
                 opts.symmetry,
                 coll,
             )
-            volume = _masked(volume, mask)
+            volume = masked(volume, mask)
         else:  # random poses: the rotational average of the data
             rot0 = table.rotation.double()[mine][:, None]
             volume = backproject_hypotheses(
                 sp, rot0, None, opts.wiener, origin[mine][:, None], opts.symmetry, coll
             )
-            volume = _masked(volume, mask)
+            volume = masked(volume, mask)
             if searching_shifts and opts.centring and opts.initial_origins == "zero":
                 mine_origin, volume = _centre_on_round_map(sp, volume, rot0, opts, crop, step_px, coll)
-                volume = _masked(volume, mask)
+                volume = masked(volume, mask)
                 origin = coll.gather(mine_origin, N)
                 ctx.set_table_poses(rows, _pose(table.rotation, origin / crop, px_a))
             if opts.starts > 1:
@@ -523,7 +524,7 @@ def run_search(ctx: RunContext, stage: Stage) -> None:
         for g in groups
     ]
     full_mask = map_mask(opts.mask_diameter_angstrom, L, data_px)
-    volumes = _filtered([_masked(v, full_mask) for v in volumes], stage.name)
+    volumes = _filtered([masked(v, full_mask) for v in volumes], stage.name)
     sizes = [coll.total(float(len(g))) for g in groups]
     while prog["refined"] < len(steps):
         stop_point(ctx)
@@ -555,7 +556,7 @@ def run_search(ctx: RunContext, stage: Stage) -> None:
         rotation, origin = coll.gather(rotation[mine], N), coll.gather(origin[mine], N)
         ctx.set_table_poses(rows, _pose(rotation, origin, px_a))
         if not last:
-            volumes = _filtered([_masked(v, full_mask) for v in maps], stage.name)
+            volumes = _filtered([masked(v, full_mask) for v in maps], stage.name)
         prog["refined"] = j + 1
         _step(ctx, stage, n_global + j + 1, total, residual, 1.0, N, t0)
 

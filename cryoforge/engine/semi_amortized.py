@@ -30,7 +30,7 @@ from cryoforge.engine.checkpoint import save_checkpoint
 from cryoforge.engine.context import RunContext
 from cryoforge.engine.grid_views import infer_poses_grid_averaged, trained_recentred
 from cryoforge.engine.loop import train_gradient
-from cryoforge.engine.search import RefinementChecks, map_mask, particle_pixel_sizes
+from cryoforge.engine.search import RefinementChecks, map_mask, masked, particle_pixel_sizes
 from cryoforge.engine.search_scoring import full_size_sums, refine_locally
 from cryoforge.engine.signals import stop_point
 from cryoforge.engine.stages import register_runner
@@ -199,7 +199,7 @@ def run_refine(ctx: RunContext, stage: Stage) -> None:
         voxel_a = float(ctx.source.pixel_size_angstrom) * ctx.source.image_size / box
         mask = map_mask(opts.mask_diameter_angstrom, box, voxel_a)
         volume = symmetric_reconstruction(coll.sum_sums(base), opts.symmetry, opts.wiener)
-        volume = volume if mask is None else volume * mask
+        volume = masked(volume, mask)
         n = len(rows)
         mine = coll.shard(n)
         rotation = ctx.poses.rotation[rows].double()
@@ -229,8 +229,8 @@ def run_refine(ctx: RunContext, stage: Stage) -> None:
                 box=opts.size,
                 scaled=opts.scale,
             )
-            if volume is not None and mask is not None:
-                volume = volume * mask
+            if volume is not None:  # the last step returns no map
+                volume = masked(volume, mask)
             rotation, origin = coll.gather(mine_rotation, n), coll.gather(mine_origin, n)
             ctx.set_table_poses(rows, Pose(rotation.float(), (origin * px[rows, None]).float()))
             prog["refined"] = j + 1
