@@ -125,7 +125,8 @@ def test_run_directory_contents_and_inference_order(tiny, tmp_path):
     assert "cryoforge.volumes" in json.loads((d / "plugins.json").read_text())
     poses = read_star(res.star_path)
     assert len(poses) == 24
-    star = infer_run(d, None, str(tmp_path / "inf.star"), batch_size=5)
+    # exact_volume: the views rendered from the network itself, as the run's export renders them
+    star = infer_run(d, None, str(tmp_path / "inf.star"), batch_size=5, exact_volume=True)
     inferred = read_star(star)
     orig = read_star(tiny["star"])
     # every particle, dataset order; names absolute, so they open from the star's own folder

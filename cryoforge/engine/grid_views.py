@@ -12,6 +12,8 @@ across them. Still one pass of the encoder per copy, with no search.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 
@@ -70,13 +72,14 @@ def infer_poses_grid_averaged(
     max_deg: float = 20.0,
     average: bool = True,
     recentre: bool = False,
+    progress: Callable[[int], None] | None = None,
 ) -> Pose:
     """:func:`~cryoforge.engine.batches.infer_poses`, then :func:`grid_averaged_poses` per batch.
 
     With ``recentre`` (an encoder trained with the amortize stage's ``recentre``), a second pass
     reads each image centred by the first pass's origin: its rotation, and its origin added to the
     first, are the pose (:func:`recentred_pass`). ``average=False`` keeps one pass per image (two with
-    ``recentre``), no grid averaging.
+    ``recentre``), no grid averaging. ``progress`` is called with the particles done after each batch.
     """
     was_training = pipeline.training
     pipeline.eval()
@@ -91,6 +94,8 @@ def infer_poses_grid_averaged(
             pose = grid_averaged_poses(pipeline, batch.images, anchor, max_deg) if average else anchor
             rots.append(pose.rotation.cpu())
             shifts.append((pose.shift_angstrom + first).cpu())
+            if progress is not None:
+                progress(min(s + batch_size, len(index)))
     pipeline.train(was_training)
     return Pose(torch.cat(rots), torch.cat(shifts))
 

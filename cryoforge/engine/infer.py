@@ -15,6 +15,7 @@ from cryoforge.engine.context import CHECKPOINT
 from cryoforge.engine.grid_views import infer_poses_grid_averaged, trained_recentred
 from cryoforge.engine.portable import load_run_config
 from cryoforge.engine.pose_files import write_pose_files
+from cryoforge.engine.progress import ParticleProgress
 from cryoforge.engine.run import prepare
 from cryoforge.errors import InputFileError
 from cryoforge.io.mrc import read_map, read_voxel_size, stack_info
@@ -40,6 +41,8 @@ def infer_run(
     overwrite: bool = False,
     average_views: bool = True,
     refine: bool = False,
+    exact_volume: bool = False,
+    progress: bool = True,
 ) -> Path:
     """Predict poses for every particle (dataset order) with the encoder of ``run_dir``.
 
@@ -53,6 +56,10 @@ def infer_run(
     (:mod:`cryoforge.engine.grid_views`); off, each pose is one forward pass, as in training.
     ``refine`` refines every predicted pose by a local search against the run's ``map.mrc``
     (:func:`~cryoforge.engine.semi_amortized.refine_poses`: semi-amortized inference).
+    The loss chooses among the encoder's views by rendering each against the volume; the volume is
+    read from its samples on a grid twice as fine as the images' frequencies
+    (:class:`~cryoforge.volumes.sampled.SampledVolume`), not evaluated per slice, unless
+    ``exact_volume``. ``progress`` shows particles done and the time left on stderr.
 
     Everything is checked before any image is read: the run (a checkpoint with an encoder), the
     outputs and their folder, and that the particles have the box the encoder was trained on.
@@ -134,7 +141,12 @@ def infer_run(
         ) from None
     device = pick_device(config.train.device)
     pipeline.to(device)
+    if not exact_volume:
+        from cryoforge.volumes.sampled import SampledVolume
+
+        pipeline.volume = SampledVolume(pipeline.volume, source.image_size)
     index = np.arange(len(source))
+    bar = ParticleProgress("infer", len(index)) if progress else None
     pose = infer_poses_grid_averaged(
         pipeline,
         source,
@@ -143,7 +155,10 @@ def infer_run(
         device,
         average=average_views,
         recentre=trained_recentred(config, registry),
+        progress=None if bar is None else bar.update,
     )
+    if bar is not None:
+        bar.close()
     if refine:
         import torch
 
