@@ -14,8 +14,11 @@ Run one at a time on a 2-core machine::
 
     python benchmarks/bench_scale.py run --molecule 4AKE -n 100000 --box 64 --path amortized
     python benchmarks/bench_scale.py run --molecule 4AKE -n 100000 --box 64 --path search-all
-    python benchmarks/bench_scale.py sweep --particles 10000 30000 100000 --box 64
-    python benchmarks/bench_scale.py sweep --particles 10000 --boxes 32 64 128
+    python benchmarks/bench_scale.py sweep --particles 10000 30000 100000 --box 64 --path search-all \\
+        --amortize-steps 200 --tag _sweep   # the amortize stage timed over 200 steps, scaled to 6,000
+    python benchmarks/bench_scale.py sweep --particles 10000 --boxes 32 64 128 --path search-all \\
+        --amortize-steps 200 --tag _sweep
+    python benchmarks/bench_scale.py plot --tag _sweep   # docs/scale_costs.png and the tables
     python benchmarks/bench_scale.py infer --run RUN -n 1000000 --box 64   # float16 stack, one pass
     python benchmarks/bench_scale.py table
 """
@@ -146,6 +149,7 @@ def run_one(args: argparse.Namespace, molecule: str, n: int, box: int) -> dict:
         "fsc_0.5_px": metrics.get("resolution_0.5_px"),
         "mirrored": metrics.get("map_mirrored"),
         "tag": args.tag,
+        "amortize_steps_timed": args.amortize_steps,
         "date": time.strftime("%Y-%m-%d %H:%M"),
     }
     if rc != 0:
@@ -159,24 +163,28 @@ def infer_one(args: argparse.Namespace) -> list[dict]:
     data = simulate_dataset(molecule, args.n[0], args.box[0], args.preset, args.seed + 1, args.work, True)
     rows = []
     for single in {"both": (True, False), "single": (True,), "average": (False,)}[args.views]:
-        out = args.work / f"infer_{data.name}_{'single' if single else 'avg'}.star"
+        part = f"_first{args.first}" if args.first else ""
+        out = args.work / f"infer_{data.name}{part}_{'single' if single else 'avg'}.star"
         cmd = [sys.executable, "-m", "cryoforge.cli", "infer", str(args.run), "--particles"]
         cmd += [str(data / "particles.star"), "--out", str(out), "--overwrite"]
         if single:
             cmd.append("--single-view")
+        if args.first:
+            cmd += ["--first", str(args.first)]
         rc, wall, peak = child(cmd, args.threads, out.with_suffix(".log"))
         rows.append(
             {
                 "kind": "infer",
                 "molecule": molecule,
-                "n": args.n[0],
+                "n": args.first or args.n[0],
+                "stack_n": args.n[0],
                 "box": args.box[0],
                 "single_view": single,
                 "cpu": CPU,
                 "threads": args.threads,
                 "rc": rc,
                 "wall_s": round(wall, 1),
-                "images_per_s": round(args.n[0] / wall, 1),
+                "images_per_s": round((args.first or args.n[0]) / wall, 1),
                 "peak_gb": round(peak, 2),
                 "date": time.strftime("%Y-%m-%d %H:%M"),
             }
@@ -214,32 +222,91 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def plot(rows: list[dict], path: Path) -> None:
-    """Per-stage wall time against N (at L=64) and against L (at N=10,000)."""
+def sweep_rows(rows: list[dict], tag: str) -> list[dict]:
+    """The finished runs of one sweep (``--tag``), each with its amortize stage scaled to the shipped
+    6,000 steps (``amortize_steps_timed`` steps were timed) in ``stage_s`` and ``total_s``."""
+    out = []
+    for r in rows:
+        if r.get("kind") != "run" or r.get("rc") != 0 or r.get("tag") != tag:
+            continue
+        stages = {k: v for k, v in r["stage_wall_s"].items() if v >= 0.05}
+        timed = r.get("amortize_steps_timed")
+        if timed and "amortize" in stages:
+            stages["amortize"] = stages["amortize"] * 6000 / timed
+        out.append({**r, "stage_s": stages, "total_s": sum(stages.values())})
+    return out
+
+
+def growth(xs: list[float], ys: list[float]) -> float | None:
+    """The exponent ``p`` of ``y ∝ xᵖ`` fitted in log-log (``None`` below two points)."""
+    import numpy as np
+
+    if len(xs) < 2 or min(ys) <= 0:
+        return None
+    return float(np.polyfit(np.log(xs), np.log(ys), 1)[0])
+
+
+def costs(rows: list[dict], tag: str) -> str:
+    """Markdown tables of the two sweeps (N at L=64, L at N=10,000) with each stage's growth."""
+    runs = sweep_rows(rows, tag)
+    parts = []
+    for key, fixed, label in (("n", ("box", 64), "N"), ("box", ("n", 10_000), "L")):
+        sel = sorted((r for r in runs if r[fixed[0]] == fixed[1]), key=lambda r: r[key])
+        if not sel:
+            continue
+        stages = [
+            s for s in ("search", "fit", "amortize", "infer", "refine") if any(s in r["stage_s"] for r in sel)
+        ]
+        head = f"| {label} | " + " | ".join(f"{s} (s)" for s in stages) + " | total (s) | peak (GB) |"
+        lines = [head, "|" + "---:|" * (len(stages) + 3)]
+        for r in sel:
+            cells = [f"{r['stage_s'].get(s, 0):,.0f}" for s in stages]
+            lines.append(
+                f"| {r[key]:,} | " + " | ".join(cells) + f" | {r['total_s']:,.0f} | {r['peak_gb']:.2f} |"
+            )
+        xs = [r[key] for r in sel]
+        exps = [growth(xs, [r["stage_s"].get(s, 0) for r in sel]) for s in stages]
+        exps.append(growth(xs, [r["total_s"] for r in sel]))
+        exps.append(growth(xs, [r["peak_gb"] for r in sel]))
+        lines.append(
+            f"| growth ∝ {label}^p | " + " | ".join("—" if p is None else f"p = {p:.2f}" for p in exps) + " |"
+        )
+        parts.append("\n".join(lines))
+    return "\n\n".join(parts)
+
+
+def plot(rows: list[dict], path: Path, tag: str) -> None:
+    """Per-stage wall time against N (at L=64) and against L (at N=10,000), from one sweep."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    runs = [r for r in rows if r.get("kind") == "run" and r.get("rc") == 0]
+    runs = sweep_rows(rows, tag)
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for ax, key, fixed, label in (
         (axes[0], "n", ("box", 64), "particles N (L=64)"),
         (axes[1], "box", ("n", 10_000), "box L (N=10,000)"),
     ):
-        sel = sorted(
-            (r for r in runs if r[fixed[0]] == fixed[1] and r["path"] == "amortized"), key=lambda r: r[key]
-        )
-        stages = sorted({s for r in sel for s in r["stage_wall_s"]})
-        for s in stages:
+        sel = sorted((r for r in runs if r[fixed[0]] == fixed[1]), key=lambda r: r[key])
+        xs = [r[key] for r in sel]
+        for s in ("search", "fit", "amortize", "infer", "refine"):
+            ys = [r["stage_s"].get(s) for r in sel]
+            if all(y is not None for y in ys) and ys:
+                p = growth(xs, ys)
+                ax.loglog(xs, ys, "o-", label=s + ("" if p is None else f" (∝ x^{p:.2f})"))
+        if sel:
+            p = growth(xs, [r["total_s"] for r in sel])
             ax.loglog(
-                [r[key] for r in sel], [max(r["stage_wall_s"].get(s, 0), 0.1) for r in sel], "o-", label=s
+                xs,
+                [r["total_s"] for r in sel],
+                "k--",
+                label="end to end" + ("" if p is None else f" (∝ x^{p:.2f})"),
             )
-        ax.loglog([r[key] for r in sel], [r["wall_s"] for r in sel], "k--", label="end to end")
         ax.set_xlabel(label)
-        ax.set_ylabel("wall time (s)")
+        ax.set_ylabel("wall time (s), amortize scaled to 6,000 steps")
         ax.legend(fontsize=7)
-    fig.suptitle(f"cryoforge cost per stage, {CPU}", fontsize=8)
+    fig.suptitle(f"cryoforge cost per stage (search every particle), {CPU}, 2 threads", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
@@ -257,6 +324,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--run", type=Path, help="a trained run (infer)")
+    ap.add_argument("--first", type=int, default=None, help="infer: only the first N particles of the stack")
     ap.add_argument("--views", choices=["both", "single", "average"], default="both", help="infer: which")
     ap.add_argument("--override", "-o", action="append", help="KEY=JSON passed to cryoforge run")
     ap.add_argument("--tag", default="")
@@ -268,7 +336,8 @@ def main() -> None:
         print(table(rows))
         return
     if args.what == "plot":
-        plot(rows, ROOT / "docs" / "scale_costs.png")
+        plot(rows, ROOT / "docs" / "scale_costs.png", args.tag)
+        print(costs(rows, args.tag))
         print(ROOT / "docs" / "scale_costs.png")
         return
     new = []
