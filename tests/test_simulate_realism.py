@@ -320,3 +320,15 @@ def test_float16_stack_is_mode_12_and_holds_the_float32_images_rounded(tmp_path)
     assert (tmp_path / "f16" / "particles.mrcs").stat().st_size < 0.55 * (
         tmp_path / "f32" / "particles.mrcs"
     ).stat().st_size
+
+
+def test_a_chunked_simulation_shows_particles_done_on_stderr(tmp_path, capsys):
+    """A stack written in chunks reports its progress, clean images then noise, as plain lines
+    when stderr is not a terminal (a scheduler's log)."""
+    settings = SimulationSettings(n_particles=96, snr=1.0, seed=1, chunk_images=32)
+    simulate(None, tmp_path / "sim", settings, progress=True)
+    err = capsys.readouterr().err
+    assert "simulate: clean images: particles 96/96 (100.0 %)" in err
+    assert "simulate: noise: particles 96/96 (100.0 %)" in err
+    simulate(None, tmp_path / "quiet", settings)
+    assert "particles" not in capsys.readouterr().err

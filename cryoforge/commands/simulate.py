@@ -236,7 +236,7 @@ def simulate(
         extra.append(f"junk {s.junk_fraction:g}")
     if s.noise_like or s.noise_falloff_angstrom:
         extra.append("coloured noise")
-    r = do_simulate(None if demo else input_path, out_dir, s, like=like)
+    r = do_simulate(None if demo else input_path, out_dir, s, progress=True, like=like)
     click.echo(
         f"wrote {r.star} and {r.stack} ({s.n_particles} particles, L={s.box_size}, "
         f"{s.pixel_size_angstrom:.3g} Å/px, CTF {'on' if s.apply_ctf else 'off'}, "

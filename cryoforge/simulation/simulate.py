@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -481,6 +482,20 @@ class _NoiseMaker:
         return {} if self.spectrum is None else {"noise_spectrum": self.spectrum.as_dict()}
 
 
+class _Silent:
+    def update(self, done: int) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def _progress(label: str, total: int, show: bool) -> Any:
+    if not show:
+        return _Silent()
+    from cryoforge.engine.progress import ParticleProgress
+
+    return ParticleProgress(label, total)
+
+
 OUTPUT_NAMES = ("particles.mrcs", "particles.star", "map.mrc", "simulation.json")
 """What :func:`simulate` writes into its folder."""
 
@@ -498,6 +513,9 @@ def simulate(
     SNR is the variance ratio ``var(signal) / var(noise)`` over the dataset's boxes. With
     ``like``, poses, origins, CTF (when it has defocus values and ``settings.apply_ctf``), box,
     pixel sizes and the particle count come from that table instead of being drawn at random.
+    ``progress``: a stack written in chunks shows its particles done and the time left on stderr
+    (:class:`~cryoforge.engine.progress.ParticleProgress`), once for the clean images and once
+    for the noise.
     """
     out_dir = Path(out_dir)
     if like is not None:
@@ -550,18 +568,24 @@ def simulate(
     else:  # chunk by chunk: clean images first, then (second pass) the noise, in place
         with StackWriter(stack, n, L, voxel, settings.float16) as writer:
             signal = _Moments()
+            bar = _progress("simulate: clean images", n, progress)
             for a in range(0, n, chunk):
                 clean = render(a, min(n, a + chunk))
                 writer.write(a, clean.numpy())
                 signal.add(clean[torch.from_numpy(keep[a : a + chunk])])
+                bar.update(min(n, a + chunk))
+            bar.close()
             if settings.snr is not None:
                 sig_var, added_var = signal.var(), _Moments()
                 writer.reset_stats()
+                bar = _progress("simulate: noise", n, progress)
                 for a in range(0, n, chunk):
                     m = min(n, a + chunk) - a
                     added = noise(m, sig_var)
                     added_var.add(added)
                     writer.write(a, torch.from_numpy(writer.read(a, m)).add_(added).numpy())
+                    bar.update(a + m)
+                bar.close()
                 realised = sig_var / added_var.var()
     write_mrc(out_dir / "map.mrc", vol_np, voxel)
     table = ParticleTable(
