@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from cryoforge.engine.progress import ParticleProgress
+from cryoforge.io.console_progress import ParticleProgress
 from cryoforge.volumes.sampled import SampledVolume
 
 

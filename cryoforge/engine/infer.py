@@ -15,9 +15,9 @@ from cryoforge.engine.context import CHECKPOINT
 from cryoforge.engine.grid_views import infer_poses_grid_averaged, trained_recentred
 from cryoforge.engine.portable import load_run_config
 from cryoforge.engine.pose_files import write_pose_files
-from cryoforge.engine.progress import ParticleProgress
 from cryoforge.engine.run import prepare
 from cryoforge.errors import InputFileError
+from cryoforge.io.console_progress import ParticleProgress
 from cryoforge.io.mrc import read_map, read_voxel_size, stack_info
 from cryoforge.io.outputs import (
     MARKER,

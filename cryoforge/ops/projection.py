@@ -122,23 +122,27 @@ def project_fourier(
     """
     N = spectrum.shape[-1]
     real = torch.float32 if dtype == torch.complex64 else torch.float64
-    k3 = central_slice_coords(rotation.to(real), freqs_2d.to(real))
-    inside = k3.pow(2).sum(-1) < 0.25
-    vals = _trilinear(spectrum, k3 * N + N // 2, real)
-    return torch.where(inside, vals, torch.zeros_like(vals))
+    # grid_sample's coordinate of frequency k is k·N·2/(N−1) + (2·(N//2)/(N−1) − 1): the scale goes
+    # into the (M, 2) frequencies before the rotation, the offset is one addition
+    scaled = freqs_2d.to(real) * (2.0 * N / (N - 1))
+    g = central_slice_coords(rotation.to(real), scaled) + (2.0 * (N // 2) / (N - 1) - 1.0)
+    vals = _grid_sample_complex(spectrum, g, real)
+    # a rotation keeps |k|: the slice leaves the Nyquist sphere where the image frequency leaves its circle
+    inside = freqs_2d.to(real).pow(2).sum(-1) < 0.25
+    return vals if bool(inside.all()) else vals * inside.to(real)
 
 
-def _trilinear(grid: torch.Tensor, pos: torch.Tensor, real: torch.dtype = torch.float64) -> torch.Tensor:
-    """Trilinear samples of a complex ``[z, y, x]`` grid at ``(..., 3)`` index positions ``(x, y, z)``.
+def _grid_sample_complex(grid: torch.Tensor, coords: torch.Tensor, real: torch.dtype) -> torch.Tensor:
+    """Trilinear samples of a complex ``[z, y, x]`` grid at ``(..., 3)`` ``grid_sample`` coordinates
+    ``(x, y, z)`` in ``[−1, 1]`` (``align_corners=True``: −1 and 1 are the first and last voxels).
 
-    Outside the grid is zero. Uses ``grid_sample`` on the (real, imaginary) channels in float32;
-    the result has real and imaginary parts of dtype ``real``.
+    Outside the grid is zero. Interpolates the (real, imaginary) channels in float32; the result
+    has real and imaginary parts of dtype ``real``.
     """
-    N = grid.shape[-1]
     vol = torch.stack([grid.real, grid.imag]).float()[None]  # (1, 2, N, N, N)
-    g = (pos.float() * (2.0 / (N - 1)) - 1).reshape(1, 1, 1, -1, 3)
+    g = coords.float().reshape(1, 1, 1, -1, 3)
     out = F.grid_sample(vol, g, mode="bilinear", padding_mode="zeros", align_corners=True)
-    out = out.reshape(2, *pos.shape[:-1]).to(real)
+    out = out.reshape(2, *coords.shape[:-1]).to(real)
     return torch.complex(out[0], out[1])
 
 

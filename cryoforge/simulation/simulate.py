@@ -491,7 +491,7 @@ class _Silent:
 def _progress(label: str, total: int, show: bool) -> Any:
     if not show:
         return _Silent()
-    from cryoforge.engine.progress import ParticleProgress
+    from cryoforge.io.console_progress import ParticleProgress
 
     return ParticleProgress(label, total)
 
