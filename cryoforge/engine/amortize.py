@@ -82,6 +82,12 @@ class AmortizeOptions(Options):
         description="move each training image by a random one of the 8 symmetries of the pixel grid "
         "(90° turns, mirrors; its pose moves exactly with it): 8× the distinct examples",
     )
+    sampled_map: bool = Field(
+        True,
+        description="render the synthetic projections from the map sampled once on a grid twice as "
+        "fine (gridding-corrected trilinear reads), not from the network per slice: the volume is "
+        "fixed in this stage. Boxes above 128 px always use the network (the grid's memory)",
+    )
 
 
 def recentred(
@@ -146,12 +152,13 @@ def chordal_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 def synthetic_batch(
-    ctx: RunContext, n: int, noise_std: float, gen: torch.Generator
+    ctx: RunContext, n: int, noise_std: float, gen: torch.Generator, volume: torch.nn.Module | None = None
 ) -> tuple[ParticleBatch, Pose]:
     """``n`` projections of the current map at random poses, CTFs and origins of random particles, noise.
 
     Each synthetic image takes the CTF and the table's origin of a random particle, so the
-    encoder sees the data's own spread of off-centre particles.
+    encoder sees the data's own spread of off-centre particles. ``volume`` renders them (default:
+    the pipeline's).
     """
     posed = ctx.table_index()
     pick = posed[torch.randint(len(posed), (n,), generator=gen).numpy()]
@@ -159,18 +166,40 @@ def synthetic_batch(
     origin = ctx.table_pose(pick).shift_angstrom.float().to(ctx.device)
     pose = Pose(random_rotations(n, gen).float().to(ctx.device), origin)
     with torch.no_grad():
-        clean = ctx.pipeline.imaging(ctx.pipeline.volume, pose, template.ctf)
+        clean = ctx.pipeline.imaging(ctx.pipeline.volume if volume is None else volume, pose, template.ctf)
         noisy = clean + noise_std * torch.randn(clean.shape, generator=gen).to(clean)
     return ParticleBatch(noisy, template.ctf, template.index), pose
 
 
 @torch.no_grad()
-def estimate_noise_std(ctx: RunContext, n: int = 256) -> float:
+def estimate_noise_std(ctx: RunContext, n: int = 256, volume: torch.nn.Module | None = None) -> float:
     """Pixel noise σ of the data: the residual of the map's projections at the table's poses."""
     idx = ctx.table_index()[:n]
     batch = make_batch(ctx.source, idx, ctx.device)
-    pred = ctx.pipeline.imaging(ctx.pipeline.volume, ctx.table_pose(idx).to(ctx.device), batch.ctf)
+    pred = ctx.pipeline.imaging(
+        ctx.pipeline.volume if volume is None else volume, ctx.table_pose(idx).to(ctx.device), batch.ctf
+    )
     return float((batch.images - pred).std())
+
+
+SAMPLED_MAP_MAX_BOX = 128
+"""The largest box whose map the amortize stage samples (a ``(2L + 1)³`` complex grid: 136 MB at 128)."""
+
+
+def sampled_map(ctx: RunContext) -> torch.nn.Module | None:
+    """The pipeline's volume sampled on a grid twice as fine as the images' frequencies
+    (:class:`~cryoforge.volumes.sampled.SampledVolume`), or ``None`` above
+    :data:`SAMPLED_MAP_MAX_BOX` px (the network renders then)."""
+    from cryoforge.volumes.sampled import SampledVolume
+
+    L = ctx.source.image_size
+    if L > SAMPLED_MAP_MAX_BOX:
+        return None
+    was_training = ctx.pipeline.volume.training
+    ctx.pipeline.volume.eval()
+    out = SampledVolume(ctx.pipeline.volume, L)
+    ctx.pipeline.volume.train(was_training)
+    return out
 
 
 @register_runner("amortize", options=AmortizeOptions)
@@ -200,7 +229,8 @@ def run_amortize(ctx: RunContext, stage: Stage) -> None:
     if resumed is not None and resumed[0] == stage.name:
         optimizer.load_state_dict(resumed[1])
     ctx.optimizer, ctx.optimizer_stage = optimizer, stage.name
-    noise = prog.get("noise_std") or estimate_noise_std(ctx)
+    render = sampled_map(ctx) if opts.sampled_map else None
+    noise = prog.get("noise_std") or estimate_noise_std(ctx, volume=render)
     prog["noise_std"] = noise
     views = [VIEWS[v] for v in ctx.pipeline.loss.views]  # the π-rotated copy too: 6.8° vs 10.7° alone
     px = ctx.source.pixel_size_angstrom
@@ -223,7 +253,7 @@ def run_amortize(ctx: RunContext, stage: Stage) -> None:
             images, target = batch.images, ctx.table_pose(chunk).to(ctx.device)
             mine_syn = coll.shard(n_syn)
             if mine_syn.stop > mine_syn.start:
-                syn, syn_pose = synthetic_batch(ctx, mine_syn.stop - mine_syn.start, noise, gen)
+                syn, syn_pose = synthetic_batch(ctx, mine_syn.stop - mine_syn.start, noise, gen, render)
                 images = torch.cat([images, syn.images])
                 target = Pose.cat([target, syn_pose])
             if opts.recentre > 0:
