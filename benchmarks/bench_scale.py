@@ -15,10 +15,10 @@ Run one at a time on a 2-core machine::
     python benchmarks/bench_scale.py run --molecule 4AKE -n 100000 --box 64 --path amortized
     python benchmarks/bench_scale.py run --molecule 4AKE -n 100000 --box 64 --path search-all
     python benchmarks/bench_scale.py sweep --particles 10000 30000 100000 --box 64 --path search-all \\
-        --amortize-steps 200 --tag _sweep   # the amortize stage timed over 200 steps, scaled to 6,000
+        --amortize-steps 200 --tag _sweepN  # the amortize stage timed over 200 steps, scaled to 6,000
     python benchmarks/bench_scale.py sweep --particles 10000 --boxes 32 64 128 --path search-all \\
         --amortize-steps 200 --tag _sweep
-    python benchmarks/bench_scale.py plot --tag _sweep   # docs/scale_costs.png and the tables
+    python benchmarks/bench_scale.py plot --tag _sweep --tag-n _sweepN  # docs/scale_costs.png, tables
     python benchmarks/bench_scale.py infer --run RUN -n 1000000 --box 64   # float16 stack, one pass
     python benchmarks/bench_scale.py table
 """
@@ -246,11 +246,12 @@ def growth(xs: list[float], ys: list[float]) -> float | None:
     return float(np.polyfit(np.log(xs), np.log(ys), 1)[0])
 
 
-def costs(rows: list[dict], tag: str) -> str:
-    """Markdown tables of the two sweeps (N at L=64, L at N=10,000) with each stage's growth."""
-    runs = sweep_rows(rows, tag)
+def costs(rows: list[dict], tag_n: str, tag_box: str) -> str:
+    """Markdown tables of the two sweeps (N at L=64 from ``tag_n``'s runs, L at N=10,000 from
+    ``tag_box``'s) with each stage's growth."""
     parts = []
-    for key, fixed, label in (("n", ("box", 64), "N"), ("box", ("n", 10_000), "L")):
+    for key, fixed, label, tag in (("n", ("box", 64), "N", tag_n), ("box", ("n", 10_000), "L", tag_box)):
+        runs = sweep_rows(rows, tag)
         sel = sorted((r for r in runs if r[fixed[0]] == fixed[1]), key=lambda r: r[key])
         if not sel:
             continue
@@ -275,19 +276,20 @@ def costs(rows: list[dict], tag: str) -> str:
     return "\n\n".join(parts)
 
 
-def plot(rows: list[dict], path: Path, tag: str) -> None:
-    """Per-stage wall time against N (at L=64) and against L (at N=10,000), from one sweep."""
+def plot(rows: list[dict], path: Path, tag_n: str, tag_box: str) -> None:
+    """Per-stage wall time against N (at L=64; ``tag_n``'s runs) and against L (at N=10,000;
+    ``tag_box``'s)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    runs = sweep_rows(rows, tag)
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for ax, key, fixed, label in (
-        (axes[0], "n", ("box", 64), "particles N (L=64)"),
-        (axes[1], "box", ("n", 10_000), "box L (N=10,000)"),
+    for ax, key, fixed, label, tag in (
+        (axes[0], "n", ("box", 64), "particles N (L=64)", tag_n),
+        (axes[1], "box", ("n", 10_000), "box L (N=10,000)", tag_box),
     ):
+        runs = sweep_rows(rows, tag)
         sel = sorted((r for r in runs if r[fixed[0]] == fixed[1]), key=lambda r: r[key])
         xs = [r[key] for r in sel]
         for s in ("search", "fit", "amortize", "infer", "refine"):
@@ -328,6 +330,7 @@ def main() -> None:
     ap.add_argument("--views", choices=["both", "single", "average"], default="both", help="infer: which")
     ap.add_argument("--override", "-o", action="append", help="KEY=JSON passed to cryoforge run")
     ap.add_argument("--tag", default="")
+    ap.add_argument("--tag-n", default=None, help="plot: the N sweep's tag (default: --tag, the box sweep's)")
     ap.add_argument("--work", type=Path, default=Path("/tmp/cryoforge-scale"))
     args = ap.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
@@ -336,8 +339,8 @@ def main() -> None:
         print(table(rows))
         return
     if args.what == "plot":
-        plot(rows, ROOT / "docs" / "scale_costs.png", args.tag)
-        print(costs(rows, args.tag))
+        plot(rows, ROOT / "docs" / "scale_costs.png", args.tag_n or args.tag, args.tag)
+        print(costs(rows, args.tag_n or args.tag, args.tag))
         print(ROOT / "docs" / "scale_costs.png")
         return
     new = []
