@@ -35,7 +35,8 @@ from cryoforge.commands.common import plugins_dir_option, subset_options
     "--exact-volume",
     is_flag=True,
     help="render the views the loss chooses among from the volume itself, not from its samples on a "
-    "grid twice as fine (slower: ~5x at L=64 on a CPU; the same view for ~97 %% of particles)",
+    "grid twice as fine (slower: ~5x at L=64 on a CPU; the same view for ~97 % of particles; "
+    "always above 128 px)",
 )
 def infer(
     run_dir: str,

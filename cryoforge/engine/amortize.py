@@ -182,18 +182,14 @@ def estimate_noise_std(ctx: RunContext, n: int = 256, volume: torch.nn.Module | 
     return float((batch.images - pred).std())
 
 
-SAMPLED_MAP_MAX_BOX = 128
-"""The largest box whose map the amortize stage samples (a ``(2L + 1)³`` complex grid: 136 MB at 128)."""
-
-
 def sampled_map(ctx: RunContext) -> torch.nn.Module | None:
     """The pipeline's volume sampled on a grid twice as fine as the images' frequencies
     (:class:`~cryoforge.volumes.sampled.SampledVolume`), or ``None`` above
-    :data:`SAMPLED_MAP_MAX_BOX` px (the network renders then)."""
-    from cryoforge.volumes.sampled import SampledVolume
+    :data:`~cryoforge.volumes.sampled.MAX_SAMPLED_BOX` px (the network renders then)."""
+    from cryoforge.volumes.sampled import MAX_SAMPLED_BOX, SampledVolume
 
     L = ctx.source.image_size
-    if L > SAMPLED_MAP_MAX_BOX:
+    if L > MAX_SAMPLED_BOX:
         return None
     was_training = ctx.pipeline.volume.training
     ctx.pipeline.volume.eval()

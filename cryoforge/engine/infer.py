@@ -28,6 +28,7 @@ from cryoforge.io.outputs import (
 )
 from cryoforge.io.writable import check_writable_file
 from cryoforge.types import BuildContext
+from cryoforge.volumes.sampled import MAX_SAMPLED_BOX, SampledVolume
 
 
 def infer_run(
@@ -59,7 +60,8 @@ def infer_run(
     The loss chooses among the encoder's views by rendering each against the volume; the volume is
     read from its samples on a grid twice as fine as the images' frequencies
     (:class:`~cryoforge.volumes.sampled.SampledVolume`), not evaluated per slice, unless
-    ``exact_volume``. ``progress`` shows particles done and the time left on stderr.
+    ``exact_volume`` or the box is above :data:`~cryoforge.volumes.sampled.MAX_SAMPLED_BOX` px.
+    ``progress`` shows particles done and the time left on stderr.
 
     Everything is checked before any image is read: the run (a checkpoint with an encoder), the
     outputs and their folder, and that the particles have the box the encoder was trained on.
@@ -141,9 +143,7 @@ def infer_run(
         ) from None
     device = pick_device(config.train.device)
     pipeline.to(device)
-    if not exact_volume:
-        from cryoforge.volumes.sampled import SampledVolume
-
+    if not exact_volume and source.image_size <= MAX_SAMPLED_BOX:
         pipeline.volume = SampledVolume(pipeline.volume, source.image_size)
     index = np.arange(len(source))
     bar = ParticleProgress("infer", len(index)) if progress else None

@@ -24,6 +24,10 @@ from torch import nn
 
 from cryoforge.ops.grids import centered_freqs
 
+MAX_SAMPLED_BOX = 128
+"""The largest box whose volume the engine samples by default: a ``(2L)³`` complex grid (134 MB at
+128 px, plus the FFT's temporaries); larger boxes render from the network."""
+
 
 class SampledVolume(nn.Module):
     """Trilinear interpolation of ``volume``'s gridding-corrected Fourier values on a cubic grid.
