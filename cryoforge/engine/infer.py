@@ -146,7 +146,7 @@ def infer_run(
     if not exact_volume and source.image_size <= MAX_SAMPLED_BOX:
         pipeline.volume = SampledVolume(pipeline.volume, source.image_size)
     index = np.arange(len(source))
-    bar = ParticleProgress("infer", len(index)) if progress else None
+    bar = ParticleProgress("infer", len(index), enabled=progress)
     pose = infer_poses_grid_averaged(
         pipeline,
         source,
@@ -155,10 +155,9 @@ def infer_run(
         device,
         average=average_views,
         recentre=trained_recentred(config, registry),
-        progress=None if bar is None else bar.update,
+        progress=bar.update,
     )
-    if bar is not None:
-        bar.close()
+    bar.close()
     if refine:
         import torch
 

@@ -37,19 +37,27 @@ class ParticleProgress:
     """Particles done and the time left in a pass outside a run (``cryoforge infer``).
 
     A rich bar when ``stream`` (default stderr) is a terminal; otherwise a plain, flushed line at
-    most every ``every_s`` seconds and at the end, for logs under a scheduler::
+    most every ``every_s`` seconds and at the end, for logs under a scheduler. With ``enabled``
+    false it shows nothing (callers keep one code path)::
 
         2026-12-07 02:30:00 infer: particles 120,000/1,000,000 (12.0 %), 512 img/s, left ~0:28:38
     """
 
-    def __init__(self, label: str, total: int, stream: TextIO | None = None, every_s: float = 30.0) -> None:
-        self.label, self.total, self.every_s = label, total, every_s
+    def __init__(
+        self,
+        label: str,
+        total: int,
+        stream: TextIO | None = None,
+        every_s: float = 30.0,
+        enabled: bool = True,
+    ) -> None:
+        self.label, self.total, self.every_s, self.enabled = label, total, every_s, enabled
         self.stream = stream if stream is not None else sys.stderr
         self.t0 = time.perf_counter()
         self.last_line = self.t0
         self.done = 0
         self.bar = None
-        if bool(getattr(self.stream, "isatty", lambda: False)()):
+        if enabled and bool(getattr(self.stream, "isatty", lambda: False)()):
             from rich.console import Console
 
             self.bar = rich_bar()
@@ -75,7 +83,7 @@ class ParticleProgress:
             self.bar.update(self.task, completed=done)
             return
         now = time.perf_counter()
-        if now - self.last_line >= self.every_s:
+        if self.enabled and now - self.last_line >= self.every_s:
             print(self.line(), file=self.stream, flush=True)
             self.last_line = now
 
@@ -83,5 +91,5 @@ class ParticleProgress:
         """End the bar, or write the last line."""
         if self.bar is not None:
             self.bar.stop()
-        else:
+        elif self.enabled:
             print(self.line(), file=self.stream, flush=True)

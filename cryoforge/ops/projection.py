@@ -126,22 +126,23 @@ def project_fourier(
     # into the (M, 2) frequencies before the rotation, the offset is one addition
     scaled = freqs_2d.to(real) * (2.0 * N / (N - 1))
     g = central_slice_coords(rotation.to(real), scaled) + (2.0 * (N // 2) / (N - 1) - 1.0)
-    vals = _grid_sample_complex(spectrum, g, real)
+    vals = sample_complex_channels(torch.stack([spectrum.real, spectrum.imag]).float()[None], g, real)
     # a rotation keeps |k|: the slice leaves the Nyquist sphere where the image frequency leaves its circle
     inside = freqs_2d.to(real).pow(2).sum(-1) < 0.25
     return vals if bool(inside.all()) else vals * inside.to(real)
 
 
-def _grid_sample_complex(grid: torch.Tensor, coords: torch.Tensor, real: torch.dtype) -> torch.Tensor:
-    """Trilinear samples of a complex ``[z, y, x]`` grid at ``(..., 3)`` ``grid_sample`` coordinates
-    ``(x, y, z)`` in ``[−1, 1]`` (``align_corners=True``: −1 and 1 are the first and last voxels).
+def sample_complex_channels(
+    channels: torch.Tensor, coords: torch.Tensor, real: torch.dtype = torch.float32
+) -> torch.Tensor:
+    """Trilinear samples of a complex grid held as ``(1, 2, N, N, N)`` float32 (real, imaginary)
+    channels ``[z, y, x]``, at ``(..., 3)`` ``grid_sample`` coordinates ``(x, y, z)`` in ``[−1, 1]``
+    (``align_corners=True``: −1 and 1 are the first and last voxels).
 
-    Outside the grid is zero. Interpolates the (real, imaginary) channels in float32; the result
-    has real and imaginary parts of dtype ``real``.
+    Outside the grid is zero. Returns ``(...)`` complex values whose parts have dtype ``real``.
     """
-    vol = torch.stack([grid.real, grid.imag]).float()[None]  # (1, 2, N, N, N)
-    g = coords.float().reshape(1, 1, 1, -1, 3)
-    out = F.grid_sample(vol, g, mode="bilinear", padding_mode="zeros", align_corners=True)
+    g = coords.to(channels.dtype).reshape(1, 1, 1, -1, 3)
+    out = F.grid_sample(channels, g, mode="bilinear", padding_mode="zeros", align_corners=True)
     out = out.reshape(2, *coords.shape[:-1]).to(real)
     return torch.complex(out[0], out[1])
 

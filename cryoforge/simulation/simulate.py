@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 
 from cryoforge.io.atomic import atomic_path
+from cryoforge.io.console_progress import ParticleProgress
 from cryoforge.io.mrc import read_map, write_mrc
 from cryoforge.io.mrc_stream import StackWriter
 from cryoforge.io.star import JUNK_COLUMN, write_star
@@ -482,20 +482,6 @@ class _NoiseMaker:
         return {} if self.spectrum is None else {"noise_spectrum": self.spectrum.as_dict()}
 
 
-class _Silent:
-    def update(self, done: int) -> None: ...
-
-    def close(self) -> None: ...
-
-
-def _progress(label: str, total: int, show: bool) -> Any:
-    if not show:
-        return _Silent()
-    from cryoforge.io.console_progress import ParticleProgress
-
-    return ParticleProgress(label, total)
-
-
 OUTPUT_NAMES = ("particles.mrcs", "particles.star", "map.mrc", "simulation.json")
 """What :func:`simulate` writes into its folder."""
 
@@ -514,7 +500,7 @@ def simulate(
     ``like``, poses, origins, CTF (when it has defocus values and ``settings.apply_ctf``), box,
     pixel sizes and the particle count come from that table instead of being drawn at random.
     ``progress``: a stack written in chunks shows its particles done and the time left on stderr
-    (:class:`~cryoforge.engine.progress.ParticleProgress`), once for the clean images and once
+    (:class:`~cryoforge.io.console_progress.ParticleProgress`), once for the clean images and once
     for the noise.
     """
     out_dir = Path(out_dir)
@@ -568,7 +554,7 @@ def simulate(
     else:  # chunk by chunk: clean images first, then (second pass) the noise, in place
         with StackWriter(stack, n, L, voxel, settings.float16) as writer:
             signal = _Moments()
-            bar = _progress("simulate: clean images", n, progress)
+            bar = ParticleProgress("simulate: clean images", n, enabled=progress)
             for a in range(0, n, chunk):
                 clean = render(a, min(n, a + chunk))
                 writer.write(a, clean.numpy())
@@ -578,7 +564,7 @@ def simulate(
             if settings.snr is not None:
                 sig_var, added_var = signal.var(), _Moments()
                 writer.reset_stats()
-                bar = _progress("simulate: noise", n, progress)
+                bar = ParticleProgress("simulate: noise", n, enabled=progress)
                 for a in range(0, n, chunk):
                     m = min(n, a + chunk) - a
                     added = noise(m, sig_var)

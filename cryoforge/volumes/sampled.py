@@ -19,10 +19,10 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from cryoforge.ops.grids import centered_freqs
+from cryoforge.ops.projection import sample_complex_channels
 
 MAX_SAMPLED_BOX = 128
 """The largest box whose volume the engine samples by default: a ``(2L)³`` complex grid (134 MB at
@@ -72,11 +72,7 @@ class SampledVolume(nn.Module):
 
     def forward(self, coords: torch.Tensor) -> torch.Tensor:
         """``(..., 3)`` frequencies ``(kx, ky, kz)`` in cycles/pixel → ``(...)`` complex64 values."""
-        shape = coords.shape[:-1]
-        pos = (2.0 * coords).reshape(1, 1, 1, -1, 3).to(self.grid.dtype)  # [-½, ½] → grid_sample's [-1, 1]
-        out = F.grid_sample(self.grid, pos, mode="bilinear", padding_mode="zeros", align_corners=True)
-        out = out.reshape(2, -1)
-        return torch.complex(out[0], out[1]).reshape(shape)
+        return sample_complex_channels(self.grid, 2.0 * coords)  # [-½, ½] → grid_sample's [-1, 1]
 
 
 def _gridding_corrected(values: torch.Tensor) -> torch.Tensor:
