@@ -96,6 +96,12 @@ class TrainConfig(BaseModel):
     log_every: int = Field(10, ge=1, le=MAX_STEPS, description="steps between log lines / scalars")
     half_sets: bool = Field(False, description="two independent runs on the two halves")
     gt_poses: bool = Field(False, description="use the source's known poses (no encoder)")
+    halfmap_mask: str = Field(
+        "auto",
+        description="mask of the half-map FSC (half_sets): 'auto' (the half maps' average at 15 Å, "
+        "thresholded at 0.2 of its maximum, dilated 6 Å, soft edge to 14 Å), 'none', or an .mrc "
+        "file of the box; the masked FSC is corrected by phase randomisation, the unmasked one kept",
+    )
     tensorboard: bool = Field(True, description="write TensorBoard scalars when installed")
     progress: bool = Field(
         True, description="show progress: a bar on a terminal, else plain log lines every log_every_s"

@@ -372,6 +372,20 @@ def c_gt_map_wrong_size(t, d):
     return Case([*args, "-o", "ground_truth_map", str(m)], ["gt.mrc", "ground_truth_map", "20"], [m])
 
 
+def c_halfmap_mask_wrong_size(t, d):
+    from cryoforge.io.mrc import write_mrc
+
+    m = d / "mask.mrc"
+    write_mrc(m, np.ones((20, 20, 20), np.float32), 4.0)
+    args = [*run_args(t["star"], d), "-o", "train.half_sets", "true", "-o", "train.halfmap_mask", str(m)]
+    return Case(args, ["mask.mrc", "train.halfmap_mask", "20"], [m])
+
+
+def c_halfmap_mask_missing(t, d):
+    args = [*run_args(t["star"], d), "-o", "train.halfmap_mask", "autp"]
+    return Case(args, ["train.halfmap_mask", "autp"], [])
+
+
 def c_gt_map_wrong_pixel(t, d):
     from cryoforge.io.mrc import write_mrc
 
@@ -422,6 +436,8 @@ BUILDERS: dict[str, Callable] = {
     "pkl_pose_nan": c_nan_pose_pkl,
     "stack_without_pixel_size": c_no_pixel_anywhere,
     "gt_map_wrong_size": c_gt_map_wrong_size,
+    "halfmap_mask_wrong_size": c_halfmap_mask_wrong_size,
+    "halfmap_mask_missing": c_halfmap_mask_missing,
     "gt_map_wrong_pixel": c_gt_map_wrong_pixel,
 }
 

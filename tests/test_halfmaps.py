@@ -110,7 +110,13 @@ def test_three_step_export_of_the_default_schedule_is_not_nyquist(demo400, tmp_p
     res = run(_config(demo400, tmp_path / "r", **{"train.half_sets": True, "train.max_steps": 3}))
     px = res.metrics["halfmap_resolution_0.143_px"]
     assert res.metrics["halfmap_resolution_0.143_bound"] is None and px > 4.0
-    assert "fitted_maps_resolution_0.143_px" in res.metrics and "unmasked" in res.metrics["halfmap_mask"]
+    assert "fitted_maps_resolution_0.143_px" in res.metrics
+    # the quoted FSC is masked (the automatic mask, written beside the half maps) and corrected;
+    # the unmasked one is reported too, and is no finer (the mask removes the solvent's noise)
+    assert res.metrics["halfmap_mask"].startswith("automatic")
+    assert 0.0 < res.metrics["halfmap_mask_fraction"] < 1.0
+    assert (tmp_path / "r" / "halfmap_mask.mrc").is_file()
+    assert res.metrics["halfmap_unmasked_resolution_0.143_px"] > 4.0
     line = json.loads((tmp_path / "r" / "history.jsonl").read_text().splitlines()[-1])
     key = "halfmap_resolution_0.143_angstrom"
     assert line[key] == pytest.approx(res.metrics[key])

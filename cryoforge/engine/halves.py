@@ -34,9 +34,11 @@ from cryoforge.engine.checkpoint import save_checkpoint
 from cryoforge.engine.context import RunContext, RunResult
 from cryoforge.engine.export import export
 from cryoforge.engine.reconstruct import backproject_particles
+from cryoforge.errors import InputFileError
 from cryoforge.io.mrc import read_map, write_mrc
 from cryoforge.metrics.alignment import align_map
 from cryoforge.metrics.fsc import LOWEST_SHELLS, FSCReport, consistent_structure, fsc_report
+from cryoforge.metrics.masked_fsc import AutoMaskSettings, MaskedFSC, auto_mask, corrected_masked_fsc
 from cryoforge.metrics.plot import plot_fsc
 from cryoforge.roles import Source
 from cryoforge.types import Pose
@@ -88,9 +90,9 @@ def append_history(run_dir: Path, entry: dict[str, float]) -> None:
 
 
 NO_STRUCTURE = (
-    "the data show no consistent structure: the half-map FSC never exceeds the half-bit curve "
-    f"at two neighbouring shells beyond shell {LOWEST_SHELLS} (noise, wrong particles or a wrong "
-    "CTF?)"
+    "the data show no consistent structure: the half-map FSC (masked and unmasked) does not exceed "
+    f"the half-bit curve at two neighbouring shells beyond shell {LOWEST_SHELLS} (noise, wrong "
+    "particles or a wrong CTF?)"
 )
 
 HALFMAP_METHOD = (
@@ -100,15 +102,40 @@ HALFMAP_METHOD = (
 HALFMAP_METHOD_GT = "gold standard: each half backprojected from its own particles at the known poses"
 FITTED_METHOD = "the two fitted (network) maps, aligned as the backprojections; not the half-map FSC"
 NO_MASK = "none: no mask is applied, the FSC is unmasked"
+MASK_CORRECTION = (
+    "; the masked FSC is corrected by phase randomisation beyond {res} (Chen et al. 2013), "
+    "the unmasked FSC is halfmap_unmasked_*"
+)
+
+
+def resolve_mask(
+    spec: str, average: torch.Tensor, pixel_size_angstrom: float
+) -> tuple[torch.Tensor | None, str]:
+    """The half-map mask named by ``train.halfmap_mask`` and its description: ``"auto"`` (the
+    automatic mask of the half maps' ``average``, :func:`~cryoforge.metrics.masked_fsc.auto_mask`),
+    ``"none"``, or an ``.mrc`` file of the maps' box (values in [0, 1])."""
+    if spec == "none":
+        return None, NO_MASK
+    if spec == "auto":
+        settings = AutoMaskSettings()
+        return auto_mask(average, pixel_size_angstrom, settings), settings.describe()
+    data, _ = read_map(spec)
+    if data.shape != tuple(average.shape):
+        raise InputFileError(
+            spec, f"shape {data.shape}, the half maps' is {tuple(average.shape)}", "train.halfmap_mask"
+        )
+    return torch.from_numpy(np.clip(data, 0.0, 1.0)).float(), f"the mask file {spec}"
 
 
 @dataclass
 class HalfMapFSC:
     """The half-map FSC of a half-set run and what it was computed from.
 
-    ``report`` is the gold-standard FSC (backprojections), ``fitted`` that of the two fitted maps
-    (``None`` when no fitted maps were given), ``maps`` the two backprojections (half 2 aligned
-    onto half 1), ``fitted_average`` the average of the fitted maps (half 2 aligned), or ``None``.
+    ``report`` is the gold-standard FSC (backprojections; masked and corrected when a mask was
+    used, ``masked`` then holds its parts), ``unmasked`` the same without a mask, ``fitted`` that of
+    the two fitted maps, unmasked (``None`` when no fitted maps were given), ``maps`` the two
+    backprojections (half 2 aligned onto half 1), ``fitted_average`` the average of the fitted maps
+    (half 2 aligned), or ``None``; ``mask`` the mask and ``mask_text`` what it is.
     """
 
     report: FSCReport
@@ -118,6 +145,10 @@ class HalfMapFSC:
     mirrored: bool
     method: str
     consistent: bool
+    unmasked: FSCReport | None = None
+    masked: MaskedFSC | None = None
+    mask: torch.Tensor | None = None
+    mask_text: str = NO_MASK
 
     def metrics(self) -> dict[str, Any]:
         """``halfmap_*`` (the gold standard, with the half-bit crossing and the verdict) and
@@ -131,7 +162,15 @@ class HalfMapFSC:
             for t in (0.5, 0.143):
                 out[f"halfmap_resolution_{t}_text"] += " (no consistent structure)"
         out["halfmap_method"] = self.method
-        out["halfmap_mask"] = NO_MASK
+        out["halfmap_mask"] = self.mask_text
+        if self.masked is not None:
+            shell = self.masked.randomize_from_shell
+            if shell is not None:
+                res = f"{self.report.box_size * self.report.pixel_size_angstrom / shell:.1f} Å"
+                out["halfmap_mask"] += MASK_CORRECTION.format(res=res)
+            out["halfmap_mask_fraction"] = self.masked.mask_fraction
+        if self.unmasked is not None and self.masked is not None:
+            out.update({"halfmap_unmasked_" + k: v for k, v in self.unmasked.summary((0.5, 0.143)).items()})
         out["halves_mirrored"] = self.mirrored
         if self.fitted is not None:
             out.update({"fitted_maps_" + k: v for k, v in self.fitted.summary((0.5, 0.143)).items()})
@@ -148,9 +187,14 @@ class HalfMapFSC:
 
     def plot(self, path: Path) -> None:
         """``fsc_halves.png``: both curves, 0.5, 0.143 and the half-bit curve; the verdict."""
-        curves = {"half maps (backprojections, gold standard)": self.report}
+        if self.masked is not None:
+            curves = {"half maps, masked, corrected (gold standard)": self.report}
+            if self.unmasked is not None:
+                curves["half maps, unmasked"] = self.unmasked
+        else:
+            curves = {"half maps (backprojections, gold standard)": self.report}
         if self.fitted is not None:
-            curves["fitted maps (network)"] = self.fitted
+            curves["fitted maps (network, unmasked)"] = self.fitted
         plot_fsc(curves, path, half_bit=True, note=None if self.consistent else "no consistent structure")
 
 
@@ -176,6 +220,7 @@ def halfmap_fsc(
     same_frame: bool,
     fitted: tuple[torch.Tensor, torch.Tensor] | None = None,
     n_search: int = 2000,
+    mask: str = "auto",
 ) -> HalfMapFSC:
     """The gold-standard half-map FSC: each half backprojected from its own particles at its own
     poses (:func:`~cryoforge.engine.reconstruct.backproject_particles`, with the CTF when the
@@ -183,13 +228,23 @@ def halfmap_fsc(
     :func:`~cryoforge.metrics.alignment.align_map` (both hands; identity rotation when
     ``same_frame``: both at the known poses), then their FSC. Never a network's map: the fitted
     maps ``fitted`` (half 1, half 2), if given, get their own FSC after the same rotation and hand.
+
+    ``mask`` (``train.halfmap_mask``: ``"auto"``, ``"none"`` or an ``.mrc`` path, see
+    :func:`resolve_mask`) makes the quoted FSC the masked one, corrected by phase randomisation
+    (:func:`~cryoforge.metrics.masked_fsc.corrected_masked_fsc`); the unmasked FSC is kept beside it.
     """
     b1, b2 = (backproject_particles(source, h, p) for h, p in zip(halves, poses, strict=True))
     if same_frame:
         al = align_map(b2, b1, torch.eye(3), False)
     else:
         al = align_map(b2, b1, n_search=n_search)
-    rep = fsc_report(b1, al.aligned, pixel_size_angstrom)
+    unmasked = fsc_report(b1, al.aligned, pixel_size_angstrom)
+    mask_t, mask_text = resolve_mask(mask, (b1.float() + al.aligned.float()) / 2, pixel_size_angstrom)
+    masked = None
+    rep = unmasked
+    if mask_t is not None:
+        masked = corrected_masked_fsc(b1.double(), al.aligned.double(), mask_t, pixel_size_angstrom)
+        rep = masked.corrected
     fit_rep, avg = None, None
     if fitted is not None:
         f1, f2 = (m.float() for m in fitted)
@@ -198,7 +253,18 @@ def halfmap_fsc(
         avg = (f1 + fal.aligned) / 2
     method = HALFMAP_METHOD_GT if same_frame else HALFMAP_METHOD
     return HalfMapFSC(
-        rep, fit_rep, (b1.float(), al.aligned), avg, al.mirrored, method, consistent_structure(rep)
+        rep,
+        fit_rep,
+        (b1.float(), al.aligned),
+        avg,
+        al.mirrored,
+        method,
+        # both curves must show it: the correction's random phases add noise of their own
+        consistent_structure(rep) and consistent_structure(unmasked),
+        unmasked,
+        masked,
+        mask_t,
+        mask_text,
     )
 
 
@@ -235,6 +301,8 @@ def report_halfmap_fsc(
             log.warning(NO_STRUCTURE)
     for i, m in enumerate(hm.maps):
         write_mrc(run_dir / f"halfmap{i + 1}.mrc", m.numpy(), pixel_size_angstrom)
+    if hm.mask is not None:
+        write_mrc(run_dir / "halfmap_mask.mrc", hm.mask.numpy(), pixel_size_angstrom)
     hm.plot(run_dir / "fsc_halves.png")
     return metrics
 
@@ -305,7 +373,16 @@ def interim_halves(
     )
     warnings: list[str] = []
     if poses and all(p is not None for p in poses):
-        hm = halfmap_fsc(source, halves, poses, px, config.train.gt_poses, (m1t, m2t), n_search=500)
+        hm = halfmap_fsc(
+            source,
+            halves,
+            poses,
+            px,
+            config.train.gt_poses,
+            (m1t, m2t),
+            n_search=500,
+            mask=config.train.halfmap_mask,
+        )
         metrics = report_halfmap_fsc(hm, run_dir, px, f"at {elapsed_s:.0f} s of training")
         append_history(run_dir, {**hm.history(), "elapsed_s": elapsed_s})
         avg = hm.fitted_average.numpy()

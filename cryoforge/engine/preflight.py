@@ -75,6 +75,22 @@ def data_signature(source: Source) -> dict[str, Any]:
     }
 
 
+def check_halfmap_mask(config: RunConfig, source: Source) -> None:
+    """``train.halfmap_mask`` is ``auto``, ``none`` or a readable ``.mrc`` of the images' box
+    (checked before training, so that a typo does not cost a run)."""
+    spec = config.train.halfmap_mask
+    if spec in ("auto", "none"):
+        return
+    from cryoforge.io.mrc import read_map
+
+    if not Path(spec).is_file():
+        raise ConfigError(f"train.halfmap_mask: {spec!r} is neither 'auto', 'none' nor an existing .mrc file")
+    data, _ = read_map(spec)
+    L = int(source.image_size)
+    if data.shape != (L, L, L):
+        raise InputFileError(spec, f"shape {data.shape}, the images' box is {L}", "train.halfmap_mask")
+
+
 def preflight(config: RunConfig, registry: Registry, source: Source, bctx: BuildContext) -> Pipeline:
     """Everything training builds before its first step, built once on the CPU to fail early.
 
@@ -94,6 +110,7 @@ def preflight(config: RunConfig, registry: Registry, source: Source, bctx: Build
         )
     if config.train.gt_poses and source.poses is None:
         raise ConfigError("train.gt_poses: the source has no poses")
+    check_halfmap_mask(config, source)
     with torch.random.fork_rng(devices=[]):
         return build_pipeline(config, registry, bctx)
 

@@ -331,7 +331,9 @@ def combine_halves(
     poses = [half_poses(source, h, r) for h, r in zip(halves, results, strict=True)]
     end = max((r.history[-1]["elapsed_s"] for r in results if r.history), default=0.0)
     if all(p is not None for p in poses):
-        hm = halfmap_fsc(source, halves, poses, px, config.train.gt_poses, (m1t, m2t))
+        hm = halfmap_fsc(
+            source, halves, poses, px, config.train.gt_poses, (m1t, m2t), mask=config.train.halfmap_mask
+        )
         result.metrics = report_halfmap_fsc(hm, run_dir, px, "at the end")
         avg = hm.fitted_average.numpy()
         if not hm.consistent:

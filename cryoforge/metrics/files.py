@@ -52,6 +52,7 @@ def evaluate_files(
     gt_poses_path: str | None,
     out_dir: Path,
     overwrite: bool = False,
+    mask: str = "none",
 ) -> dict[str, Any]:
     """Compute FSC/resolution and pose errors from files; write ``fsc.png`` and ``metrics.json``.
 
@@ -59,6 +60,11 @@ def evaluate_files(
     and ``_px`` (the Nyquist limit when the FSC never drops below ``t``, NaN, written as ``null``,
     when it is below ``t`` from the first shell), ``_bound`` (``None``, ``"nyquist"`` or
     ``"not_reached"``) and ``_text``; :func:`metric_rows` formats them for a table.
+
+    ``mask`` (with ``half2_path``): ``"none"``, ``"auto"`` or an ``.mrc`` mask; then the half-map
+    FSC is the masked one corrected by phase randomisation
+    (:func:`~cryoforge.metrics.masked_fsc.corrected_masked_fsc`) and ``halfmap_unmasked_*`` the
+    unmasked one.
 
     ``fsc.png`` and ``metrics.json`` must not exist in ``out_dir`` unless ``overwrite``; an
     input is never overwritten.
@@ -108,6 +114,17 @@ def evaluate_files(
             moved = m
         rep = fsc_report(moved, r, px)
         prefix = "" if align else "halfmap_"
+        if not align and mask != "none":
+            from cryoforge.engine.halves import resolve_mask
+            from cryoforge.metrics.masked_fsc import corrected_masked_fsc
+
+            mask_t, text = resolve_mask(mask, (moved.float() + r.float()) / 2, px)
+            mf = corrected_masked_fsc(moved.double(), r.double(), mask_t, px)
+            metrics.update({"halfmap_unmasked_" + k: v for k, v in rep.summary((0.5, 0.143)).items()})
+            metrics["halfmap_mask"] = text
+            metrics["halfmap_mask_fraction"] = mf.mask_fraction
+            curves["half 1 vs half 2, unmasked"] = rep
+            rep, label = mf.corrected, "half 1 vs half 2, masked, corrected"
         metrics.update({prefix + k: v for k, v in rep.summary((0.5, 0.143)).items()})
         curves[label] = rep
     out_dir.mkdir(parents=True, exist_ok=True)

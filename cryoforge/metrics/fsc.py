@@ -165,11 +165,17 @@ def resolution_at(freqs: np.ndarray, values: np.ndarray, threshold: float) -> fl
 
 @dataclass
 class FSCReport:
-    """An FSC curve with its pixel size: ``freqs`` and ``values`` ``(L//2 + 1,)``, cycles/pixel."""
+    """An FSC curve with its pixel size: ``freqs`` and ``values`` ``(L//2 + 1,)``, cycles/pixel.
+
+    ``voxel_fraction`` is the fraction of the box that carries independent voxels: 1 for unmasked
+    maps, a mask's effective volume fraction for masked ones (the half-bit curve then counts
+    ``fraction × n`` voxels per shell, as the noise of a masked map correlates that much more).
+    """
 
     freqs: np.ndarray
     values: np.ndarray
     pixel_size_angstrom: float
+    voxel_fraction: float = 1.0
 
     @property
     def box_size(self) -> int:
@@ -190,8 +196,10 @@ class FSCReport:
 
     @property
     def half_bit(self) -> np.ndarray:
-        """The half-bit threshold of each shell (:func:`half_bit_curve`) for this box."""
-        return half_bit_curve(shell_voxel_counts(self.box_size))[: len(self.values)]
+        """The half-bit threshold of each shell (:func:`half_bit_curve`) for this box, with
+        ``voxel_fraction`` of each shell's voxels."""
+        n = shell_voxel_counts(self.box_size) * self.voxel_fraction
+        return half_bit_curve(n)[: len(self.values)]
 
     def half_bit_crossing(self) -> FSCCrossing:
         """Where the curve first drops below the half-bit curve (``threshold`` is NaN: a curve).
