@@ -150,7 +150,7 @@ def test_half_bit_counts_the_masked_voxels():
 
 @pytest.mark.parametrize("spec", ["none", "auto"])
 def test_resolve_mask_specs(spec):
-    from cryoforge.engine.halves import NO_MASK, resolve_mask
+    from cryoforge.metrics.masked_fsc import NO_MASK, resolve_mask
 
     avg = _blobs().float()
     mask, text = resolve_mask(spec, avg, 3.0)

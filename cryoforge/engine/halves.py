@@ -34,11 +34,10 @@ from cryoforge.engine.checkpoint import save_checkpoint
 from cryoforge.engine.context import RunContext, RunResult
 from cryoforge.engine.export import export
 from cryoforge.engine.reconstruct import backproject_particles
-from cryoforge.errors import InputFileError
 from cryoforge.io.mrc import read_map, write_mrc
 from cryoforge.metrics.alignment import align_map
 from cryoforge.metrics.fsc import LOWEST_SHELLS, FSCReport, consistent_structure, fsc_report
-from cryoforge.metrics.masked_fsc import AutoMaskSettings, MaskedFSC, auto_mask, corrected_masked_fsc
+from cryoforge.metrics.masked_fsc import NO_MASK, MaskedFSC, corrected_masked_fsc, resolve_mask
 from cryoforge.metrics.plot import plot_fsc
 from cryoforge.roles import Source
 from cryoforge.types import Pose
@@ -101,30 +100,10 @@ HALFMAP_METHOD = (
 )
 HALFMAP_METHOD_GT = "gold standard: each half backprojected from its own particles at the known poses"
 FITTED_METHOD = "the two fitted (network) maps, aligned as the backprojections; not the half-map FSC"
-NO_MASK = "none: no mask is applied, the FSC is unmasked"
 MASK_CORRECTION = (
     "; the masked FSC is corrected by phase randomisation beyond {res} (Chen et al. 2013), "
     "the unmasked FSC is halfmap_unmasked_*"
 )
-
-
-def resolve_mask(
-    spec: str, average: torch.Tensor, pixel_size_angstrom: float
-) -> tuple[torch.Tensor | None, str]:
-    """The half-map mask named by ``train.halfmap_mask`` and its description: ``"auto"`` (the
-    automatic mask of the half maps' ``average``, :func:`~cryoforge.metrics.masked_fsc.auto_mask`),
-    ``"none"``, or an ``.mrc`` file of the maps' box (values in [0, 1])."""
-    if spec == "none":
-        return None, NO_MASK
-    if spec == "auto":
-        settings = AutoMaskSettings()
-        return auto_mask(average, pixel_size_angstrom, settings), settings.describe()
-    data, _ = read_map(spec)
-    if data.shape != tuple(average.shape):
-        raise InputFileError(
-            spec, f"shape {data.shape}, the half maps' is {tuple(average.shape)}", "train.halfmap_mask"
-        )
-    return torch.from_numpy(np.clip(data, 0.0, 1.0)).float(), f"the mask file {spec}"
 
 
 @dataclass

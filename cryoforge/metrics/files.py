@@ -115,8 +115,7 @@ def evaluate_files(
         rep = fsc_report(moved, r, px)
         prefix = "" if align else "halfmap_"
         if not align and mask != "none":
-            from cryoforge.engine.halves import resolve_mask
-            from cryoforge.metrics.masked_fsc import corrected_masked_fsc
+            from cryoforge.metrics.masked_fsc import corrected_masked_fsc, resolve_mask
 
             mask_t, text = resolve_mask(mask, (moved.float() + r.float()) / 2, px)
             mf = corrected_masked_fsc(moved.double(), r.double(), mask_t, px)

@@ -20,8 +20,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from cryoforge.errors import InputFileError
+from cryoforge.io.mrc import read_map
 from cryoforge.metrics.fsc import FSCReport, fsc
 from cryoforge.ops.filters import fourier_shells, shell_filter
+
+NO_MASK = "none: no mask is applied, the FSC is unmasked"
 
 RANDOMIZE_BELOW = 0.8
 """Phases are randomised from the first shell where the unmasked FSC falls below this (RELION's)."""
@@ -203,3 +207,22 @@ def corrected_masked_fsc(
         shell,
         frac,
     )
+
+
+def resolve_mask(
+    spec: str, average: torch.Tensor, pixel_size_angstrom: float
+) -> tuple[torch.Tensor | None, str]:
+    """The half-map mask named by ``train.halfmap_mask`` and its description: ``"auto"`` (the
+    automatic mask of the half maps' ``average``, :func:`~cryoforge.metrics.masked_fsc.auto_mask`),
+    ``"none"``, or an ``.mrc`` file of the maps' box (values in [0, 1])."""
+    if spec == "none":
+        return None, NO_MASK
+    if spec == "auto":
+        settings = AutoMaskSettings()
+        return auto_mask(average, pixel_size_angstrom, settings), settings.describe()
+    data, _ = read_map(spec)
+    if data.shape != tuple(average.shape):
+        raise InputFileError(
+            spec, f"shape {data.shape}, the half maps' is {tuple(average.shape)}", "train.halfmap_mask"
+        )
+    return torch.from_numpy(np.clip(data, 0.0, 1.0)).float(), f"the mask file {spec}"
