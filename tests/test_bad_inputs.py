@@ -377,8 +377,26 @@ def c_halfmap_mask_wrong_size(t, d):
 
     m = d / "mask.mrc"
     write_mrc(m, np.ones((20, 20, 20), np.float32), 4.0)
-    args = [*run_args(t["star"], d), "-o", "train.half_sets", "true", "-o", "train.halfmap_mask", str(m)]
+    args = [*run_args(t["star"], d), "-o", "train.gt_poses", "true", "-o", "train.halfmap_mask", str(m)]
     return Case(args, ["mask.mrc", "train.halfmap_mask", "20"], [m])
+
+
+def c_halfmap_mask_values(t, d):
+    from cryoforge.io.mrc import write_mrc
+
+    m = d / "mask.mrc"
+    write_mrc(m, np.full((16, 16, 16), 255.0, np.float32), 4.0)
+    args = [*run_args(t["star"], d), "-o", "train.gt_poses", "true", "-o", "train.halfmap_mask", str(m)]
+    return Case(args, ["mask.mrc", "train.halfmap_mask", "[0, 1]", "255"], [m])
+
+
+def c_halfmap_mask_file_ab_initio(t, d):
+    from cryoforge.io.mrc import write_mrc
+
+    m = d / "mask.mrc"
+    write_mrc(m, np.ones((16, 16, 16), np.float32), 4.0)
+    args = [*run_args(t["star"], d), "-o", "train.halfmap_mask", str(m)]
+    return Case(args, ["train.halfmap_mask", "gt_poses", "auto"], [m])
 
 
 def c_halfmap_mask_missing(t, d):
@@ -438,6 +456,8 @@ BUILDERS: dict[str, Callable] = {
     "gt_map_wrong_size": c_gt_map_wrong_size,
     "halfmap_mask_wrong_size": c_halfmap_mask_wrong_size,
     "halfmap_mask_missing": c_halfmap_mask_missing,
+    "halfmap_mask_values": c_halfmap_mask_values,
+    "halfmap_mask_file_ab_initio": c_halfmap_mask_file_ab_initio,
     "gt_map_wrong_pixel": c_gt_map_wrong_pixel,
 }
 

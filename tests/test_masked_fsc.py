@@ -158,3 +158,32 @@ def test_resolve_mask_specs(spec):
         assert mask is None and text == NO_MASK
     else:
         assert mask.shape == avg.shape and "automatic" in text and float(mask.max()) == 1.0
+
+
+def test_degenerate_maps_and_curves():
+    """No positive density, or a flat map: no automatic mask (the FSC stays unmasked, and says
+    why). Maps that agree to Nyquist: nothing is randomised, and the text says it is uncorrected."""
+    from cryoforge.metrics.masked_fsc import NO_AUTO_MASK, correction_text, resolve_mask
+
+    assert resolve_mask("auto", -_blobs().float(), 3.0) == (None, NO_AUTO_MASK)
+    assert resolve_mask("auto", torch.ones(L, L, L), 3.0) == (None, NO_AUTO_MASK)
+    sig = _blobs()
+    res = corrected_masked_fsc(sig, sig.clone(), auto_mask(sig, 3.0).double(), 3.0)
+    assert res.randomize_from_shell is None and np.allclose(res.corrected.values, res.masked.values)
+    assert "not corrected" in correction_text(res)
+
+
+def test_mask_does_not_wrap_round_the_box_and_odd_boxes_work():
+    """Density touching one face of the box leaves the opposite face unmasked (the dilation runs in
+    a padded box); a 33-px box gives a mask and a corrected curve of its own size."""
+    from cryoforge.metrics.masked_fsc import distance_to_mask_px
+
+    binary = torch.zeros(L, L, L, dtype=torch.bool)
+    binary[:2, 20:28, 20:28] = True
+    d = distance_to_mask_px(binary, 6.0)
+    assert torch.isinf(d[-3:]).all() and float(d[3, 24, 24]) <= 2.5
+    odd = torch.randn(33, 33, 33, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    smooth = lowpass_map(odd, 12.0, 3.0)
+    mask = soft_mask_px(smooth > smooth.quantile(0.9), 1.0, 2.0).double()
+    res = corrected_masked_fsc(odd, odd + 0.5 * torch.randn_like(odd), mask, 3.0)
+    assert res.corrected.values.shape == (17,) and mask.shape == (33, 33, 33)

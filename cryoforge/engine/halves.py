@@ -37,7 +37,13 @@ from cryoforge.engine.reconstruct import backproject_particles
 from cryoforge.io.mrc import read_map, write_mrc
 from cryoforge.metrics.alignment import align_map
 from cryoforge.metrics.fsc import LOWEST_SHELLS, FSCReport, consistent_structure, fsc_report
-from cryoforge.metrics.masked_fsc import NO_MASK, MaskedFSC, corrected_masked_fsc, resolve_mask
+from cryoforge.metrics.masked_fsc import (
+    NO_MASK,
+    MaskedFSC,
+    corrected_masked_fsc,
+    correction_text,
+    resolve_mask,
+)
 from cryoforge.metrics.plot import plot_fsc
 from cryoforge.roles import Source
 from cryoforge.types import Pose
@@ -100,10 +106,6 @@ HALFMAP_METHOD = (
 )
 HALFMAP_METHOD_GT = "gold standard: each half backprojected from its own particles at the known poses"
 FITTED_METHOD = "the two fitted (network) maps, aligned as the backprojections; not the half-map FSC"
-MASK_CORRECTION = (
-    "; the masked FSC is corrected by phase randomisation beyond {res} (Chen et al. 2013), "
-    "the unmasked FSC is halfmap_unmasked_*"
-)
 
 
 @dataclass
@@ -143,13 +145,13 @@ class HalfMapFSC:
         out["halfmap_method"] = self.method
         out["halfmap_mask"] = self.mask_text
         if self.masked is not None:
-            shell = self.masked.randomize_from_shell
-            if shell is not None:
-                res = f"{self.report.box_size * self.report.pixel_size_angstrom / shell:.1f} Å"
-                out["halfmap_mask"] += MASK_CORRECTION.format(res=res)
+            out["halfmap_mask"] += correction_text(self.masked)
             out["halfmap_mask_fraction"] = self.masked.mask_fraction
         if self.unmasked is not None and self.masked is not None:
             out.update({"halfmap_unmasked_" + k: v for k, v in self.unmasked.summary((0.5, 0.143)).items()})
+            if not self.consistent:
+                for t in (0.5, 0.143):
+                    out[f"halfmap_unmasked_resolution_{t}_text"] += " (no consistent structure)"
         out["halves_mirrored"] = self.mirrored
         if self.fitted is not None:
             out.update({"fitted_maps_" + k: v for k, v in self.fitted.summary((0.5, 0.143)).items()})
@@ -167,7 +169,9 @@ class HalfMapFSC:
     def plot(self, path: Path) -> None:
         """``fsc_halves.png``: both curves, 0.5, 0.143 and the half-bit curve; the verdict."""
         if self.masked is not None:
-            curves = {"half maps, masked, corrected (gold standard)": self.report}
+            corrected = self.masked.randomize_from_shell is not None
+            label = "masked, corrected" if corrected else "masked (no correction needed)"
+            curves = {f"half maps, {label} (gold standard)": self.report}
             if self.unmasked is not None:
                 curves["half maps, unmasked"] = self.unmasked
         else:

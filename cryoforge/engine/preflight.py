@@ -82,13 +82,27 @@ def check_halfmap_mask(config: RunConfig, source: Source) -> None:
     if spec in ("auto", "none"):
         return
     from cryoforge.io.mrc import read_map
+    from cryoforge.metrics.masked_fsc import check_mask_values
 
     if not Path(spec).is_file():
         raise ConfigError(f"train.halfmap_mask: {spec!r} is neither 'auto', 'none' nor an existing .mrc file")
-    data, _ = read_map(spec)
+    if not config.train.gt_poses:
+        raise ConfigError(
+            f"train.halfmap_mask: a mask file ({spec}) fits only the frame of known poses "
+            "(train.gt_poses); an ab initio half 1 comes out in a frame of its own: use 'auto', or "
+            "'cryoforge evaluate RUN/halfmap1.mrc --half2 RUN/halfmap2.mrc --mask FILE' after the run"
+        )
+    data, px = read_map(spec)
     L = int(source.image_size)
     if data.shape != (L, L, L):
         raise InputFileError(spec, f"shape {data.shape}, the images' box is {L}", "train.halfmap_mask")
+    if abs(px - source.pixel_size_angstrom) > 1e-3 * source.pixel_size_angstrom:
+        raise InputFileError(
+            spec,
+            f"voxel size {px:g} Å, the images' is {source.pixel_size_angstrom:g} Å",
+            "train.halfmap_mask",
+        )
+    check_mask_values(data, spec, "train.halfmap_mask")
 
 
 def preflight(config: RunConfig, registry: Registry, source: Source, bctx: BuildContext) -> Pipeline:

@@ -69,6 +69,8 @@ def evaluate_files(
     ``fsc.png`` and ``metrics.json`` must not exist in ``out_dir`` unless ``overwrite``; an
     input is never overwritten.
     """
+    if mask != "none" and not half2_path:
+        raise InputFileError(mask, "--mask applies to half maps: give --half2 too", "--mask")
     outputs = [out_dir / "metrics.json"] + ([out_dir / "fsc.png"] if ref_path or half2_path else [])
     refuse_input_overlap(outputs, [map_path, ref_path, half2_path, poses_path, gt_poses_path], "--output-dir")
     for p in outputs:
@@ -115,15 +117,17 @@ def evaluate_files(
         rep = fsc_report(moved, r, px)
         prefix = "" if align else "halfmap_"
         if not align and mask != "none":
-            from cryoforge.metrics.masked_fsc import corrected_masked_fsc, resolve_mask
+            from cryoforge.metrics.masked_fsc import corrected_masked_fsc, correction_text, resolve_mask
 
-            mask_t, text = resolve_mask(mask, (moved.float() + r.float()) / 2, px)
-            mf = corrected_masked_fsc(moved.double(), r.double(), mask_t, px)
-            metrics.update({"halfmap_unmasked_" + k: v for k, v in rep.summary((0.5, 0.143)).items()})
+            mask_t, text = resolve_mask(mask, (moved.float() + r.float()) / 2, px, "--mask")
             metrics["halfmap_mask"] = text
-            metrics["halfmap_mask_fraction"] = mf.mask_fraction
-            curves["half 1 vs half 2, unmasked"] = rep
-            rep, label = mf.corrected, "half 1 vs half 2, masked, corrected"
+            if mask_t is not None:
+                mf = corrected_masked_fsc(moved.double(), r.double(), mask_t, px)
+                metrics.update({"halfmap_unmasked_" + k: v for k, v in rep.summary((0.5, 0.143)).items()})
+                metrics["halfmap_mask"] += correction_text(mf)
+                metrics["halfmap_mask_fraction"] = mf.mask_fraction
+                curves["half 1 vs half 2, unmasked"] = rep
+                rep, label = mf.corrected, "half 1 vs half 2, masked"
         metrics.update({prefix + k: v for k, v in rep.summary((0.5, 0.143)).items()})
         curves[label] = rep
     out_dir.mkdir(parents=True, exist_ok=True)

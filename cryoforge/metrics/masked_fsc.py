@@ -15,6 +15,7 @@ out to ``far`` Å.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -57,8 +58,8 @@ class AutoMaskSettings:
 
 
 def lowpass_map(volume: torch.Tensor, resolution_angstrom: float, pixel_size_angstrom: float) -> torch.Tensor:
-    """``(L, L, L)`` map with the shells finer than ``resolution_angstrom`` removed (a hard cut at
-    shell ``L · pixel / resolution``, a raised-cosine edge two shells wide)."""
+    """``(L, L, L)`` map low-passed at shell ``c = L · pixel / resolution``: shells up to ``c − 1``
+    kept, a raised cosine from ``c − 1`` to ``c + 1`` (0.5 at ``c``), nothing beyond."""
     L = volume.shape[-1]
     cut = L * pixel_size_angstrom / resolution_angstrom
     s = np.arange(L // 2 + 1, dtype=float)
@@ -67,28 +68,32 @@ def lowpass_map(volume: torch.Tensor, resolution_angstrom: float, pixel_size_ang
     return shell_filter(volume, torch.from_numpy(w))
 
 
-def _ball_dilate(binary: torch.Tensor, radius_px: float) -> torch.Tensor:
-    """``binary`` (bool ``(L, L, L)``) dilated by a ball of ``radius_px`` (FFT convolution; the box
-    is treated as periodic, so keep masks away from its edge)."""
-    if radius_px <= 0:
-        return binary.clone()
-    L = binary.shape[-1]
-    r1 = torch.fft.fftfreq(L, 1.0 / L, dtype=torch.float64)  # 0, 1, …, −1: distances about voxel 0
-    r = torch.sqrt(r1[:, None, None] ** 2 + r1[None, :, None] ** 2 + r1[None, None, :] ** 2)
-    ball = (r <= radius_px).double()
-    conv = torch.fft.irfftn(torch.fft.rfftn(binary.double()) * torch.fft.rfftn(ball), s=binary.shape)
-    return conv > 0.5
+def _ball_spectrum(shape: tuple[int, int, int], radius_px: float) -> torch.Tensor:
+    """``rfftn`` of a ball of ``radius_px`` about voxel 0 of a periodic box of ``shape``."""
+    axes = [torch.fft.fftfreq(n, 1.0 / n, dtype=torch.float64) for n in shape]  # 0, 1, …, −1
+    r = torch.sqrt(axes[0][:, None, None] ** 2 + axes[1][None, :, None] ** 2 + axes[2][None, None, :] ** 2)
+    return torch.fft.rfftn((r <= radius_px).double())
 
 
 def distance_to_mask_px(binary: torch.Tensor, max_px: float, step_px: float = 0.5) -> torch.Tensor:
     """Approximate distance (px) of every voxel to the nearest voxel of ``binary``: 0 inside, the
-    smallest ball radius (in steps of ``step_px``) whose dilation reaches it outside, ``inf``
-    beyond ``max_px``."""
-    dist = torch.full(binary.shape, float("inf"), dtype=torch.float64)
+    smallest ball radius (in steps of ``step_px``: at most ``step_px`` above the exact distance)
+    whose dilation reaches it outside, ``inf`` beyond ``max_px``.
+
+    Dilations are FFT convolutions in a box padded by ``max_px``, so nothing wraps round the edge.
+    """
+    pad = math.ceil(max_px) + 1
+    L = binary.shape
+    padded = torch.nn.functional.pad(binary.double()[None, None], (pad,) * 6)[0, 0]
+    shape = tuple(padded.shape)
+    spectrum = torch.fft.rfftn(padded)
+    crop = tuple(slice(pad, pad + n) for n in L)
+    dist = torch.full(L, float("inf"), dtype=torch.float64)
     dist[binary] = 0.0
     r = step_px
     while r <= max_px + 1e-9:
-        reached = _ball_dilate(binary, r) & torch.isinf(dist)
+        conv = torch.fft.irfftn(spectrum * _ball_spectrum(shape, r), s=shape)[crop]
+        reached = (conv > 0.5) & torch.isinf(dist)
         dist[reached] = r
         r += step_px
     return dist
@@ -107,7 +112,7 @@ def soft_mask_px(binary: torch.Tensor, near_px: float, edge_px: float) -> torch.
 
 def auto_mask(
     average: torch.Tensor, pixel_size_angstrom: float, settings: AutoMaskSettings = AutoMaskSettings()
-) -> torch.Tensor:
+) -> torch.Tensor | None:
     """The automatic soft mask of a map (see :class:`AutoMaskSettings`).
 
     Parameters
@@ -119,11 +124,15 @@ def auto_mask(
 
     Returns
     -------
-    torch.Tensor
-        ``(L, L, L)`` float32 mask in [0, 1].
+    torch.Tensor | None
+        ``(L, L, L)`` float32 mask in [0, 1]; ``None`` when there is nothing to mask: the map's
+        strongest density is negative (inverted contrast), or every voxel passes the threshold.
     """
     low = lowpass_map(average.double(), settings.lowpass_angstrom, pixel_size_angstrom)
-    binary = low >= settings.threshold * float(low.max())
+    top = float(low.max())
+    binary = low >= settings.threshold * top
+    if top <= -float(low.min()) or bool(binary.all()):  # negative density dominates, or flat
+        return None
     near = settings.near_angstrom / pixel_size_angstrom
     edge = max(settings.far_angstrom - settings.near_angstrom, 0.0) / pixel_size_angstrom
     return soft_mask_px(binary, near, edge)
@@ -209,20 +218,56 @@ def corrected_masked_fsc(
     )
 
 
+NO_AUTO_MASK = (
+    "none: the automatic mask found nothing to mask (the strongest density is negative, or the "
+    "whole box passes the threshold), the FSC is unmasked"
+)
+
+
+def check_mask_values(data: np.ndarray, path: str, field: str) -> None:
+    """A mask file holds values in [0, 1] (RELION refuses others too): an ``InputFileError`` naming
+    ``path`` and ``field`` otherwise."""
+    lo, hi = float(np.min(data)), float(np.max(data))
+    if not (np.isfinite(lo) and np.isfinite(hi)) or lo < -1e-6 or hi > 1 + 1e-6:
+        raise InputFileError(path, f"mask values must lie in [0, 1], found {lo:g} to {hi:g}", field)
+    if hi <= 0:
+        raise InputFileError(path, "the mask is zero everywhere", field)
+
+
 def resolve_mask(
-    spec: str, average: torch.Tensor, pixel_size_angstrom: float
+    spec: str, average: torch.Tensor, pixel_size_angstrom: float, field: str = "train.halfmap_mask"
 ) -> tuple[torch.Tensor | None, str]:
-    """The half-map mask named by ``train.halfmap_mask`` and its description: ``"auto"`` (the
-    automatic mask of the half maps' ``average``, :func:`~cryoforge.metrics.masked_fsc.auto_mask`),
-    ``"none"``, or an ``.mrc`` file of the maps' box (values in [0, 1])."""
+    """The half-map mask named by ``spec`` and its description: ``"auto"`` (the automatic mask of
+    the half maps' ``average``, :func:`auto_mask`; none when it finds nothing to mask), ``"none"``,
+    or an ``.mrc`` file of the maps' box and voxel size with values in [0, 1]."""
     if spec == "none":
         return None, NO_MASK
     if spec == "auto":
         settings = AutoMaskSettings()
-        return auto_mask(average, pixel_size_angstrom, settings), settings.describe()
-    data, _ = read_map(spec)
+        mask = auto_mask(average, pixel_size_angstrom, settings)
+        return (None, NO_AUTO_MASK) if mask is None else (mask, settings.describe())
+    data, px = read_map(spec)
     if data.shape != tuple(average.shape):
-        raise InputFileError(
-            spec, f"shape {data.shape}, the half maps' is {tuple(average.shape)}", "train.halfmap_mask"
-        )
-    return torch.from_numpy(np.clip(data, 0.0, 1.0)).float(), f"the mask file {spec}"
+        raise InputFileError(spec, f"shape {data.shape}, the half maps' is {tuple(average.shape)}", field)
+    if abs(px - pixel_size_angstrom) > 1e-3 * pixel_size_angstrom:
+        raise InputFileError(spec, f"voxel size {px:g} Å, the half maps' is {pixel_size_angstrom:g} Å", field)
+    check_mask_values(data, spec, field)
+    return torch.from_numpy(data.astype(np.float32)), f"the mask file {spec}"
+
+
+def correction_text(result: MaskedFSC) -> str:
+    """What the correction did, for ``halfmap_mask``: from which resolution the phases were
+    randomised and the correction applied, or why the masked FSC is quoted uncorrected."""
+    rep = result.corrected
+    box_a = rep.box_size * rep.pixel_size_angstrom
+    shell = result.randomize_from_shell
+    if shell is None:
+        return "; not corrected: the unmasked FSC stays above 0.8 up to Nyquist"
+    if shell + CORRECT_AFTER > rep.box_size // 2:
+        where = f"{box_a / shell:.1f} Å"
+        return f"; not corrected: the unmasked FSC falls below 0.8 only at {where}, too near Nyquist"
+    return (
+        f"; corrected by phase randomisation (Chen et al. 2013): phases randomised from "
+        f"{box_a / shell:.1f} Å, the correction applied from {box_a / (shell + CORRECT_AFTER):.1f} Å; "
+        "the unmasked FSC is halfmap_unmasked_*"
+    )
