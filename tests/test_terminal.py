@@ -121,3 +121,36 @@ def test_progress_line_gives_particles_done_and_the_stage_time_left():
     assert "stage infer: step 2/5" in line and "particles 40,000/100,000" in line
     assert "stage left ~0:00:01" in line or "stage left ~0:00:00" in line
     assert line.endswith("training time 0:01:05")
+
+
+def test_long_search_steps_show_particles_done_inside_them(tiny, tmp_path):
+    """A global search iteration over many particles takes minutes: plain lines say how many
+    particles of it are done (and the time left in it) before the step ends, for the global
+    iterations, the full-size reconstruction and each local refinement."""
+    out = tmp_path / "job"
+    args = [sys.executable, "-m", "cryoforge.cli", "run", "--particles", str(tiny["star"]), "-d", str(out)]
+    over = {
+        "schedule.fit_steps": 1,
+        "schedule.amortize_steps": 0,
+        "schedule.search": {"iterations": 2, "batch": 8, "refine_steps_deg": [2.0]},
+        "volume.hidden_dim": 32,
+        "encoder.channels": [8, 16],
+        "encoder.head_hidden": [32],
+        "train.tensorboard": False,
+        "train.pictures": False,
+        "train.progress": True,
+        "train.log_every_s": 1e-6,
+    }
+    for k, v in over.items():
+        args += ["-o", k, json.dumps(v)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "80"}
+    proc = subprocess.run(args, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.splitlines()
+    inside = [ln for ln in lines if " stage search: " in ln and ", particles " in ln and "step " not in ln]
+    passes = ("global iteration 1/2", "global iteration 2/2", "full-size reconstruction")
+    passes += ("local refinement (2°)",)
+    for what in passes:
+        assert any(f"stage search: {what}, particles " in ln for ln in inside), (what, lines)
+    assert any("left in it" in ln for ln in inside)  # a pace once a few batches are through
+    assert (out / "map.mrc").is_file()

@@ -79,6 +79,10 @@ class Callback:
     def on_step(self, ctx: RunContext, info: StepInfo) -> None:
         """An optimizer step finished."""
 
+    def on_particles(self, ctx: RunContext, what: str, done: int, total: int) -> None:
+        """Inside a long step (a global search iteration, a local refinement, a full-size
+        reconstruction): ``done`` of this process's ``total`` particles are through ``what``."""
+
     def on_export(self, ctx: RunContext, exported: Exported) -> None:
         """The map (and poses) were written."""
 

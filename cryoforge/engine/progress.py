@@ -33,6 +33,31 @@ def progress_line(info: StepInfo, elapsed_s: float, left_s: float | None = None)
     )
 
 
+def particles_line(stage: str, what: str, done: int, total: int, left_s: float | None) -> str:
+    """One plain line inside a long step: ``what`` (a search iteration, …), particles done of its
+    total, and the time left in it when known."""
+    left = "" if left_s is None else f", ~{hms(left_s)} left in it"
+    return f"{time.strftime('%Y-%m-%d %H:%M:%S')} stage {stage}: {what}, particles {done:,}/{total:,}{left}"
+
+
+class PassClock:
+    """The time left in one pass over the particles (a search iteration, …) from its pace so far."""
+
+    def __init__(self) -> None:
+        self.key: tuple[str, int] | None = None
+        self.t0 = 0.0
+        self.done0 = 0
+
+    def left_s(self, what: str, done: int, total: int) -> float | None:
+        now = time.perf_counter()
+        if self.key is None or self.key[0] != what or done <= self.key[1]:  # a new pass
+            self.key, self.t0, self.done0 = (what, done), now, done
+            return None
+        self.key = (what, done)
+        rate = (done - self.done0) / max(now - self.t0, 1e-9)
+        return max(total - done, 0) / rate if rate > 0 else None
+
+
 class StageClock:
     """The time left in a stage, from its steps so far in this process and its step budget."""
 
@@ -73,6 +98,9 @@ class ProgressCallback(Callback):
         self.last_info: StepInfo | None = None
         self.task: Any = None
         self.clock = StageClock()
+        self.pass_clock = PassClock()
+        self.stage_name = ""
+        self.last_pass_log = time.perf_counter()
         if self.bar is not None:
             self.bar.start()
 
@@ -101,6 +129,7 @@ class ProgressCallback(Callback):
         self.task = None
         self.last_info = None
         self.clock.start()
+        self.stage_name = stage.name
 
     def on_step(self, ctx: RunContext, info: StepInfo) -> None:
         if info.logged:
@@ -118,10 +147,30 @@ class ProgressCallback(Callback):
             return
         if self.task is None:
             self.task = self.bar.add_task(info.stage.name, total=info.total_steps, info="")
+        self.bar.update(self.task, total=info.total_steps)
         if info.logged:
             count = "" if info.particles is None else f"{info.particles:,} particles · "
             self.bar.update(self.task, info=f"{count}loss {info.loss:.4f} · {info.images_per_s:.0f} img/s")
         self.bar.update(self.task, completed=info.stage_step)
+
+    def on_particles(self, ctx: RunContext, what: str, done: int, total: int) -> None:
+        """Long steps (a search iteration over 100,000 particles takes minutes) show their own
+        pace: a plain line every ``every_s`` (and in ``run.log`` at most once a minute), or the
+        bar's text on a terminal."""
+        left = self.pass_clock.left_s(what, done, total)
+        now = time.perf_counter()
+        line = particles_line(self.stage_name, what, done, total, left)
+        if self.plain and now - self.last_line >= self.every_s:
+            self._say(line)
+            self.last_line = now
+        if now - self.last_pass_log >= max(self.every_s, 60.0):
+            log.info(line.split(" ", 2)[2])  # run.log has its own time stamps
+            self.last_pass_log = now
+        if self.bar is not None:
+            if self.task is None:
+                self.task = self.bar.add_task(self.stage_name, total=None, info="")
+            tail = "" if left is None else f" · ~{hms(left)} left in it"
+            self.bar.update(self.task, info=f"{what}: {done:,}/{total:,} particles{tail}")
 
     def on_export(self, ctx: RunContext, exported: Exported) -> None:
         files = ", ".join(str(p) for p in (exported.map_path, exported.star_path) if p is not None)

@@ -34,6 +34,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
 from typing import Literal
 
 import torch
@@ -285,6 +286,7 @@ def _iterate(
     step_px: float,
     coll: Collective = LOCAL,
     mask: torch.Tensor | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, float, torch.Tensor, torch.Tensor, float]:
     """Global iteration ``it``: soft assignment over rotations × shifts, then the next map.
 
@@ -292,6 +294,7 @@ def _iterate(
     map (its density moved to the box centre when shifts are searched) and the band used.
     With several processes ``coll``, the assignment is of this process's particles (``sp``) and
     the map of all. ``mask`` (the search box's, :func:`map_mask`) multiplies the new map.
+    ``progress(done, total)`` follows the scoring's batches.
     """
     frac = min(it / max(opts.iterations - 1, 1), 1.0)  # held at the last band after the march
     band = opts.band_px[0] + (opts.band_px[1] - opts.band_px[0]) * frac
@@ -301,7 +304,7 @@ def _iterate(
     local = shift_grid_px(step_px * crop * reach, step_px * crop) if shifts else None
     temperature = opts.temperature ** (1 - min(frac, 1.0))
     index, weights, noise, origins = global_iteration(
-        sp, volume, grid, band, opts.keep, opts.batch, origin, local, temperature, coll, opts.scale
+        sp, volume, grid, band, opts.keep, opts.batch, origin, local, temperature, coll, opts.scale, progress
     )
     if shifts:  # origins stay inside the searched disc
         limit = opts.shift_extent_px * crop
@@ -495,8 +498,12 @@ def run_search(ctx: RunContext, stage: Stage) -> None:
             if ctx.steps_left() == 0:  # train.max_steps caps the whole run
                 return
             it = prog["iteration"]
+
+            def progress(done: int, total: int, it: int = it) -> None:
+                ctx.emit("on_particles", f"global iteration {it + 1}/{n_global}", done, total)
+
             assign, weights, noise, origins, volume, band = _iterate(
-                sp, volume, grid, it, origin[mine], opts, crop, step_px, coll, mask
+                sp, volume, grid, it, origin[mine], opts, crop, step_px, coll, mask, progress
             )
             assign, weights = coll.gather(assign, N), coll.gather(weights, N)
             origins = coll.gather(origins, N)

@@ -167,6 +167,7 @@ def global_iteration(
     temperature: float = 1.0,
     coll: Collective = LOCAL,
     scaled: bool = False,
+    progress: Callable[[int, int], None] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, float, torch.Tensor]:
     """Score every image against every grid rotation × in-plane shift inside ``band_px``; soft top-``keep``.
 
@@ -178,7 +179,8 @@ def global_iteration(
     estimated noise ``σ²``, tempered by ``temperature`` ``T ≥ 1`` (flatter: more hypotheses count).
     With several processes ``coll``, ``sp`` holds this process's particles and ``σ²`` is the
     mean over all of them. With ``scaled``, each image is compared at its own best contrast
-    scale (real particles differ in ice thickness and contrast).
+    scale (real particles differ in ice thickness and contrast). ``progress(done, N)`` is called
+    after each batch.
 
     Returns
     -------
@@ -217,6 +219,8 @@ def global_iteration(
         v, i = torch.topk(-best, keep, dim=1)
         index[sl], score[sl] = i, -v
         origins[sl] = origin_px[sl, None] + offsets_px[arg.gather(1, i)]
+        if progress is not None:
+            progress(min(s + batch, N), N)
     residual = coll.total(float((score[:, 0] + norm2).clamp_min(0).sum()))
     noise = residual / max(coll.total(float(N)), 1.0) / int(m.sum())
     weights = torch.softmax(-(score - score[:, :1]) / (2 * max(noise, 1e-12) * temperature), dim=1)
@@ -386,6 +390,7 @@ def refine_locally(
         residual += float((val.double() + Y.abs().pow(2).sum(1)).sum()) / Y.shape[1]
         if acc is not None:
             acc.add(Y, freqs, out[rows], C, origin[rows])
+        ctx.emit("on_particles", f"local refinement ({step_deg:g}°)", rows.stop, N)
     volume_out = None
     if acc is not None:
         coll.sum_sums(acc)
@@ -416,4 +421,5 @@ def full_size_sums(
     origin = None if origin_px is None else origin_px.double() * (box / L)
     for rows, Y, C in _full_size_batches(ctx, max(1, batch // 4), index, noise_power, box):
         acc.add(Y, freqs, rotation[rows], C, None if origin is None else origin[rows])
+        ctx.emit("on_particles", "full-size reconstruction", rows.stop, len(rotation))
     return acc
