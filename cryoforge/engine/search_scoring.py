@@ -296,6 +296,14 @@ def _whiten(
     return (Y * w.to(Y.real.dtype)).to(Y.dtype), (c * w).to(torch.float32 if C is None else C.dtype)
 
 
+def _particles_done(ctx: RunContext, what: str, done: int, total: int) -> None:
+    """Tell the run's callbacks how far a pass over the particles is (a lightweight context, as
+    ``infer --refine`` builds one, has no callbacks)."""
+    emit = getattr(ctx, "emit", None)
+    if emit is not None:
+        emit("on_particles", what, done, total)
+
+
 def _full_size_batches(
     ctx: RunContext,
     batch: int,
@@ -390,7 +398,7 @@ def refine_locally(
         residual += float((val.double() + Y.abs().pow(2).sum(1)).sum()) / Y.shape[1]
         if acc is not None:
             acc.add(Y, freqs, out[rows], C, origin[rows])
-        ctx.emit("on_particles", f"local refinement ({step_deg:g}°)", rows.stop, N)
+        _particles_done(ctx, f"local refinement ({step_deg:g}°)", rows.stop, N)
     volume_out = None
     if acc is not None:
         coll.sum_sums(acc)
@@ -421,5 +429,5 @@ def full_size_sums(
     origin = None if origin_px is None else origin_px.double() * (box / L)
     for rows, Y, C in _full_size_batches(ctx, max(1, batch // 4), index, noise_power, box):
         acc.add(Y, freqs, rotation[rows], C, None if origin is None else origin[rows])
-        ctx.emit("on_particles", "full-size reconstruction", rows.stop, len(rotation))
+        _particles_done(ctx, "full-size reconstruction", rows.stop, len(rotation))
     return acc
