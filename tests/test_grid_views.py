@@ -218,5 +218,8 @@ def test_infer_reads_twice_only_for_an_encoder_trained_with_recentring():
 
     demo = load_config_file(Path(__file__).resolve().parents[1] / "examples" / "demo.toml")
     registry = load_registry([])
-    assert not trained_recentred(demo, registry)
+    # the shipped default (recentre 0.75, not written in the config) counts: a default run reads twice
+    assert trained_recentred(demo, registry)
     assert trained_recentred(apply_override(demo, "schedule.amortize", {"recentre": 0.5}), registry)
+    assert not trained_recentred(apply_override(demo, "schedule.amortize", {"recentre": 0.0}), registry)
+    assert not trained_recentred(apply_override(demo, "schedule.amortize_steps", 0), registry)
