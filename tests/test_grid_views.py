@@ -223,3 +223,25 @@ def test_infer_reads_twice_only_for_an_encoder_trained_with_recentring():
     assert trained_recentred(apply_override(demo, "schedule.amortize", {"recentre": 0.5}), registry)
     assert not trained_recentred(apply_override(demo, "schedule.amortize", {"recentre": 0.0}), registry)
     assert not trained_recentred(apply_override(demo, "schedule.amortize_steps", 0), registry)
+
+
+def test_infer_one_pass_flag_reads_each_image_once(tmp_path, monkeypatch):
+    """``cryoforge infer --one-pass`` asks for one reading even from a recentre-trained encoder."""
+    from click.testing import CliRunner
+
+    import cryoforge.engine.infer as infer_mod
+    from cryoforge.cli import cli
+
+    seen = {}
+
+    def fake_infer_run(*args, **kwargs):
+        seen.update(kwargs)
+        out = tmp_path / "out.star"
+        out.write_text("")
+        return out
+
+    monkeypatch.setattr(infer_mod, "infer_run", fake_infer_run)
+    for flag, expected in (("--one-pass", False), ("--recentre", True)):
+        r = CliRunner().invoke(cli, ["infer", str(tmp_path), flag], catch_exceptions=False)
+        assert r.exit_code == 0, r.output
+        assert seen["recentre"] is expected

@@ -44,6 +44,7 @@ def infer_run(
     refine: bool = False,
     exact_volume: bool = False,
     progress: bool = True,
+    recentre: bool = True,
 ) -> Path:
     """Predict poses for every particle (dataset order) with the encoder of ``run_dir``.
 
@@ -55,6 +56,8 @@ def infer_run(
     unless ``overwrite``, and are never inputs (the particles, their stacks, the run's files).
     ``average_views`` averages the encoder's poses over the 8 symmetries of the pixel grid
     (:mod:`cryoforge.engine.grid_views`); off, each pose is one forward pass, as in training.
+    ``recentre`` (an encoder trained with the amortize stage's ``recentre``) reads each image a
+    second time, centred by the first pass's origin; ``False`` reads it once.
     ``refine`` refines every predicted pose by a local search against the run's ``map.mrc``
     (:func:`~cryoforge.engine.semi_amortized.refine_poses`: semi-amortized inference).
     The loss chooses among the encoder's views by rendering each against the volume; the volume is
@@ -154,7 +157,7 @@ def infer_run(
         batch_size,
         device,
         average=average_views,
-        recentre=trained_recentred(config, registry),
+        recentre=recentre and trained_recentred(config, registry),
         progress=bar.update,
     )
     bar.close()
