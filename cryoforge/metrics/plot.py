@@ -67,7 +67,12 @@ def plot_fsc(
             ":",
             lw=1.2,
             color="k",
-            label="half-bit threshold (van Heel & Schatz 2005)",
+            label="half-bit threshold (van Heel & Schatz 2005)"
+            + (
+                f", of the first curve ({rep.voxel_fraction:.2f} of the box's voxels)"
+                if rep.voxel_fraction < 1.0
+                else ""
+            ),
         )
     if note:
         ax.text(0.98, 0.97, note, fontsize=8, color="C3", ha="right", va="top", transform=ax.transAxes)
