@@ -119,12 +119,10 @@ def recentred_pass(
 def trained_recentred(config: RunConfig, registry: Registry) -> bool:
     """Whether the run's encoder learned centred particles (an amortize stage with ``recentre``):
     inference then reads each image a second time, centred by the first pass's origin."""
-    from cryoforge.engine.amortize import AmortizeOptions
-    from cryoforge.engine.stages import schedule_stages
+    from cryoforge.engine.stages import schedule_stages, stage_options
 
     # the stage's options with their defaults filled in: a run that leaves ``recentre`` at its
     # default trained with it too (reading the raw options missed it: one pass, 7.2° instead of 5.3°)
     return any(
-        s.kind == "amortize" and AmortizeOptions.model_validate(s.options).recentre > 0
-        for s in schedule_stages(config, registry)
+        s.kind == "amortize" and stage_options(s).recentre > 0 for s in schedule_stages(config, registry)
     )

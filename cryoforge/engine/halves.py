@@ -221,13 +221,13 @@ def halfmap_fsc(
         al = align_map(b2, b1, torch.eye(3), False)
     else:
         al = align_map(b2, b1, n_search=n_search)
-    unmasked = fsc_report(b1, al.aligned, pixel_size_angstrom)
     mask_t, mask_text = resolve_mask(mask, (b1.float() + al.aligned.float()) / 2, pixel_size_angstrom)
     masked = None
-    rep = unmasked
-    if mask_t is not None:
+    if mask_t is None:
+        rep = unmasked = fsc_report(b1, al.aligned, pixel_size_angstrom)
+    else:  # the masked FSC's parts include the unmasked curve
         masked = corrected_masked_fsc(b1.double(), al.aligned.double(), mask_t, pixel_size_angstrom)
-        rep = masked.corrected
+        rep, unmasked = masked.corrected, masked.unmasked
     fit_rep, avg = None, None
     if fitted is not None:
         f1, f2 = (m.float() for m in fitted)

@@ -77,12 +77,12 @@ def data_signature(source: Source) -> dict[str, Any]:
 
 def check_halfmap_mask(config: RunConfig, source: Source) -> None:
     """``train.halfmap_mask`` is ``auto``, ``none`` or a readable ``.mrc`` of the images' box
-    (checked before training, so that a typo does not cost a run)."""
+    (:func:`~cryoforge.metrics.masked_fsc.read_mask_file`, checked before training, so that a typo
+    does not cost a run)."""
     spec = config.train.halfmap_mask
     if spec in ("auto", "none"):
         return
-    from cryoforge.io.mrc import read_map
-    from cryoforge.metrics.masked_fsc import check_mask_values
+    from cryoforge.metrics.masked_fsc import read_mask_file
 
     if not Path(spec).is_file():
         raise ConfigError(f"train.halfmap_mask: {spec!r} is neither 'auto', 'none' nor an existing .mrc file")
@@ -92,17 +92,7 @@ def check_halfmap_mask(config: RunConfig, source: Source) -> None:
             "(train.gt_poses); an ab initio half 1 comes out in a frame of its own: use 'auto', or "
             "'cryoforge evaluate RUN/halfmap1.mrc --half2 RUN/halfmap2.mrc --mask FILE' after the run"
         )
-    data, px = read_map(spec)
-    L = int(source.image_size)
-    if data.shape != (L, L, L):
-        raise InputFileError(spec, f"shape {data.shape}, the images' box is {L}", "train.halfmap_mask")
-    if abs(px - source.pixel_size_angstrom) > 1e-3 * source.pixel_size_angstrom:
-        raise InputFileError(
-            spec,
-            f"voxel size {px:g} Å, the images' is {source.pixel_size_angstrom:g} Å",
-            "train.halfmap_mask",
-        )
-    check_mask_values(data, spec, "train.halfmap_mask")
+    read_mask_file(spec, int(source.image_size), source.pixel_size_angstrom, "train.halfmap_mask")
 
 
 def preflight(config: RunConfig, registry: Registry, source: Source, bctx: BuildContext) -> Pipeline:

@@ -224,14 +224,21 @@ NO_AUTO_MASK = (
 )
 
 
-def check_mask_values(data: np.ndarray, path: str, field: str) -> None:
-    """A mask file holds values in [0, 1] (RELION refuses others too): an ``InputFileError`` naming
-    ``path`` and ``field`` otherwise."""
+def read_mask_file(path: str, box: int, pixel_size_angstrom: float, field: str) -> np.ndarray:
+    """A mask file's ``(box, box, box)`` values, checked: the maps' box and voxel size, values in
+    [0, 1] (RELION refuses others too), not zero everywhere; an ``InputFileError`` naming ``path``
+    and ``field`` otherwise."""
+    data, px = read_map(path)
+    if data.shape != (box,) * 3:
+        raise InputFileError(path, f"shape {data.shape}, the maps' box is {box}", field)
+    if abs(px - pixel_size_angstrom) > 1e-3 * pixel_size_angstrom:
+        raise InputFileError(path, f"voxel size {px:g} Å, the maps' is {pixel_size_angstrom:g} Å", field)
     lo, hi = float(np.min(data)), float(np.max(data))
     if not (np.isfinite(lo) and np.isfinite(hi)) or lo < -1e-6 or hi > 1 + 1e-6:
         raise InputFileError(path, f"mask values must lie in [0, 1], found {lo:g} to {hi:g}", field)
     if hi <= 0:
         raise InputFileError(path, "the mask is zero everywhere", field)
+    return data
 
 
 def resolve_mask(
@@ -246,12 +253,7 @@ def resolve_mask(
         settings = AutoMaskSettings()
         mask = auto_mask(average, pixel_size_angstrom, settings)
         return (None, NO_AUTO_MASK) if mask is None else (mask, settings.describe())
-    data, px = read_map(spec)
-    if data.shape != tuple(average.shape):
-        raise InputFileError(spec, f"shape {data.shape}, the half maps' is {tuple(average.shape)}", field)
-    if abs(px - pixel_size_angstrom) > 1e-3 * pixel_size_angstrom:
-        raise InputFileError(spec, f"voxel size {px:g} Å, the half maps' is {pixel_size_angstrom:g} Å", field)
-    check_mask_values(data, spec, field)
+    data = read_mask_file(spec, average.shape[-1], pixel_size_angstrom, field)
     return torch.from_numpy(data.astype(np.float32)), f"the mask file {spec}"
 
 
