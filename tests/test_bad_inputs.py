@@ -372,6 +372,21 @@ def c_gt_map_wrong_size(t, d):
     return Case([*args, "-o", "ground_truth_map", str(m)], ["gt.mrc", "ground_truth_map", "20"], [m])
 
 
+def c_evaluate_mask_without_half2(t, d):
+    args = ["evaluate", str(t["map"]), "--mask", "auto", "--out", str(d / "ev")]
+    return Case(args, ["--mask", "--half2"], [t["map"]])
+
+
+def c_evaluate_mask_values(t, d):
+    from cryoforge.io.mrc import read_map, write_mrc
+
+    vol, px = read_map(t["map"])
+    m = d / "mask.mrc"
+    write_mrc(m, np.full(vol.shape, 2.0, np.float32), px)
+    args = ["evaluate", str(t["map"]), "--half2", str(t["map"]), "--mask", str(m), "--out", str(d / "ev")]
+    return Case(args, ["mask.mrc", "--mask", "[0, 1]"], [m, t["map"]])
+
+
 def c_halfmap_mask_wrong_size(t, d):
     from cryoforge.io.mrc import write_mrc
 
@@ -456,6 +471,8 @@ BUILDERS: dict[str, Callable] = {
     "gt_map_wrong_size": c_gt_map_wrong_size,
     "halfmap_mask_wrong_size": c_halfmap_mask_wrong_size,
     "halfmap_mask_missing": c_halfmap_mask_missing,
+    "evaluate_mask_without_half2": c_evaluate_mask_without_half2,
+    "evaluate_mask_values": c_evaluate_mask_values,
     "halfmap_mask_values": c_halfmap_mask_values,
     "halfmap_mask_file_ab_initio": c_halfmap_mask_file_ab_initio,
     "gt_map_wrong_pixel": c_gt_map_wrong_pixel,
