@@ -99,6 +99,24 @@ def test_bf16_convolutions_track_fp32_and_auto_follows_the_cpu():
     assert conv_dtype("auto", torch.device("cuda")) == torch.float32
 
 
+def test_auto_precision_honours_kernels_held_below_avx512(monkeypatch):
+    """A CPU with AVX512-BF16 whose kernels are held to AVX2 emulates bf16 (16× slower): fp32 then."""
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True, raising=False)
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
+    assert cpu_has_native_bf16()
+    assert conv_dtype("auto", torch.device("cpu")) == torch.bfloat16
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "avx2")
+    assert not cpu_has_native_bf16()
+    assert conv_dtype("auto", torch.device("cpu")) == torch.float32
+    assert conv_dtype("bf16", torch.device("cpu")) == torch.bfloat16  # asked for: kept
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_AMX")
+    assert cpu_has_native_bf16()
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
+    assert not cpu_has_native_bf16()
+
+
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_vgg_backward_in_both_precisions(precision):
     enc = VGGEncoder(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Annotated, Literal
 
 import torch
@@ -37,10 +38,27 @@ def conv_dtype(precision: str, device: torch.device) -> torch.dtype:
     return torch.float32
 
 
+ONEDNN_ISAS_WITHOUT_BF16 = frozenset(
+    {"SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI"}
+)
+"""oneDNN's ``ONEDNN_MAX_CPU_ISA`` values below AVX512_CORE_BF16: bf16 convolutions are emulated."""
+
+
 def cpu_has_native_bf16() -> bool:
-    """Whether this CPU computes in bf16 natively (torch's own check; False on torch without it)."""
+    """Whether this CPU computes in bf16 natively (torch's own check; False on torch without it).
+
+    The CPU's flags are not enough: a process whose kernels are held below AVX512
+    (``ATEN_CPU_CAPABILITY=avx2``, or ``ONEDNN_MAX_CPU_ISA`` below ``AVX512_CORE_BF16``) emulates
+    bf16, 16× slower than fp32 on the demo's encoder (``docs/validation.md``), so it counts as a CPU
+    without native bf16.
+    """
     checks = [getattr(torch.cpu, n, None) for n in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
-    return any(bool(c()) for c in checks if c is not None)
+    if not any(bool(c()) for c in checks if c is not None):
+        return False
+    if not torch.backends.cpu.get_cpu_capability().upper().startswith("AVX512"):
+        return False
+    isa = (os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or "").strip().upper()
+    return isa not in ONEDNN_ISAS_WITHOUT_BF16
 
 
 class DoubleConv(nn.Sequential):
