@@ -96,6 +96,15 @@ def test_schedule_adds_infer_and_refine_only_with_an_encoder():
     from cryoforge.engine.semi_amortized import RefineStageOptions
 
     RefineStageOptions.model_validate(sym[-1].options)  # every copied option is one of the stage's
+    # its global check scores at the search's box, last band and grid
+    real = _stages(search={"size": 24, "band_px": [4.0, 11.0], "directions": 500, "inplane": 30})[-1]
+    assert {k: real.options[k] for k in ("global_size", "global_band_px", "directions", "inplane")} == {
+        "global_size": 24,
+        "global_band_px": 11.0,
+        "directions": 500,
+        "inplane": 30,
+    }
+    RefineStageOptions.model_validate(real.options)
     plain = _stages(amortize_steps=0)
     assert [s.name for s in plain] == ["search", "fit"] and "subset" not in plain[0].options
     with pytest.raises(ValueError, match="amortize_steps"):
@@ -162,6 +171,40 @@ def test_subset_run_poses_every_particle_and_fits_the_subset_first(case, tmp_pat
     assert stages["fit"]["step"] == 10
 
 
+def test_the_last_refine_step_refines_the_searched_particles_too(case, tmp_path):
+    """``refine_searched``: the searched particles, posed against the subset's map, take the last
+    step against the map of every particle. The inferred particles' poses do not depend on it."""
+    from cryoforge.metrics.poses import pose_errors
+
+    truth = read_star(case / "particles.star")
+    out = {}
+    for flag in (False, True):
+        refine = {"refine_steps_deg": [2.0], "fit_steps": 5, "refine_searched": flag}
+        cfg = _config(case / "particles.star", tmp_path / f"run{flag}", **{"schedule.subset": 600})
+        cfg = apply_override(cfg, "schedule.refine", refine)
+        out[flag] = read_star(run(cfg).star_path)
+    rows = search_rows(1200, 600, cfg.train.seed)
+    assert rows is not None
+    s = np.zeros(1200, dtype=bool)
+    s[rows.numpy()] = True
+    a, b = (torch.as_tensor(out[f].rotations, dtype=torch.float64) for f in (False, True))
+    assert torch.equal(a[~s], b[~s])
+    assert float((geodesic_distance_deg(a[s], b[s]) > 0.1).float().mean()) > 0.2  # they took a step
+
+    def searched_error(star) -> float:
+        t = torch.as_tensor
+        e = pose_errors(
+            t(star.rotations[s]),
+            t(truth.rotations[s]),
+            t(star.shifts_angstrom[s]),
+            t(truth.shifts_angstrom[s]),
+            3.0,
+        )
+        return e["rot_median_deg"]
+
+    assert searched_error(out[True]) <= searched_error(out[False]) + 0.05
+
+
 def test_subset_without_an_encoder_is_refused_before_the_run(case, tmp_path):
     with pytest.raises((ConfigError, ValueError), match="amortize_steps"):
         run(
@@ -172,6 +215,39 @@ def test_subset_without_an_encoder_is_refused_before_the_run(case, tmp_path):
             )
         )
     assert not (tmp_path / "r" / "checkpoint.pt").exists()
+
+
+def test_global_check_replaces_poses_beyond_local_reach_and_keeps_good_ones(case):
+    """The refine stage's global check: against the map of half the particles at their true poses
+    (16 px, as the search scores), poses 90° off (random axes) return to within the rotation grid's
+    spacing, and true poses are kept where they score better than every grid rotation (nearly all)."""
+    from cryoforge.engine.semi_amortized import RefineStageOptions, globally_checked
+    from cryoforge.ops.search import grid_spacing_deg
+
+    _, _, source = prepare(_config(case / "particles.star", case / "unused"))
+    truth = read_star(case / "particles.star")
+    R = torch.as_tensor(truth.rotations, dtype=torch.float64)
+    origin = torch.as_tensor(truth.shifts_angstrom, dtype=torch.float64) / 3.0
+    n = len(R)
+    ctx = SimpleNamespace(source=source, index=np.arange(n))
+    ref, bad, good = np.arange(0, n, 2), np.arange(1, n, 4), np.arange(3, n, 4)
+    small = symmetric_reconstruction(full_size_sums(ctx, R[ref], 400, origin[ref], ref, box=16), "C1", 0.1)
+    gen = torch.Generator().manual_seed(1)
+    axis = torch.nn.functional.normalize(torch.randn(len(bad), 3, generator=gen, dtype=torch.float64), dim=1)
+    rows = np.concatenate([bad, good])
+    start = torch.cat([rotvec_to_matrix(axis * np.deg2rad(90.0)) @ R[bad], R[good]])
+    opts = RefineStageOptions()
+    rot, org, replaced = globally_checked(ctx, rows, start, origin[rows], small, opts, chunk=250)
+    err = geodesic_distance_deg(rot, R[rows])
+    spacing = grid_spacing_deg(opts.directions, opts.inplane)  # 15° (in-plane) × 11.7°
+    assert float(err[: len(bad)].median()) < spacing / 2, float(err[: len(bad)].median())
+    assert float((err[: len(bad)] < spacing).float().mean()) > 0.9
+    kept = err[len(bad) :] < 1e-4
+    assert float(kept.float().mean()) > 0.9  # true poses score better than the grid's nearest
+    assert float(err[len(bad) :].max()) < spacing / 2  # and a grid pose replaces one only nearby
+    assert len(bad) * 0.9 < replaced < len(bad) + 0.1 * len(good)
+    assert float((org[: len(bad)] - origin[bad]).norm(dim=1).median()) < 1.0  # px of the data
+    assert torch.equal(org[len(bad) :][kept], origin[good][kept])
 
 
 def test_refine_poses_against_a_fixed_map_corrects_encoder_like_errors(case):

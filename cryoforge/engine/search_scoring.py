@@ -227,6 +227,29 @@ def global_iteration(
     return index, weights, noise, origins
 
 
+def pose_errors(
+    sp: SearchSpectra,
+    spectrum: torch.Tensor,
+    rotation: torch.Tensor,
+    origin_px: torch.Tensor,
+    band_px: float,
+    scaled: bool = False,
+) -> torch.Tensor:
+    """The scores :func:`global_iteration` gives, for one given pose per image.
+
+    ``spectrum`` is the :func:`~cryoforge.ops.projection.oversampled_spectrum` of the map at the
+    box of ``sp``; ``rotation`` ``(N, 3, 3)`` and ``origin_px`` ``(N, 2)`` (px of that box) one pose
+    per image of ``sp``. Returns ``(N,)`` squared errors less ``|Y|²`` inside ``band_px`` (lower is
+    better; comparable with the same images' scores at other poses).
+    """
+    m = sp.radius_px < band_px
+    fm = sp.freqs[m]
+    P = project_fourier(spectrum, rotation, fm, dtype=torch.complex64)[:, None]  # (N, 1, M)
+    c = None if sp.C is None else sp.C[:, m]
+    Y = _centred(sp.Y[:, m], fm, origin_px).to(P.dtype)
+    return _error(pair_power_batched(c, P), pair_cross_batched(Y, c, P), scaled)[:, 0]
+
+
 def centre_particles(
     sp: SearchSpectra, volume: torch.Tensor, band_px: float, offsets_px: torch.Tensor, batch: int
 ) -> torch.Tensor:
@@ -296,7 +319,7 @@ def _whiten(
     return (Y * w.to(Y.real.dtype)).to(Y.dtype), (c * w).to(torch.float32 if C is None else C.dtype)
 
 
-def _particles_done(ctx: RunContext, what: str, done: int, total: int) -> None:
+def particles_done(ctx: RunContext, what: str, done: int, total: int) -> None:
     """Tell the run's callbacks how far a pass over the particles is (a lightweight context, as
     ``infer --refine`` builds one, has no callbacks)."""
     emit = getattr(ctx, "emit", None)
@@ -398,7 +421,7 @@ def refine_locally(
         residual += float((val.double() + Y.abs().pow(2).sum(1)).sum()) / Y.shape[1]
         if acc is not None:
             acc.add(Y, freqs, out[rows], C, origin[rows])
-        _particles_done(ctx, f"local refinement ({step_deg:g}°)", rows.stop, N)
+        particles_done(ctx, f"local refinement ({step_deg:g}°)", rows.stop, N)
     volume_out = None
     if acc is not None:
         coll.sum_sums(acc)
@@ -429,5 +452,5 @@ def full_size_sums(
     origin = None if origin_px is None else origin_px.double() * (box / L)
     for rows, Y, C in _full_size_batches(ctx, max(1, batch // 4), index, noise_power, box):
         acc.add(Y, freqs, rotation[rows], C, None if origin is None else origin[rows])
-        _particles_done(ctx, "full-size reconstruction", rows.stop, len(rotation))
+        particles_done(ctx, "full-size reconstruction", rows.stop, len(rotation))
     return acc

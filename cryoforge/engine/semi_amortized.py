@@ -31,11 +31,20 @@ from cryoforge.engine.context import RunContext
 from cryoforge.engine.grid_views import infer_poses_grid_averaged, trained_recentred
 from cryoforge.engine.loop import train_gradient
 from cryoforge.engine.search import RefinementChecks, map_mask, masked, particle_pixel_sizes
-from cryoforge.engine.search_scoring import full_size_sums, refine_locally
+from cryoforge.engine.search_scoring import (
+    SearchSpectra,
+    full_size_sums,
+    global_iteration,
+    particles_done,
+    pose_errors,
+    refine_locally,
+)
 from cryoforge.engine.signals import stop_point
 from cryoforge.engine.stages import register_runner
 from cryoforge.engine.whitening import background_power_per_shell
 from cryoforge.errors import ConfigError
+from cryoforge.ops.projection import oversampled_spectrum
+from cryoforge.ops.search import shift_grid_px, so3_grid
 from cryoforge.ops.symmetry import symmetric_reconstruction
 from cryoforge.options import Options
 from cryoforge.roles import Source
@@ -91,6 +100,30 @@ class RefineStageOptions(RefinementChecks):
     fit_steps: int = Field(
         300, ge=0, le=10**9, description="volume fit steps on every particle after refinement (0: none)"
     )
+    refine_searched: bool = Field(
+        True,
+        description="the last step also refines the searched particles, against the map of every "
+        "particle (the search posed them against the subset's map only)",
+    )
+    global_check: bool = Field(
+        True,
+        description="before the local steps, score every rotation of the search's grid (× origins "
+        "around the encoder's) for each inferred particle at the search's box against the searched "
+        "particles' map, and start from that pose where it scores better than the encoder's: at low "
+        "SNR the encoder's errors are beyond a local search's reach",
+    )
+    global_size: int = Field(
+        16, ge=8, le=512, description="box (px) of that global check (the abinit schedule: the search's size)"
+    )
+    global_band_px: float = Field(
+        8.0,
+        gt=0,
+        description="band radius (Fourier px of global_size) of the global check (the search's last)",
+    )
+    directions: int = Field(
+        300, ge=12, le=100_000, description="projection directions of the global check's rotation grid"
+    )
+    inplane: int = Field(24, ge=4, le=3600, description="in-plane angles per direction of that grid")
 
 
 def _missing_rows(ctx: RunContext) -> torch.Tensor:
@@ -183,8 +216,8 @@ def run_refine(ctx: RunContext, stage: Stage) -> None:
         px = particle_pixel_sizes(ctx)
         coll = ctx.collective
         power = background_power_per_shell(ctx.source, ctx.index) if opts.whiten else None
-        s_rows = torch.nonzero(searched).flatten()
-        s_rows = s_rows[coll.shard(len(s_rows))]  # each process its share of both sets
+        all_searched = torch.nonzero(searched).flatten()
+        s_rows = all_searched[coll.shard(len(all_searched))]  # each process its share of both sets
         # the reference: the searched particles at their poses (the encoder's poses are rougher)
         base = full_size_sums(
             ctx,
@@ -205,6 +238,39 @@ def run_refine(ctx: RunContext, stage: Stage) -> None:
         rotation = ctx.poses.rotation[rows].double()
         origin = ctx.poses.shift_angstrom[rows].double() / px[rows, None]
         positions = ctx.index[rows[mine].numpy()]
+        if opts.global_check and not prog.get("checked"):
+            g_size = min(opts.global_size, ctx.source.image_size)
+            small = full_size_sums(
+                ctx,
+                ctx.poses.rotation[s_rows].double(),
+                opts.batch,
+                ctx.poses.shift_angstrom[s_rows].double() / px[s_rows, None],
+                ctx.index[s_rows.numpy()],
+                power,
+                g_size,
+            )
+            g_voxel = float(ctx.source.pixel_size_angstrom) * ctx.source.image_size / g_size
+            small_map = masked(
+                symmetric_reconstruction(coll.sum_sums(small), opts.symmetry, opts.wiener),
+                map_mask(opts.mask_diameter_angstrom, g_size, g_voxel),
+            )
+            mine_rotation, mine_origin, replaced = globally_checked(
+                ctx, positions, rotation[mine], origin[mine], small_map, opts, power
+            )
+            rotation, origin = coll.gather(mine_rotation, n), coll.gather(mine_origin, n)
+            replaced = int(coll.total(float(replaced)))
+            log.info(
+                "stage %r: the global check at %d px moved %d of %d inferred particles off the "
+                "encoder's pose",
+                stage.name,
+                g_size,
+                replaced,
+                n,
+            )
+            ctx.set_table_poses(rows, Pose(rotation.float(), (origin * px[rows, None]).float()))
+            prog["checked"], prog["replaced"] = True, replaced
+            if ctx.rank == 0:
+                save_checkpoint(ctx)
         t0 = time.perf_counter()
         while prog["refined"] < len(steps):
             stop_point(ctx)
@@ -212,6 +278,7 @@ def run_refine(ctx: RunContext, stage: Stage) -> None:
                 return
             j = prog["refined"]
             last = j == len(steps) - 1
+            reference = volume  # the searched and the refined particles' map
             mine_rotation, residual, volume, mine_origin = refine_locally(
                 ctx,
                 rotation[mine],
@@ -233,6 +300,29 @@ def run_refine(ctx: RunContext, stage: Stage) -> None:
                 volume = masked(volume, mask)
             rotation, origin = coll.gather(mine_rotation, n), coll.gather(mine_origin, n)
             ctx.set_table_poses(rows, Pose(rotation.float(), (origin * px[rows, None]).float()))
+            if last and opts.refine_searched and len(all_searched):
+                # the searched particles were posed against the subset's map: one step against
+                # the map of every particle (7.3° -> about 5° on 3PWP at SNR 0.05, docs/validation.md)
+                s_rotation, _, _, s_origin = refine_locally(
+                    ctx,
+                    ctx.poses.rotation[s_rows].double(),
+                    reference,
+                    steps[j],
+                    opts.batch,
+                    None,
+                    ctx.poses.shift_angstrom[s_rows].double() / px[s_rows, None],
+                    opts.shift_step_px / 2**j,
+                    opts.symmetry,
+                    index=ctx.index[s_rows.numpy()],
+                    coll=coll,
+                    noise_power=power,
+                    box=opts.size,
+                    scaled=opts.scale,
+                )
+                n_s = len(all_searched)
+                s_rotation, s_origin = coll.gather(s_rotation, n_s), coll.gather(s_origin, n_s)
+                s_pose = Pose(s_rotation.float(), (s_origin * px[all_searched, None]).float())
+                ctx.set_table_poses(all_searched, s_pose)
             prog["refined"] = j + 1
             rate = len(rows) * (j + 1) / max(time.perf_counter() - t0, 1e-9)
             _step(ctx, stage, j + 1, len(steps), residual, rate, (n * (j + 1), n * len(steps)))
@@ -243,6 +333,52 @@ def run_refine(ctx: RunContext, stage: Stage) -> None:
         ctx.emit("on_stage_start", fit)
         train_gradient(ctx, fit)
         ctx.emit("on_stage_end", fit)
+
+
+def globally_checked(
+    ctx: RunContext,
+    positions: np.ndarray,
+    rotation: torch.Tensor,
+    origin_px: torch.Tensor,
+    volume: torch.Tensor,
+    opts: RefineStageOptions,
+    noise_power: torch.Tensor | None = None,
+    chunk: int = 20_000,
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """The better of each particle's pose and the best pose of a global search, at a small box.
+
+    Each particle of ``positions`` (dataset positions; rows of ``rotation`` ``(n, 3, 3)`` and
+    ``origin_px`` ``(n, 2)``, px of the data, follow them) is scored, Fourier-cropped to the
+    box of ``volume`` (``(S, S, S)``, the searched particles' map at ``opts.global_size``), at
+    every rotation of the search's grid, each at its origin and ±½ px of that box in x and y (the
+    search's global iteration at temperature 1, one hypothesis kept), and at its given pose.
+    The better-scoring pose is kept. The particles are read ``chunk`` at a time (memory stays
+    flat). Returns the rotations, the origins (px of the data) and how many poses were replaced.
+    """
+    L, S = ctx.source.image_size, volume.shape[-1]
+    crop = S / L
+    band = min(opts.global_band_px, S / 2)
+    grid = so3_grid(opts.directions, opts.inplane)
+    offsets = shift_grid_px(0.5, 0.5)  # the origin and ±½ px (of the small box) in x and y
+    spectrum = oversampled_spectrum(volume.double(), 2)
+    rotation, origin = rotation.clone(), origin_px.clone()
+    replaced, n = 0, len(positions)
+    for s in range(0, n, chunk):
+        sl = slice(s, min(s + chunk, n))
+        sp = SearchSpectra(ctx, S, opts.batch, positions[sl], noise_power)
+        start = origin[sl] * crop
+        index, _, _, found = global_iteration(
+            sp, volume, grid, band, 1, opts.batch, start, offsets, scaled=opts.scale
+        )
+        g_rotation, g_origin = grid[index[:, 0]], found[:, 0]
+        better = pose_errors(sp, spectrum, g_rotation, g_origin, band, opts.scale) < pose_errors(
+            sp, spectrum, rotation[sl], start, band, opts.scale
+        )
+        rotation[sl] = torch.where(better[:, None, None], g_rotation.to(rotation), rotation[sl])
+        origin[sl] = torch.where(better[:, None], (g_origin / crop).to(origin), origin[sl])
+        replaced += int(better.sum())
+        particles_done(ctx, "global check", sl.stop, n)
+    return rotation, origin, replaced
 
 
 def refine_poses(

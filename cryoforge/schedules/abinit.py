@@ -78,9 +78,14 @@ class AbinitSchedule(Schedule):
         if amortized:
             refine = dict(o.refine)
             # the refine stage scores as the search did
-            for key in ("symmetry", "whiten", "scale", "mask_diameter_angstrom"):
+            for key in ("symmetry", "whiten", "scale", "mask_diameter_angstrom", "directions", "inplane"):
                 if key in search:
                     refine.setdefault(key, search[key])
+            # its global check scores at the search's box and last band
+            if "size" in search:
+                refine.setdefault("global_size", search["size"])
+            if "band_px" in search:
+                refine.setdefault("global_band_px", search["band_px"][1])
             stages += [
                 Stage(name="amortize", kind="amortize", max_steps=o.amortize_steps, options=o.amortize),
                 Stage(name="infer", kind="infer", options=o.infer),
