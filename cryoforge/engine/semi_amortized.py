@@ -6,10 +6,13 @@ cryoSPIN's semi-amortized inference:
 
 1. ``infer`` (kind ``"infer"``): the trained encoder predicts their poses in one pass each
    (the encoder alone: no rendering; or averaged over the 8 symmetries of the pixel grid).
-2. ``refine`` (kind ``"refine"``): each predicted pose is refined by the local search of the search
-   stage (a cubic grid of small rotations × sub-pixel origins, steps shrinking) against the
-   full-size backprojection of the searched particles, then of those and the refined ones; the
-   volume is then fitted to every particle at its pose.
+2. ``refine`` (kind ``"refine"``): each predicted pose first competes with the best pose of one
+   global search iteration at the search's box, against the searched particles' map (the global
+   check: at low SNR the encoder's errors are beyond a local search's reach); then it is refined
+   by the local search of the search stage (a cubic grid of small rotations × sub-pixel origins,
+   steps shrinking) against the full-size backprojection of the searched particles, then of those
+   and the refined ones. The last step refines the searched particles too, against the map of
+   every particle; the volume is then fitted to every particle at its pose.
 
 When the search scored every particle, both stages have nothing to do: small inputs keep the
 search → fit → amortize path. Progress is checkpointed per chunk of particles and per step.
