@@ -111,15 +111,20 @@ def test_schedule_adds_infer_and_refine_only_with_an_encoder():
         AbinitSchedule.Options(amortize_steps=0, search={"subset": 500})
 
 
-def test_refine_returns_poses_a_few_degrees_off_to_the_truth(case):
-    """Half the particles at their true poses make the reference; the other half start 5° off
-    (random axes) and ±1 px off: four local steps bring them back within the grid's reach."""
+def _truth(case: Path) -> tuple[SimpleNamespace, torch.Tensor, torch.Tensor]:
+    """A light context over the case's particles, their true rotations and origins (px, 3 Å/px)."""
     _, _, source = prepare(_config(case / "particles.star", case / "unused"))
     truth = read_star(case / "particles.star")
     R = torch.as_tensor(truth.rotations, dtype=torch.float64)
     origin = torch.as_tensor(truth.shifts_angstrom, dtype=torch.float64) / 3.0
+    return SimpleNamespace(source=source, index=np.arange(len(R))), R, origin
+
+
+def test_refine_returns_poses_a_few_degrees_off_to_the_truth(case):
+    """Half the particles at their true poses make the reference; the other half start 5° off
+    (random axes) and ±1 px off: four local steps bring them back within the grid's reach."""
+    ctx, R, origin = _truth(case)
     n = len(R)
-    ctx = SimpleNamespace(source=source, index=np.arange(n))
     ref, moved = np.arange(0, n, 2), np.arange(1, n, 2)
     base = full_size_sums(ctx, R[ref], 400, origin[ref], ref)
     volume = symmetric_reconstruction(base, "C1", 0.1)
@@ -224,12 +229,8 @@ def test_global_check_replaces_poses_beyond_local_reach_and_keeps_good_ones(case
     from cryoforge.engine.semi_amortized import RefineStageOptions, globally_checked
     from cryoforge.ops.search import grid_spacing_deg
 
-    _, _, source = prepare(_config(case / "particles.star", case / "unused"))
-    truth = read_star(case / "particles.star")
-    R = torch.as_tensor(truth.rotations, dtype=torch.float64)
-    origin = torch.as_tensor(truth.shifts_angstrom, dtype=torch.float64) / 3.0
+    ctx, R, origin = _truth(case)
     n = len(R)
-    ctx = SimpleNamespace(source=source, index=np.arange(n))
     ref, bad, good = np.arange(0, n, 2), np.arange(1, n, 4), np.arange(3, n, 4)
     small = symmetric_reconstruction(full_size_sums(ctx, R[ref], 400, origin[ref], ref, box=16), "C1", 0.1)
     gen = torch.Generator().manual_seed(1)

@@ -46,7 +46,7 @@ from cryoforge.engine.signals import stop_point
 from cryoforge.engine.stages import register_runner
 from cryoforge.engine.whitening import background_power_per_shell
 from cryoforge.errors import ConfigError
-from cryoforge.ops.projection import oversampled_spectrum
+from cryoforge.ops.projection import BackprojectionSums, oversampled_spectrum
 from cryoforge.ops.search import shift_grid_px, so3_grid
 from cryoforge.ops.symmetry import symmetric_reconstruction
 from cryoforge.options import Options
@@ -221,42 +221,33 @@ def run_refine(ctx: RunContext, stage: Stage) -> None:
         power = background_power_per_shell(ctx.source, ctx.index) if opts.whiten else None
         all_searched = torch.nonzero(searched).flatten()
         s_rows = all_searched[coll.shard(len(all_searched))]  # each process its share of both sets
-        # the reference: the searched particles at their poses (the encoder's poses are rougher)
-        base = full_size_sums(
-            ctx,
-            ctx.poses.rotation[s_rows].double(),
-            opts.batch,
-            ctx.poses.shift_angstrom[s_rows].double() / px[s_rows, None],
-            ctx.index[s_rows.numpy()],
-            power,
-            opts.size,
-        )
-        box = ctx.source.image_size if opts.size is None else min(opts.size, ctx.source.image_size)
-        voxel_a = float(ctx.source.pixel_size_angstrom) * ctx.source.image_size / box
-        mask = map_mask(opts.mask_diameter_angstrom, box, voxel_a)
-        volume = symmetric_reconstruction(coll.sum_sums(base), opts.symmetry, opts.wiener)
-        volume = masked(volume, mask)
+        s_rotation = ctx.poses.rotation[s_rows].double()
+        s_origin = ctx.poses.shift_angstrom[s_rows].double() / px[s_rows, None]
+
+        L = ctx.source.image_size
+
+        def mask_at(box: int) -> torch.Tensor | None:
+            return map_mask(opts.mask_diameter_angstrom, box, float(ctx.source.pixel_size_angstrom) * L / box)
+
+        def searched_map(box: int) -> tuple[BackprojectionSums, torch.Tensor]:
+            """The searched particles' backprojection sums (of every process) and masked map at
+            ``box`` px: the reference (the encoder's poses are rougher)."""
+            sums = coll.sum_sums(
+                full_size_sums(ctx, s_rotation, opts.batch, s_origin, ctx.index[s_rows.numpy()], power, box)
+            )
+            return sums, masked(symmetric_reconstruction(sums, opts.symmetry, opts.wiener), mask_at(box))
+
+        box = L if opts.size is None else min(opts.size, L)
+        base, volume = searched_map(box)
+        mask = mask_at(box)
         n = len(rows)
         mine = coll.shard(n)
         rotation = ctx.poses.rotation[rows].double()
         origin = ctx.poses.shift_angstrom[rows].double() / px[rows, None]
         positions = ctx.index[rows[mine].numpy()]
         if opts.global_check and not prog.get("checked"):
-            g_size = min(opts.global_size, ctx.source.image_size)
-            small = full_size_sums(
-                ctx,
-                ctx.poses.rotation[s_rows].double(),
-                opts.batch,
-                ctx.poses.shift_angstrom[s_rows].double() / px[s_rows, None],
-                ctx.index[s_rows.numpy()],
-                power,
-                g_size,
-            )
-            g_voxel = float(ctx.source.pixel_size_angstrom) * ctx.source.image_size / g_size
-            small_map = masked(
-                symmetric_reconstruction(coll.sum_sums(small), opts.symmetry, opts.wiener),
-                map_mask(opts.mask_diameter_angstrom, g_size, g_voxel),
-            )
+            g_size = min(opts.global_size, L)
+            _, small_map = searched_map(g_size)
             mine_rotation, mine_origin, replaced = globally_checked(
                 ctx, positions, rotation[mine], origin[mine], small_map, opts, power
             )
@@ -308,12 +299,12 @@ def run_refine(ctx: RunContext, stage: Stage) -> None:
                 # the map of every particle (7.3° -> about 5° on 3PWP at SNR 0.05, docs/validation.md)
                 s_rotation, _, _, s_origin = refine_locally(
                     ctx,
-                    ctx.poses.rotation[s_rows].double(),
+                    s_rotation,
                     reference,
                     steps[j],
                     opts.batch,
                     None,
-                    ctx.poses.shift_angstrom[s_rows].double() / px[s_rows, None],
+                    s_origin,
                     opts.shift_step_px / 2**j,
                     opts.symmetry,
                     index=ctx.index[s_rows.numpy()],
