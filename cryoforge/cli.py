@@ -6,6 +6,7 @@ from __future__ import annotations
 import click
 
 from cryoforge.commands.config import config
+from cryoforge.commands.ctf_check import ctf_check
 from cryoforge.commands.evaluate import evaluate
 from cryoforge.commands.group import LazyPluginGroup
 from cryoforge.commands.infer import infer
@@ -24,7 +25,18 @@ def cli() -> None:
     """cryoforge: amortized ab initio cryo-EM reconstruction (cryoAI and beyond)."""
 
 
-for _command in (plugins, config, run, infer, simulate, evaluate, reconstruct, select_classes, symmetry):
+for _command in (
+    plugins,
+    config,
+    run,
+    infer,
+    simulate,
+    evaluate,
+    reconstruct,
+    select_classes,
+    symmetry,
+    ctf_check,
+):
     cli.add_command(_command)
 
 

@@ -58,12 +58,17 @@ def check_ground_truth_map(config: RunConfig, source: Source) -> None:
 
 
 def report_data_quality(source: Source) -> list[str]:
-    """Warn on stderr, before training, about duplicates and constant images the source counted
-    and implausible physical values it found (the run's log file is not open yet); returns the
-    lines."""
+    """Warn on stderr, before training, about duplicates and constant images the source counted,
+    implausible physical values it found, and a defocus that the particles' Thon rings contradict
+    (:mod:`cryoforge.engine.ctf_check`; the run's log file is not open yet); returns the lines."""
     quality = getattr(source, "quality", None)
     notes = quality.messages() if quality is not None else []
     notes += list(getattr(source, "physical_warnings", []))
+    from cryoforge.engine.ctf_check import ctf_warning
+
+    ctf_note = ctf_warning(source)
+    if ctf_note is not None:
+        notes.append(ctf_note)
     for note in notes:
         print(f"Warning: {note}", file=sys.stderr, flush=True)
     return notes
