@@ -39,7 +39,7 @@ def _images(n: int, defocus: float, seed: int = 0, snr: float = 1.0) -> np.ndarr
     f = np.fft.fftfreq(L) / PX
     ky, kx = np.meshgrid(f, f, indexing="ij")
     freqs = torch.from_numpy(np.stack([kx.ravel(), ky.ravel()], -1))
-    t = lambda v: torch.full((1,), float(v), dtype=torch.float64)  # noqa: E731
+    t = lambda v: torch.full((1,), float(v), dtype=torch.float64)
     ctf = ctf_2d(freqs, t(defocus), t(defocus), t(0), t(KV), t(CS), t(W), t(0)).numpy().reshape(L, L)
     spec = np.fft.fft2(g.normal(size=(n, L, L))) * ctf
     signal = np.fft.ifft2(spec).real
@@ -52,7 +52,7 @@ def test_ctf_squared_radial_is_the_ctf_along_one_direction():
     ours = ctf_squared_radial(s, np.array([12000.0, 30000.0]), KV, CS, W)
     freqs = torch.from_numpy(np.stack([s, np.zeros_like(s)], -1))
     for row, df in zip(ours, (12000.0, 30000.0), strict=True):
-        t = lambda v: torch.tensor([float(v)], dtype=torch.float64)  # noqa: E731
+        t = lambda v: torch.tensor([float(v)], dtype=torch.float64)
         ref = ctf_2d(freqs, t(df), t(df), t(0), t(KV), t(CS), t(W), t(0)).numpy()[0] ** 2
         np.testing.assert_allclose(row, ref, atol=1e-12)
 
@@ -171,12 +171,16 @@ def test_betagal_defocus_is_contradicted_by_its_rings(shared_data):
     star = d / "Extract/job009/particles.star"
     if not star.is_file():
         pytest.skip(f"real β-galactosidase particles not found at {d}")
-    res = CliRunner().invoke(cli, ["ctf-check", str(star), "--datadir", str(d), "--max-per-micrograph", "150"])
+    res = CliRunner().invoke(
+        cli, ["ctf-check", str(star), "--datadir", str(d), "--max-per-micrograph", "150"]
+    )
     assert res.exit_code == 0, res.output
     assert "disagrees with the particles' Thon rings in 10 of 10" in res.output
     from cryoforge.plugins import load_registry
 
-    source = load_registry().build("source", "star", {"path": str(star), "datadir": str(d), "normalize": False})
+    source = load_registry().build(
+        "source", "star", {"path": str(star), "datadir": str(d), "normalize": False}
+    )
     check = check_particle_ctf(source, max_per_group=150)
     for g in check.groups:
         assert 3.4e4 < g.defocus_angstrom < 5.0e4
