@@ -22,7 +22,10 @@ from cryoforge.imaging.thon import RingFit, fit_defocus_scale, radial_power
 AGREE_RANGE = (0.85, 1.18)
 """Fitted/metadata defocus ratios counted as agreeing (CTFFIND's own spread is a few %)."""
 MIN_PER_GROUP = 30
-"""Fewest particles whose pooled spectrum is fitted; smaller micrographs are pooled as 'others'."""
+"""Fewest particles whose pooled spectrum is fitted; smaller micrographs are pooled as :data:`OTHERS`."""
+OTHERS = "others"
+"""The group of micrographs with too few particles each: reported, never corrected (their
+defoci differ, so one factor need not fit them)."""
 
 
 @dataclass
@@ -160,7 +163,7 @@ def check_particle_ctf(
     Returns
     -------
     CtfCheck
-        Groups under :data:`MIN_PER_GROUP` particles are pooled into one ``"others"`` group.
+        Groups under :data:`MIN_PER_GROUP` particles are pooled into one :data:`OTHERS` group.
     """
     ctf = source.ctf
     if ctf is None:
@@ -171,7 +174,7 @@ def check_particle_ctf(
     if small:
         others = np.concatenate([groups.pop(k) for k in small])
         if len(others) >= MIN_PER_GROUP:
-            groups["others"] = others
+            groups[OTHERS] = others
     names = sorted(groups)
     if max_groups is not None and len(names) > max_groups:
         names = sorted(rng.choice(names, max_groups, replace=False).tolist())
@@ -220,10 +223,12 @@ def ctf_warning(source, max_per_group: int = 200, max_groups: int = 20) -> str |
 
 def corrected_defocus_factors(check: CtfCheck, n: int) -> np.ndarray:
     """``(n,)`` per-particle factors for the metadata defocus: each disagreeing group's fitted
-    ratio, 1 elsewhere (agreeing groups and groups without rings keep the metadata)."""
+    ratio, 1 elsewhere (agreeing groups, groups without rings and :data:`OTHERS` keep the
+    metadata)."""
     factors = np.ones(n)
     for g in check.disagreeing:
-        factors[g.rows] = g.fit.best_scale
+        if g.name != OTHERS:
+            factors[g.rows] = g.fit.best_scale
     return factors
 
 
