@@ -108,14 +108,13 @@ class CtfCheck:
         )
 
 
-def particle_groups(source, rows: np.ndarray | None = None) -> dict[str, np.ndarray]:
+def particle_groups(source) -> dict[str, np.ndarray]:
     """The source's particles grouped by micrograph, else by stack file, else one group.
 
     ``rlnMicrographName`` is read from a ``.star`` source's particle table; without it, the stack
     file of each ``rlnImageName`` stands for the micrograph (RELION writes one per micrograph).
     """
     n = len(source)
-    rows = np.arange(n) if rows is None else np.asarray(rows)
     names = None
     path = Path(str(getattr(source, "path", "")))
     if path.suffix.lower() == ".star" and path.is_file():
@@ -133,7 +132,7 @@ def particle_groups(source, rows: np.ndarray | None = None) -> dict[str, np.ndar
             else np.full(n, "all particles")
         )
     groups: dict[str, list[int]] = {}
-    for r in rows.tolist():
+    for r in range(n):
         groups.setdefault(str(names[r]), []).append(r)
     return {k: np.asarray(v) for k, v in groups.items()}
 

@@ -13,7 +13,8 @@ the shells where the candidate's rings are resolved (at least :data:`SHELLS_PER_
 one zero to the next; finer rings alias in the box). A correlation counts only when it beats what
 the same scan gives on the profile's own shells in random order (a permutation null).
 
-Physics functions only (numpy); :mod:`cryoforge.engine.ctf_check` reads the particles.
+Physics functions only (numpy, and the CTF of :mod:`cryoforge.ops.ctf`);
+:mod:`cryoforge.engine.ctf_check` reads the particles.
 """
 
 from __future__ import annotations
@@ -22,8 +23,9 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
-from cryoforge.ops.ctf import electron_wavelength_angstrom
+from cryoforge.ops.ctf import ctf_2d, electron_wavelength_angstrom
 
 DETREND_SHELLS = 7
 """Width (shells) of the running mean removed from both profiles: slower than the rings."""
@@ -65,10 +67,8 @@ def ctf_squared_radial(
     amplitude_contrast: float,
     phase_shift_deg: float = 0.0,
 ) -> np.ndarray:
-    """``CTF²`` at radial frequencies for several defoci (no astigmatism), RELION's formula.
-
-    ``χ = π λ Δf s² − (π/2) Cs λ³ s⁴ + φ``; ``CTF = √(1 − w²) sin χ + w cos χ``
-    (:func:`cryoforge.ops.ctf.ctf_2d` along one direction).
+    """``CTF²`` at radial frequencies for several defoci (no astigmatism): the CTF of
+    :func:`cryoforge.ops.ctf.ctf_2d` along one direction, squared.
 
     Parameters
     ----------
@@ -83,13 +83,24 @@ def ctf_squared_radial(
     -------
     ``(D, S)`` values of ``CTF²``.
     """
-    lam = float(electron_wavelength_angstrom(voltage_kv))
-    s2 = np.asarray(freq_per_angstrom, np.float64)[None, :] ** 2
-    df = np.asarray(defocus_angstrom, np.float64)[:, None]
-    chi = math.pi * lam * df * s2 - 0.5 * math.pi * cs_mm * 1e7 * lam**3 * s2 * s2
-    chi = chi + math.radians(phase_shift_deg)
-    w = amplitude_contrast
-    return (math.sqrt(1 - w * w) * np.sin(chi) + w * np.cos(chi)) ** 2
+    s = torch.as_tensor(np.asarray(freq_per_angstrom, np.float64))
+    freqs = torch.stack([s, torch.zeros_like(s)], -1)
+    df = torch.as_tensor(np.asarray(defocus_angstrom, np.float64))
+
+    def each(value: float) -> torch.Tensor:
+        return torch.full_like(df, float(value))
+
+    ctf = ctf_2d(
+        freqs,
+        df,
+        df,
+        each(0.0),
+        each(voltage_kv),
+        each(cs_mm),
+        each(amplitude_contrast),
+        each(phase_shift_deg),
+    )
+    return (ctf**2).numpy()
 
 
 def ring_pattern(profile: np.ndarray) -> np.ndarray:
@@ -198,7 +209,7 @@ def fit_defocus_scale(
     # a few representative defoci stand for the group (the mean CTF² changes slowly with them)
     rep = np.quantile(defoci, np.linspace(0, 1, min(len(defoci), 9)))
     rng = np.random.default_rng(seed)
-    shuffles = np.stack([rng.permutation(box // 2) for _ in range(permutations)])
+    shuffled = data[np.stack([rng.permutation(box // 2) for _ in range(permutations)])]
     corr = np.full(len(scales), np.nan)
     null_best = np.full(permutations, -np.inf)
     for i, k in enumerate(scales):
@@ -211,7 +222,7 @@ def fit_defocus_scale(
         m = model[lo:hi] - model[lo:hi].mean()
         m /= np.linalg.norm(m) + 1e-30
         corr[i] = _pattern_correlation(data, m, lo, hi)
-        null_best = np.maximum(null_best, _pattern_correlation(data[shuffles], m, lo, hi))
+        null_best = np.maximum(null_best, _pattern_correlation(shuffled, m, lo, hi))
     ok = np.isfinite(corr)
     if not ok.any():
         nan = float("nan")
