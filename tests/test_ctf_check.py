@@ -149,9 +149,11 @@ def test_cli_reports_and_writes_the_fitted_defocus(tmp_path):
     assert "disagrees with the particles' Thon rings" in res.output
     res = CliRunner().invoke(cli, ["run", "--particles", str(out), "-d", str(tmp_path / "r2"), "--dry-run"])
     assert res.exit_code == 0 and "Thon rings" not in res.output
-    # an existing --out is kept without --overwrite; one line, exit 2
+    # an existing --out is kept without --overwrite; one line, exit 2, the file untouched
+    written = out.read_bytes()
     again = CliRunner().invoke(cli, args)
     assert_one_line_error(again, "--out")
+    assert out.read_bytes() == written
 
 
 def test_cli_errors_are_one_line(tmp_path):
@@ -161,8 +163,10 @@ def test_cli_errors_are_one_line(tmp_path):
     assert_one_line_error(res, "missing.star")
     res = CliRunner().invoke(cli, ["ctf-check", str(tmp_path / "mic0.mrcs")])
     assert_one_line_error(res, "mic0.mrcs")
+    before = star.read_bytes()
     res = CliRunner().invoke(cli, ["ctf-check", str(star), "--out", str(star)])
     assert_one_line_error(res, "--out")
+    assert star.read_bytes() == before
 
 
 def test_betagal_defocus_is_contradicted_by_its_rings(shared_data):
