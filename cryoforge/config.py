@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import tomllib
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -95,6 +95,12 @@ class TrainConfig(BaseModel):
     export_every_s: float = Field(300.0, gt=0, description="seconds between map/pose exports")
     log_every: int = Field(10, ge=1, le=MAX_STEPS, description="steps between log lines / scalars")
     half_sets: bool = Field(False, description="two independent runs on the two halves")
+    half_start: Literal["shared", "independent"] = Field(
+        "shared",
+        description="half sets: 'shared' starts both halves' searches from one map of all the particles "
+        "low-passed to the search's initial_lowpass_angstrom (RELION's and cryoSPARC's practice: the "
+        "halves share nothing finer); 'independent': each half from its own random start",
+    )
     gt_poses: bool = Field(False, description="use the source's known poses (no encoder)")
     halfmap_mask: str = Field(
         "auto",

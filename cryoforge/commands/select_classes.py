@@ -39,7 +39,7 @@ def _classes(ctx: click.Context, param: click.Parameter, value: str) -> tuple[in
     is_flag=True,
     help="with a .star --out: copy each particle's 2D alignment from CLASSIFICATION "
     "(rlnOriginX/YAngst in Å, rlnAngleRot/Tilt/Psi in degrees), for "
-    '-o schedule.search \'{"initial_origins": "input"}\'',
+    "-o schedule.search.initial_origins input",
 )
 @click.option("--overwrite", is_flag=True, help="replace an existing --out (never an input)")
 def select_classes(

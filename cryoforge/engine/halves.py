@@ -34,6 +34,7 @@ from cryoforge.engine.checkpoint import save_checkpoint
 from cryoforge.engine.context import RunContext, RunResult
 from cryoforge.engine.export import export
 from cryoforge.engine.reconstruct import backproject_particles
+from cryoforge.engine.shared_start import shared_lowpass_angstrom, shared_shells
 from cryoforge.io.mrc import read_map, write_mrc
 from cryoforge.metrics.alignment import align_map
 from cryoforge.metrics.fsc import LOWEST_SHELLS, FSCReport, consistent_structure, fsc_report
@@ -130,6 +131,7 @@ class HalfMapFSC:
     masked: MaskedFSC | None = None
     mask: torch.Tensor | None = None
     mask_text: str = NO_MASK
+    shared_lowpass_angstrom: float | None = None  # the halves' common start, low-passed to this
 
     def metrics(self) -> dict[str, Any]:
         """``halfmap_*`` (the gold standard, with the half-bit crossing and the verdict) and
@@ -153,6 +155,15 @@ class HalfMapFSC:
                 for t in (0.5, 0.143):
                     out[f"halfmap_unmasked_resolution_{t}_text"] += " (no consistent structure)"
         out["halves_mirrored"] = self.mirrored
+        if self.shared_lowpass_angstrom is not None:
+            box_a = self.report.box_size * self.report.pixel_size_angstrom
+            shells = shared_shells(self.shared_lowpass_angstrom, box_a)
+            out["halfmap_shared_start_angstrom"] = self.shared_lowpass_angstrom
+            out["halfmap_shared_start_text"] = (
+                f"both halves started from one map of all the particles low-passed to "
+                f"{self.shared_lowpass_angstrom:g} Å (shells 1-{shells} shared; "
+                "the verdict reads beyond them)"
+            )
         if self.fitted is not None:
             out.update({"fitted_maps_" + k: v for k, v in self.fitted.summary((0.5, 0.143)).items()})
             out["fitted_maps_method"] = FITTED_METHOD
@@ -204,6 +215,7 @@ def halfmap_fsc(
     fitted: tuple[torch.Tensor, torch.Tensor] | None = None,
     n_search: int = 2000,
     mask: str = "auto",
+    shared_lowpass_angstrom: float | None = None,
 ) -> HalfMapFSC:
     """The gold-standard half-map FSC: each half backprojected from its own particles at its own
     poses (:func:`~cryoforge.engine.reconstruct.backproject_particles`, with the CTF when the
@@ -215,6 +227,9 @@ def halfmap_fsc(
     ``mask`` (``train.halfmap_mask``: ``"auto"``, ``"none"`` or an ``.mrc`` path, see
     :func:`resolve_mask`) makes the quoted FSC the masked one, corrected by phase randomisation
     (:func:`~cryoforge.metrics.masked_fsc.corrected_masked_fsc`); the unmasked FSC is kept beside it.
+    ``shared_lowpass_angstrom``: the halves started from one map low-passed to this resolution
+    (:mod:`cryoforge.engine.shared_start`); the verdict on consistent structure reads beyond the
+    shells it reaches.
     """
     b1, b2 = (backproject_particles(source, h, p) for h, p in zip(halves, poses, strict=True))
     if same_frame:
@@ -235,6 +250,8 @@ def halfmap_fsc(
         fit_rep = fsc_report(f1, fal.aligned, pixel_size_angstrom)
         avg = (f1 + fal.aligned) / 2
     method = HALFMAP_METHOD_GT if same_frame else HALFMAP_METHOD
+    box_a = float(b1.shape[-1]) * pixel_size_angstrom
+    lowest = max(LOWEST_SHELLS, shared_shells(shared_lowpass_angstrom, box_a))
     return HalfMapFSC(
         rep,
         fit_rep,
@@ -243,11 +260,12 @@ def halfmap_fsc(
         al.mirrored,
         method,
         # both curves must show it: the correction's random phases add noise of their own
-        consistent_structure(rep) and consistent_structure(unmasked),
+        consistent_structure(rep, lowest) and consistent_structure(unmasked, lowest),
         unmasked,
         masked,
         mask_t,
         mask_text,
+        shared_lowpass_angstrom,
     )
 
 
@@ -365,6 +383,7 @@ def interim_halves(
             (m1t, m2t),
             n_search=500,
             mask=config.train.halfmap_mask,
+            shared_lowpass_angstrom=shared_lowpass_angstrom(config),
         )
         metrics = report_halfmap_fsc(hm, run_dir, px, f"at {elapsed_s:.0f} s of training")
         append_history(run_dir, {**hm.history(), "elapsed_s": elapsed_s})

@@ -95,6 +95,20 @@ def check_halfmap_mask(config: RunConfig, source: Source) -> None:
     read_mask_file(spec, int(source.image_size), source.pixel_size_angstrom, "train.halfmap_mask")
 
 
+def check_initial_map(config: RunConfig, source: Source) -> None:
+    """``schedule.search.initial_map``, when given, is a readable map at the particles' pixel size
+    (:func:`~cryoforge.engine.initial_map.read_initial_map`), checked before anything is written."""
+    search = config.schedule.options.get("search") if config.schedule.name == "abinit" else None
+    path = (search or {}).get("initial_map") if isinstance(search, dict) else None
+    if not path:
+        return
+    from cryoforge.engine.initial_map import read_initial_map
+
+    if not Path(path).is_file():
+        raise InputFileError(path, "no such map file", "schedule.search.initial_map")
+    read_initial_map(path, int(source.image_size), float(source.pixel_size_angstrom))
+
+
 def preflight(config: RunConfig, registry: Registry, source: Source, bctx: BuildContext) -> Pipeline:
     """Everything training builds before its first step, built once on the CPU to fail early.
 
@@ -115,6 +129,7 @@ def preflight(config: RunConfig, registry: Registry, source: Source, bctx: Build
     if config.train.gt_poses and source.poses is None:
         raise ConfigError("train.gt_poses: the source has no poses")
     check_halfmap_mask(config, source)
+    check_initial_map(config, source)
     with torch.random.fork_rng(devices=[]):
         return build_pipeline(config, registry, bctx)
 

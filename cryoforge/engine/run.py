@@ -37,6 +37,7 @@ from cryoforge.engine.pictures import PicturesCallback, write_halves_report
 from cryoforge.engine.portable import absolute_inputs, portable_json
 from cryoforge.engine.preflight import check_resume, claim_run_dir, data_signature, preflight
 from cryoforge.engine.progress import ProgressCallback
+from cryoforge.engine.shared_start import shared_lowpass_angstrom, shared_start
 from cryoforge.engine.stages import run_stages, schedule_stages
 from cryoforge.engine.tensorboard import TensorBoardCallback
 from cryoforge.errors import ConfigError
@@ -289,7 +290,13 @@ def _train(
         ) -> RunResult:
             return train_one(cfg, registry, source, index, half_dir, res, pause_at_s)
 
-        # independent halves (disjoint particles, different seeds) in lockstep: see engine/halves.py
+        if config.train.half_start == "shared":  # one low-resolution start for both: engine/shared_start.py
+
+            def train_start(cfg: RunConfig, index: np.ndarray, start_dir: Path, res: bool) -> RunResult:
+                return train_one(cfg, registry, source, index, start_dir, res)
+
+            config = shared_start(config, source, run_dir, resume, train_start, rank)
+        # disjoint particles, different seeds, in lockstep: see engine/halves.py
         results = train_halves(config, halves, run_dir, resume, train_half, rank, world, source)
         return combine_halves(results, source, halves, config, run_dir) if rank == 0 else results[0]
     finally:
@@ -332,7 +339,14 @@ def combine_halves(
     end = max((r.history[-1]["elapsed_s"] for r in results if r.history), default=0.0)
     if all(p is not None for p in poses):
         hm = halfmap_fsc(
-            source, halves, poses, px, config.train.gt_poses, (m1t, m2t), mask=config.train.halfmap_mask
+            source,
+            halves,
+            poses,
+            px,
+            config.train.gt_poses,
+            (m1t, m2t),
+            mask=config.train.halfmap_mask,
+            shared_lowpass_angstrom=shared_lowpass_angstrom(config),
         )
         result.metrics = report_halfmap_fsc(hm, run_dir, px, "at the end")
         avg = hm.fitted_average.numpy()

@@ -46,6 +46,7 @@ from cryoforge.engine.checkpoint import save_checkpoint
 from cryoforge.engine.collective import LOCAL, Collective
 from cryoforge.engine.context import RunContext
 from cryoforge.engine.gold_standard import fsc_filtered_halves, half_labels, half_resolution_px
+from cryoforge.engine.initial_map import initial_search_map, read_initial_map
 from cryoforge.engine.search_scoring import (
     SearchSpectra,
     backproject_hypotheses,
@@ -190,6 +191,18 @@ class SearchOptions(RefinementChecks):
         le=100_000,
         description="particle diameter in Å (RELION's --particle_diameter): every map of the search "
         "is multiplied by a soft sphere of this diameter (raised-cosine edge of 2 voxels); null: no mask",
+    )
+    initial_map: str | None = Field(
+        None,
+        description="a map (.mrc at the particles' pixel size) the global search starts from instead of "
+        "random poses (RELION's --ref): with half sets both halves start from it; null: ab initio",
+    )
+    initial_lowpass_angstrom: float = Field(
+        30.0,
+        gt=0,
+        le=100_000,
+        description="resolution (Å) initial_map is low-passed to before the search (RELION's --ini_high): "
+        "half maps share nothing finer",
     )
     initial_origins: Literal["zero", "input"] = Field(
         "zero",
@@ -459,16 +472,27 @@ def run_search(ctx: RunContext, stage: Stage) -> None:
                 sp, rot0, None, opts.wiener, origin[mine][:, None], opts.symmetry, coll
             )
             volume = masked(volume, mask)
-            if searching_shifts and opts.centring and opts.initial_origins == "zero":
+            if opts.initial_map is not None:  # a reference instead (at the rotational average's scale)
+                reference = read_initial_map(opts.initial_map, L, data_px)
+                lowpass = opts.initial_lowpass_angstrom
+                volume = initial_search_map(reference, size, L * data_px, lowpass, volume)
+                volume = masked(volume, mask)
+                log.info(
+                    "stage %r: starting from %s low-passed to %g Å",
+                    stage.name,
+                    opts.initial_map,
+                    opts.initial_lowpass_angstrom,
+                )
+            elif searching_shifts and opts.centring and opts.initial_origins == "zero":
                 mine_origin, volume = _centre_on_round_map(sp, volume, rot0, opts, crop, step_px, coll)
                 volume = masked(volume, mask)
                 origin = coll.gather(mine_origin, N)
                 ctx.set_table_poses(rows, _pose(table.rotation, origin / crop, px_a))
-            if opts.starts > 1:
+            if opts.starts > 1 and opts.initial_map is None:
                 volume = _best_start(
                     sp, grid, origin[mine], opts, crop, step_px, ctx.config.train.seed, stage.name, coll, mask
                 )
-            if opts.online_iterations:
+            if opts.online_iterations and opts.initial_map is None:
                 volume, mine_origin = _online_phase(
                     sp,
                     volume,

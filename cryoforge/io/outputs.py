@@ -62,7 +62,7 @@ RUN_FILES = (
 )
 """What a run (and ``infer`` into it) writes into a run folder and each ``half1``/``half2``."""
 
-RUN_DIRS = ("tensorboard",)
+RUN_DIRS = ("tensorboard", "start")  # start: the shared start of half sets (engine/shared_start.py)
 HALF_DIRS = ("half1", "half2")
 
 RunDirKind = Literal["absent", "empty", "run", "legacy", "file", "other"]

@@ -1,0 +1,144 @@
+"""The shared low-resolution start of half sets (``train.half_start = "shared"``).
+
+Two halves searched from random starts each settle in a map of their own. At low SNR both can
+settle in the *same* wrong map (the same search on the same kind of data), and their FSC then
+measures how reproducible that map is, not how right it is (``docs/validation.md``, *Half maps*).
+RELION (3D initial model, then auto-refine from it with ``--ini_high``) and cryoSPARC (ab initio,
+then homogeneous refinement from its map low-passed to 30 Å) start both halves from one map made
+from all the particles, low-passed so that the halves share nothing finer. This module does the
+same:
+
+1. a global search (no local refinement) on all the particles, or a seeded random
+   :data:`~cryoforge.schedules.abinit.SUBSET` of them, in ``RUN/start/``;
+2. their backprojection at the found poses (with the CTF), ``RUN/start/start_map.mrc``;
+3. each half's search starts from that map low-passed to the search's
+   ``initial_lowpass_angstrom`` (30 Å by default; :mod:`cryoforge.engine.initial_map`).
+
+The half-map FSC shells below that resolution are shared by construction; the verdict on
+consistent structure reads only the shells beyond it (:func:`shared_shells`).
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cryoforge.config import RunConfig
+from cryoforge.engine.context import RunResult
+from cryoforge.engine.reconstruct import backproject_particles
+from cryoforge.io.mrc import write_mrc
+from cryoforge.roles import Source
+from cryoforge.schedules.abinit import SUBSET
+
+log = logging.getLogger("cryoforge")
+
+START_DIR = "start"
+START_MAP = "start_map.mrc"
+DEFAULT_LOWPASS_ANGSTROM = 30.0
+
+
+def start_search_options(config: RunConfig) -> dict[str, Any] | None:
+    """The search options of the shared start, or ``None`` when there is nothing to start.
+
+    Nothing to start: known poses (``train.gt_poses``), a schedule without search options (the
+    cryoAI schedule), or a search that already starts from a user's ``initial_map``.
+    """
+    if config.train.gt_poses or config.schedule.name != "abinit":
+        return None
+    search = dict(config.schedule.options.get("search") or {})
+    if search.get("initial_map"):
+        return None
+    search.pop("subset", None)  # the start's own particles are chosen below
+    search["refine_steps_deg"] = []  # a 30 Å start needs no local refinement
+    return search
+
+
+def start_rows(n: int, seed: int) -> np.ndarray:
+    """Sorted rows of ``range(n)`` the start searches: all, or a seeded random ``SUBSET`` of them."""
+    if SUBSET is None or n <= SUBSET:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed * 7_919 + 5).choice(n, SUBSET, replace=False))
+
+
+def start_config(config: RunConfig, search: dict[str, Any], start_dir: Path) -> RunConfig:
+    """The start's own run: the search stage alone, no pictures, no half sets."""
+    stage = {"name": "search", "kind": "search", "options": search}
+    schedule = config.schedule.model_copy(update={"name": "staged", "options": {"stages": [stage]}})
+    train = config.train.model_copy(update={"half_sets": False, "pictures": False})
+    return config.model_copy(update={"schedule": schedule, "train": train, "output_dir": str(start_dir)})
+
+
+def with_initial_map(config: RunConfig, path: Path) -> RunConfig:
+    """``config`` whose search starts from ``path`` (``schedule.search.initial_map``)."""
+    options = dict(config.schedule.options)
+    options["search"] = {**dict(options.get("search") or {}), "initial_map": str(path)}
+    schedule = config.schedule.model_copy(update={"options": options})
+    return config.model_copy(update={"schedule": schedule})
+
+
+def shared_start(
+    config: RunConfig,
+    source: Source,
+    run_dir: Path,
+    resume: bool,
+    train: Callable[[RunConfig, np.ndarray, Path, bool], RunResult],
+    rank: int,
+) -> RunConfig:
+    """Run (or reuse) the shared start; returns ``config`` with the halves' ``initial_map`` set.
+
+    ``train(config, index, run_dir, resume)`` trains one run (``train_one``). The start's map is
+    written once; a resumed run that finds it reuses it, one killed inside the start's search
+    continues that search.
+    """
+    search = start_search_options(config)
+    if search is None:
+        return config
+    start_dir = run_dir / START_DIR
+    path = start_dir / START_MAP
+    if not resume and rank == 0 and start_dir.is_dir():  # a new run never reuses an old start
+        shutil.rmtree(start_dir)
+    _barrier()
+    if not path.is_file():
+        rows = start_rows(len(source), config.train.seed)
+        log.info("half sets: a shared start from %d particles (search only), in %s", len(rows), start_dir)
+        cfg = start_config(config, search, start_dir)
+        result = train(cfg, rows, start_dir, resume and (start_dir / "checkpoint.pt").is_file())
+        if rank == 0:
+            if result.poses is None or len(result.poses.rotation) != len(rows):
+                raise RuntimeError("the shared start left no poses")  # the search always does
+            volume = backproject_particles(source, rows, result.poses)
+            write_mrc(path, volume.float().numpy(), float(source.pixel_size_angstrom))
+    _barrier()
+    search = config.schedule.options.get("search") or {}
+    lowpass = float(search.get("initial_lowpass_angstrom", DEFAULT_LOWPASS_ANGSTROM))
+    log.info("half sets: both halves start from %s low-passed to %g Å", path, lowpass)
+    return with_initial_map(config, path)
+
+
+def shared_lowpass_angstrom(config: RunConfig) -> float | None:
+    """The resolution (Å) to which the halves of ``config`` (the halves' own, after
+    :func:`shared_start`) share a common ``initial_map``; ``None`` when they start independently."""
+    search = config.schedule.options.get("search") or {}
+    if config.train.gt_poses or config.schedule.name != "abinit" or not search.get("initial_map"):
+        return None
+    return float(search.get("initial_lowpass_angstrom", DEFAULT_LOWPASS_ANGSTROM))
+
+
+def shared_shells(lowpass_angstrom: float | None, box_angstrom: float) -> int:
+    """The last Fourier shell of a ``box_angstrom`` box that a start low-passed to
+    ``lowpass_angstrom`` reaches (its raised-cosine edge is one Fourier pixel wide); 0 for none."""
+    if lowpass_angstrom is None:
+        return 0
+    return int(np.ceil(box_angstrom / lowpass_angstrom)) + 1
+
+
+def _barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
