@@ -163,8 +163,13 @@ def _shown(key: str) -> str:
 
 
 def checkpoints(run_dir: Path) -> list[Path]:
-    """The run's checkpoints: ``checkpoint.pt``, or one per half."""
-    return [p for p in (run_dir / CHECKPOINT, *(run_dir / h / CHECKPOINT for h in HALF_DIRS)) if p.is_file()]
+    """The run's checkpoints: ``checkpoint.pt``, or one per half, and the half sets' shared start's."""
+    folders = (
+        run_dir,
+        *(run_dir / h for h in HALF_DIRS),
+        run_dir / "start",
+    )  # start: a half-set run's shared start
+    return [p for p in (f / CHECKPOINT for f in folders) if p.is_file()]
 
 
 def check_resume(

@@ -1,0 +1,87 @@
+"""The half sets' shared start (``train.half_start = "shared"``, engine/shared_start.py): what the
+start runs, the map it writes, when it is reused, and which runs have none. The whole path, with
+its effect on the half-map FSC, is tested in ``tests/test_halfmaps.py``."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from cryoforge.config import RunConfig, apply_override
+from cryoforge.engine.context import RunResult
+from cryoforge.engine.reconstruct import backproject_particles
+from cryoforge.engine.shared_start import (
+    START_DIR,
+    START_MAP,
+    shared_lowpass_angstrom,
+    shared_shells,
+    shared_start,
+    start_rows,
+    start_search_options,
+)
+from cryoforge.io.mrc import read_map
+from cryoforge.plugins import load_registry
+
+
+def _config(**over) -> RunConfig:
+    c = RunConfig()
+    for k, v in {"train.half_sets": True, **over}.items():
+        c = apply_override(c, k, v)
+    return c
+
+
+def test_the_start_is_a_search_alone_of_the_schedules_options():
+    opts = start_search_options(_config(**{"schedule.search": {"size": 24, "subset": 500}}))
+    assert opts == {"size": 24, "refine_steps_deg": []}  # its own particles: no subset
+    assert start_search_options(_config(**{"train.gt_poses": True})) is None
+    assert start_search_options(_config(**{"schedule.search.initial_map": "mine.mrc"})) is None
+    cryoai = _config()
+    cryoai = cryoai.model_copy(update={"schedule": cryoai.schedule.model_copy(update={"name": "cryoai"})})
+    assert start_search_options(cryoai) is None
+
+
+def test_start_rows_are_all_or_a_seeded_sorted_subset():
+    np.testing.assert_array_equal(start_rows(10, 0), np.arange(10))
+    rows = start_rows(50_000, 3)
+    assert len(rows) == 20_000 and np.all(np.diff(rows) > 0) and rows[-1] < 50_000
+    np.testing.assert_array_equal(rows, start_rows(50_000, 3))
+    assert not np.array_equal(rows, start_rows(50_000, 4))
+
+
+def test_shared_shells_follow_the_low_pass_and_its_one_pixel_edge():
+    assert shared_shells(None, 96.0) == 0
+    assert shared_shells(30.0, 96.0) == 5  # 3.2 Fourier px, edge to 4.2
+    assert shared_shells(30.0, 226.6) == 9  # beta-galactosidase: 64 px of 3.54 Å
+    assert shared_shells(48.0, 96.0) == 3
+
+
+def test_shared_start_writes_the_backprojection_and_reuses_it_on_resume(tiny, tmp_path):
+    source = load_registry().build("source", "star", {"path": str(tiny["star"])})
+    calls: list[tuple[str, int, bool]] = []
+
+    def train(cfg: RunConfig, index: np.ndarray, run_dir, resume: bool) -> RunResult:
+        calls.append((cfg.schedule.name, len(index), resume))
+        assert not cfg.train.half_sets and cfg.schedule.options["stages"][0]["kind"] == "search"
+        return RunResult(run_dir, poses=source.poses.index(torch.as_tensor(index)))
+
+    run_dir = tmp_path / "run"
+    stale = run_dir / START_DIR / START_MAP
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"an old run's start")
+    config = _config()
+    out = shared_start(config, source, run_dir, False, train, 0)
+    assert calls == [("staged", len(source), False)]  # a new run never reuses an old start
+    path = run_dir / START_DIR / START_MAP
+    assert out.schedule.options["search"]["initial_map"] == str(path)
+    assert shared_lowpass_angstrom(out) == 30.0 and shared_lowpass_angstrom(config) is None
+    vol, voxel = read_map(path)
+    expected = backproject_particles(source, np.arange(len(source)), source.poses).float().numpy()
+    np.testing.assert_allclose(vol, expected, atol=1e-6 * float(np.abs(expected).max()))
+    assert voxel == pytest.approx(float(source.pixel_size_angstrom), rel=1e-5)
+    # resumed: the map is there, no second search
+    again = shared_start(config, source, run_dir, True, train, 0)
+    assert len(calls) == 1 and again.schedule.options["search"]["initial_map"] == str(path)
+    # independent halves, known poses: no start
+    indep = _config(**{"train.half_start": "independent"})
+    assert shared_lowpass_angstrom(indep) is None
