@@ -137,9 +137,7 @@ def _average_vs_truth_px(run_dir: Path, truth: Path, mask: bool = False) -> floa
     if mask:
         avg = avg * torch.from_numpy(read_map(run_dir / "halfmap_mask.mrc")[0])
     ref = torch.from_numpy(read_map(truth)[0])
-    return float(
-        fsc_report(align_map(avg, ref, n_search=500).aligned, ref, 3.0).crossing(0.5).resolution_px
-    )
+    return float(fsc_report(align_map(avg, ref, n_search=500).aligned, ref, 3.0).crossing(0.5).resolution_px)
 
 
 def test_three_step_export_from_the_shared_start_agrees_with_the_truth(demo400, tmp_path):
