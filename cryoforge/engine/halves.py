@@ -97,8 +97,8 @@ def append_history(run_dir: Path, entry: dict[str, float]) -> None:
 
 NO_STRUCTURE = (
     "the data show no consistent structure: the half-map FSC (masked and unmasked) does not exceed "
-    f"the half-bit curve at two neighbouring shells beyond shell {LOWEST_SHELLS} (noise, wrong "
-    "particles or a wrong CTF?)"
+    f"the half-bit curve at two neighbouring shells beyond shell {LOWEST_SHELLS} and beyond those of a "
+    "shared start (noise, wrong particles or a wrong CTF?)"
 )
 
 HALFMAP_METHOD = (
