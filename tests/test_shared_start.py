@@ -62,6 +62,8 @@ def test_shared_start_writes_the_backprojection_and_reuses_it_on_resume(tiny, tm
 
     def train(cfg: RunConfig, index: np.ndarray, run_dir, resume: bool) -> RunResult:
         calls.append((cfg.schedule.name, len(index), resume))
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "map.mrc").write_bytes(b"an untrained network export")
         assert not cfg.train.half_sets and cfg.schedule.options["stages"][0]["kind"] == "search"
         return RunResult(run_dir, poses=source.poses.index(torch.as_tensor(index)))
 
@@ -73,6 +75,7 @@ def test_shared_start_writes_the_backprojection_and_reuses_it_on_resume(tiny, tm
     out = shared_start(config, source, run_dir, False, train, 0)
     assert calls == [("staged", len(source), False)]  # a new run never reuses an old start
     path = run_dir / START_DIR / START_MAP
+    assert not (run_dir / START_DIR / "map.mrc").exists()  # only the backprojection is left
     assert out.schedule.options["search"]["initial_map"] == str(path)
     assert shared_lowpass_angstrom(out) == 30.0 and shared_lowpass_angstrom(config) is None
     vol, voxel = read_map(path)

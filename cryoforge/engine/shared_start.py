@@ -113,6 +113,8 @@ def shared_start(
                 raise RuntimeError("the shared start left no poses")  # the search always does
             volume = backproject_particles(source, rows, result.poses)
             write_mrc(path, volume.float().numpy(), float(source.pixel_size_angstrom))
+            # the start fits no network: its exported map.mrc is an untrained one, not to be opened
+            (start_dir / "map.mrc").unlink(missing_ok=True)
     _barrier()
     search = config.schedule.options.get("search") or {}
     lowpass = float(search.get("initial_lowpass_angstrom", DEFAULT_LOWPASS_ANGSTROM))
