@@ -148,7 +148,7 @@ def test_three_step_export_from_the_shared_start_agrees_with_the_truth(demo400, 
     res = run(_config(demo400, tmp_path / "r", **{"train.half_sets": True, "train.max_steps": 3}))
     assert (tmp_path / "r" / "start" / "start_map.mrc").is_file()
     assert res.metrics["halfmap_shared_start_angstrom"] == 30.0
-    assert "shells 1-5 shared" in res.metrics["halfmap_shared_start_text"]
+    assert "shells 1-4 shared" in res.metrics["halfmap_shared_start_text"]
     quoted = res.metrics["halfmap_resolution_0.143_px"]
     unmasked = res.metrics["halfmap_unmasked_resolution_0.143_px"]
     truth = demo400.parent / "map.mrc"

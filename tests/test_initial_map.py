@@ -110,3 +110,26 @@ def test_a_missing_or_mismatched_initial_map_fails_before_the_run_folder_exists(
     )
     assert_one_line_error(r, "voxel size")
     assert not d.exists()
+
+
+def test_a_relative_initial_map_is_stored_absolute_and_an_overwrite_never_removes_it(
+    tiny, tmp_path, monkeypatch
+):
+    """config.json names the starting map by absolute path (``--resume`` from anywhere), the search
+    logs it, and ``--overwrite`` of the run that holds the map is refused before anything goes."""
+    import shutil
+
+    monkeypatch.chdir(tmp_path)
+    shutil.copy(tiny["map"], tmp_path / "ref.mrc")
+    r = CliRunner().invoke(
+        cli, ["run", "--particles", str(tiny["star"]), "-d", "run", *_args({"initial_map": "ref.mrc"})]
+    )
+    assert r.exit_code == 0, r.output
+    stored = json.loads((tmp_path / "run" / "config.json").read_text())["schedule"]["options"]["search"]
+    assert stored["initial_map"] == str(tmp_path / "ref.mrc")
+    assert "starting from" in (tmp_path / "run" / "run.log").read_text()
+    before = (tmp_path / "run" / "map.mrc").read_bytes()
+    again = ["run", "--particles", str(tiny["star"]), "-d", "run", "--overwrite"]
+    r = CliRunner().invoke(cli, [*again, *_args({"initial_map": "run/map.mrc"})])
+    assert_one_line_error(r, "map.mrc")
+    assert (tmp_path / "run" / "map.mrc").read_bytes() == before

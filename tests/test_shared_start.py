@@ -43,6 +43,8 @@ def test_the_start_is_a_search_alone_of_the_schedules_options():
 
 def test_start_rows_are_all_or_a_seeded_sorted_subset():
     np.testing.assert_array_equal(start_rows(10, 0), np.arange(10))
+    np.testing.assert_array_equal(start_rows(50_000, 0, None), np.arange(50_000))  # subset null
+    assert len(start_rows(50_000, 0, 5_000)) == 5_000
     rows = start_rows(50_000, 3)
     assert len(rows) == 20_000 and np.all(np.diff(rows) > 0) and rows[-1] < 50_000
     np.testing.assert_array_equal(rows, start_rows(50_000, 3))
@@ -51,9 +53,15 @@ def test_start_rows_are_all_or_a_seeded_sorted_subset():
 
 def test_shared_shells_follow_the_low_pass_and_its_one_pixel_edge():
     assert shared_shells(None, 96.0) == 0
-    assert shared_shells(30.0, 96.0) == 5  # 3.2 Fourier px, edge to 4.2
-    assert shared_shells(30.0, 226.6) == 9  # beta-galactosidase: 64 px of 3.54 Å
-    assert shared_shells(48.0, 96.0) == 3
+    assert shared_shells(30.0, 96.0) == 4  # 3.2 Fourier px, edge to 4.2: shell 4 has weight 0.10
+    assert shared_shells(30.0, 226.6) == 8  # beta-galactosidase: 64 px of 3.54 Å
+    assert shared_shells(48.0, 96.0) == 2  # 2.0 exactly: shell 3 has weight 0
+    # the same shells as the low-pass weights' last non-zero one
+    from cryoforge.engine.initial_map import lowpass_weights
+
+    for box, lp in ((96.0, 30.0), (226.6, 30.0), (96.0, 48.0), (192.0, 40.0)):
+        w = lowpass_weights(64, box, lp).numpy()
+        assert shared_shells(lp, box) == int(np.nonzero(w > 1e-12)[0].max())
 
 
 def test_shared_start_writes_the_backprojection_and_reuses_it_on_resume(tiny, tmp_path):
@@ -88,3 +96,36 @@ def test_shared_start_writes_the_backprojection_and_reuses_it_on_resume(tiny, tm
     # independent halves, known poses: no start
     indep = _config(**{"train.half_start": "independent"})
     assert shared_lowpass_angstrom(indep) is None
+
+
+def test_a_run_killed_in_its_start_needs_resume_or_overwrite(tmp_path):
+    """A checkpoint in RUN/start is progress: a plain retry is refused (it would remove the start),
+    --resume finds it, --overwrite removes it."""
+    from cryoforge.engine.preflight import checkpoints
+    from cryoforge.errors import InputFileError
+    from cryoforge.io.outputs import check_run_dir, clear_run_outputs, write_run_marker
+
+    run_dir = tmp_path / "run"
+    (run_dir / START_DIR).mkdir(parents=True)
+    write_run_marker(run_dir)
+    (run_dir / START_DIR / "checkpoint.pt").write_bytes(b"x")
+    with pytest.raises(InputFileError, match="already holds a run"):
+        check_run_dir(run_dir, False, False)
+    assert checkpoints(run_dir) == [run_dir / START_DIR / "checkpoint.pt"]
+    assert check_run_dir(run_dir, False, True) == "run"
+    clear_run_outputs(run_dir)
+    assert not (run_dir / START_DIR).exists()
+
+
+def test_an_earlier_half_set_run_resumes_without_a_start(tiny, tmp_path):
+    """Halves that began before the shared start existed (no RUN/start) are not given one on resume."""
+    source = load_registry().build("source", "star", {"path": str(tiny["star"])})
+    run_dir = tmp_path / "run"
+    (run_dir / "half1").mkdir(parents=True)
+    (run_dir / "half1" / "checkpoint.pt").write_bytes(b"x")
+
+    def train(*_a, **_k):
+        raise AssertionError("no start search on such a resume")
+
+    config = _config()
+    assert shared_start(config, source, run_dir, True, train, 0) is config

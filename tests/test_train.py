@@ -221,12 +221,13 @@ def test_nan_loss_stops_cleanly_and_keeps_last_good_checkpoint(tiny, tmp_path):
 
 
 def test_half_sets_are_independent_and_fsc_is_far_from_nyquist(tiny, tmp_path):
-    """Disjoint halves saved as index lists, different seeds: after a few dozen steps on 12
-    particles each, the two maps share little, so the gold-standard FSC-0.143 is far from
+    """Disjoint halves saved as index lists, different seeds, independent starts: after a few
+    dozen steps on 12 particles each, the two maps share little, so the gold-standard FSC-0.143 is far from
     Nyquist (it read Nyquist when both halves started from the same seed). Measured: 6.1 px after
     40 steps; after only 4 steps FourierNet's initial envelope, the same for any seed, still
     dominates both maps and the FSC reads 2.0 px."""
-    res = run(config_for(tiny["star"], tmp_path / "h", **{"train.half_sets": True, "train.max_steps": 40}))
+    over = {"train.half_sets": True, "train.max_steps": 40, "train.half_start": "independent"}
+    res = run(config_for(tiny["star"], tmp_path / "h", **over))
     assert "halfmap_resolution_0.143_angstrom" in res.metrics
     assert (tmp_path / "h" / "half1" / "map.mrc").is_file() and (tmp_path / "h" / "fsc_halves.png").is_file()
     h1, h2 = (np.loadtxt(tmp_path / "h" / f"half{i}" / "particles.txt", dtype=int) for i in (1, 2))

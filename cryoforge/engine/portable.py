@@ -1,9 +1,9 @@
 """Portable runs: ``config.json`` names inputs by absolute path and the run's own files relative
 to the run folder, so ``run --resume RUN`` and ``infer RUN`` work from any working directory.
 
-Which options are paths: the top-level :data:`TOP_LEVEL_PATHS`, and for each component the names
+Which options are paths: the top-level :data:`TOP_LEVEL_PATHS`, for each component the names
 in its ``Options.path_options`` (a class attribute; :class:`cryoforge.sources.base.StackOptions`
-lists ``path``, ``datadir`` and ``ind``).
+lists ``path``, ``datadir`` and ``ind``), and a search stage's ``initial_map``.
 """
 
 from __future__ import annotations
@@ -36,6 +36,14 @@ def _path_slots(data: dict[str, Any], registry: Registry) -> Iterator[tuple[dict
         for opt in getattr(cls.Options, "path_options", ()):
             if isinstance(options.get(opt), str) and options[opt]:
                 yield options, opt
+    # a search stage's starting map: the default schedule's search table, or a staged stage's options
+    options = (data.get("schedule") or {}).get("options") or {}
+    tables = [options.get("search")] + [
+        st.get("options") for st in options.get("stages") or [] if isinstance(st, dict)
+    ]
+    for table in tables:
+        if isinstance(table, dict) and isinstance(table.get("initial_map"), str) and table["initial_map"]:
+            yield table, "initial_map"
 
 
 def absolute_inputs(config: RunConfig, registry: Registry, *bases: Path) -> RunConfig:

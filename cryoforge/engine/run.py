@@ -239,8 +239,12 @@ def check_run(
     bctx = BuildContext(source.image_size, source.pixel_size_angstrom)
     schedule_stages(config, registry, bctx)
     check_ground_truth_map(config, source)
+    search = config.schedule.options.get("search")
+    start_map = search.get("initial_map") if isinstance(search, dict) else None
     refuse_input_overlap(
-        run_output_paths(run_dir), [*source_input_paths(source), config.ground_truth_map], "--output-dir"
+        run_output_paths(run_dir),
+        [*source_input_paths(source), config.ground_truth_map, start_map],
+        "--output-dir",
     )
     pipeline = preflight(config, registry, source, bctx)
     if resume:

@@ -31,13 +31,14 @@ import numpy as np
 from cryoforge.config import RunConfig
 from cryoforge.engine.context import RunResult
 from cryoforge.engine.reconstruct import backproject_particles
+from cryoforge.errors import CryoforgeError
 from cryoforge.io.mrc import write_mrc
+from cryoforge.io.outputs import START_DIR
 from cryoforge.roles import Source
 from cryoforge.schedules.abinit import SUBSET
 
 log = logging.getLogger("cryoforge")
 
-START_DIR = "start"
 START_MAP = "start_map.mrc"
 DEFAULT_LOWPASS_ANGSTROM = 30.0
 
@@ -58,11 +59,12 @@ def start_search_options(config: RunConfig) -> dict[str, Any] | None:
     return search
 
 
-def start_rows(n: int, seed: int) -> np.ndarray:
-    """Sorted rows of ``range(n)`` the start searches: all, or a seeded random ``SUBSET`` of them."""
-    if SUBSET is None or n <= SUBSET:
+def start_rows(n: int, seed: int, subset: int | None = SUBSET) -> np.ndarray:
+    """Sorted rows of ``range(n)`` the start searches: all, or a seeded random ``subset`` of them
+    (the schedule's ``subset``: ``None`` searches all)."""
+    if subset is None or n <= subset:
         return np.arange(n)
-    return np.sort(np.random.default_rng(seed * 7_919 + 5).choice(n, SUBSET, replace=False))
+    return np.sort(np.random.default_rng(seed * 7_919 + 5).choice(n, subset, replace=False))
 
 
 def start_config(config: RunConfig, search: dict[str, Any], start_dir: Path) -> RunConfig:
@@ -70,7 +72,8 @@ def start_config(config: RunConfig, search: dict[str, Any], start_dir: Path) -> 
     stage = {"name": "search", "kind": "search", "options": search}
     schedule = config.schedule.model_copy(update={"name": "staged", "options": {"stages": [stage]}})
     train = config.train.model_copy(update={"half_sets": False, "pictures": False})
-    return config.model_copy(update={"schedule": schedule, "train": train, "output_dir": str(start_dir)})
+    update = {"schedule": schedule, "train": train, "output_dir": str(start_dir), "ground_truth_map": None}
+    return config.model_copy(update=update)
 
 
 def with_initial_map(config: RunConfig, path: Path) -> RunConfig:
@@ -100,17 +103,21 @@ def shared_start(
         return config
     start_dir = run_dir / START_DIR
     path = start_dir / START_MAP
+    halves_begun = any((run_dir / h / "checkpoint.pt").is_file() for h in ("half1", "half2"))
+    if resume and halves_begun and not path.is_file() and not (start_dir / "checkpoint.pt").is_file():
+        log.info("half sets: the halves began without a shared start (an earlier version): none now")
+        return config
     if not resume and rank == 0 and start_dir.is_dir():  # a new run never reuses an old start
         shutil.rmtree(start_dir)
     _barrier()
     if not path.is_file():
-        rows = start_rows(len(source), config.train.seed)
+        rows = start_rows(len(source), config.train.seed, config.schedule.options.get("subset", SUBSET))
         log.info("half sets: a shared start from %d particles (search only), in %s", len(rows), start_dir)
         cfg = start_config(config, search, start_dir)
         result = train(cfg, rows, start_dir, resume and (start_dir / "checkpoint.pt").is_file())
         if rank == 0:
             if result.poses is None or len(result.poses.rotation) != len(rows):
-                raise RuntimeError("the shared start left no poses")  # the search always does
+                raise CryoforgeError(f"{start_dir}: the shared start left no poses (resume or --overwrite)")
             volume = backproject_particles(source, rows, result.poses)
             write_mrc(path, volume.float().numpy(), float(source.pixel_size_angstrom))
             # the start fits no network: its exported map.mrc is an untrained one, not to be opened
@@ -133,10 +140,12 @@ def shared_lowpass_angstrom(config: RunConfig) -> float | None:
 
 def shared_shells(lowpass_angstrom: float | None, box_angstrom: float) -> int:
     """The last Fourier shell of a ``box_angstrom`` box that a start low-passed to
-    ``lowpass_angstrom`` reaches (its raised-cosine edge is one Fourier pixel wide); 0 for none."""
+    ``lowpass_angstrom`` reaches: its raised-cosine edge, one Fourier pixel wide, ends at
+    ``box / lowpass + 1`` (weight 0 there), so the last shell with weight is ``ceil(box / lowpass)``;
+    0 for none."""
     if lowpass_angstrom is None:
         return 0
-    return int(np.ceil(box_angstrom / lowpass_angstrom)) + 1
+    return int(np.ceil(box_angstrom / lowpass_angstrom - 1e-9))
 
 
 def _barrier() -> None:

@@ -62,7 +62,9 @@ RUN_FILES = (
 )
 """What a run (and ``infer`` into it) writes into a run folder and each ``half1``/``half2``."""
 
-RUN_DIRS = ("tensorboard", "start")  # start: the shared start of half sets (engine/shared_start.py)
+START_DIR = "start"
+"""A half-set run's shared start (``engine/shared_start.py``): removed with the run's outputs."""
+RUN_DIRS = ("tensorboard", START_DIR)
 HALF_DIRS = ("half1", "half2")
 
 RunDirKind = Literal["absent", "empty", "run", "legacy", "file", "other"]
@@ -139,6 +141,9 @@ def config_input_files(config: Any) -> list[Path]:
     for role in ("source", "encoder", "volume", "imaging", "loss", "schedule"):
         comp = getattr(config, role, None)
         values += list((getattr(comp, "options", None) or {}).values())
+    search = (getattr(getattr(config, "schedule", None), "options", None) or {}).get("search")
+    if isinstance(search, dict):  # a search's starting map (schedule.search.initial_map)
+        values.append(search.get("initial_map"))
     return [Path(v) for v in values if isinstance(v, str) and v and Path(v).is_file()]
 
 
@@ -196,8 +201,8 @@ def run_dir_kind(run_dir: str | Path) -> RunDirKind:
 
 def run_has_progress(run_dir: Path) -> bool:
     """A checkpoint or a map in the run (or a half): something a fresh start would destroy."""
-    folders = [run_dir, *(run_dir / h for h in HALF_DIRS)]
-    return any((f / n).is_file() for f in folders for n in ("checkpoint.pt", "map.mrc"))
+    folders = [run_dir, *(run_dir / h for h in HALF_DIRS), run_dir / START_DIR]
+    return any((f / n).is_file() for f in folders for n in ("checkpoint.pt", "map.mrc", "start_map.mrc"))
 
 
 def holds_only(folder: Path, inputs: Iterable[str | Path | None]) -> bool:
@@ -299,7 +304,7 @@ def remove_stale_temp_files(folder: Path) -> list[Path]:
     for the files a run writes.
     """
     removed = []
-    for f in [folder, *(folder / h for h in HALF_DIRS)]:
+    for f in [folder, *(folder / h for h in HALF_DIRS), folder / START_DIR]:
         if not f.is_dir():
             continue
         for p in f.iterdir():
