@@ -129,3 +129,13 @@ def test_an_earlier_half_set_run_resumes_without_a_start(tiny, tmp_path):
 
     config = _config()
     assert shared_start(config, source, run_dir, True, train, 0) is config
+
+
+def test_a_search_alone_never_warns_about_contrast_from_its_untrained_network():
+    from cryoforge.engine.run import fits_volume
+    from cryoforge.engine.shared_start import start_config
+
+    config = _config()
+    assert fits_volume(config)
+    start = start_config(config, start_search_options(config), "start")
+    assert not fits_volume(start) and start.ground_truth_map is None and not start.train.pictures

@@ -56,8 +56,9 @@ class ExportCallback(Callback):
     At the end it also warns (``RunResult.warnings``) when the map is mostly negative density.
     """
 
-    def __init__(self, every_s: float) -> None:
+    def __init__(self, every_s: float, warn_contrast: bool = True) -> None:
         self.every_s = every_s
+        self.warn_contrast = warn_contrast  # False: no stage fits the volume (a search alone)
         self.last = time.perf_counter()
 
     def on_step(self, ctx: RunContext, info: StepInfo) -> None:
@@ -68,6 +69,6 @@ class ExportCallback(Callback):
 
     def on_run_end(self, ctx: RunContext) -> None:
         exported = export(ctx)
-        if density_is_mostly_negative(exported.map):
+        if self.warn_contrast and density_is_mostly_negative(exported.map):
             log.warning(CONTRAST_HINT)
             ctx.result.warnings.append(CONTRAST_HINT)

@@ -109,6 +109,16 @@ def write_run_files(config: RunConfig, run_dir: Path, registry: Registry | None 
         tmp.write_text(json.dumps(config.plugins, indent=2))
 
 
+def fits_volume(config: RunConfig) -> bool:
+    """Whether a stage of the run fits the volume (else its exported map is an untrained network's:
+    a staged schedule of search stages alone, such as a half-set run's shared start)."""
+    if config.schedule.name != "staged":
+        return True
+    stages = config.schedule.options.get("stages") or []
+    kinds = [st.get("kind") if isinstance(st, dict) else getattr(st, "kind", None) for st in stages]
+    return not kinds or any(k != "search" for k in kinds)
+
+
 def make_callbacks(config: RunConfig, run_dir: Path, rank: int) -> list[Callback]:
     """The callbacks of a run, in calling order; none on ranks other than 0 (they write nothing)."""
     if rank != 0:
@@ -116,7 +126,7 @@ def make_callbacks(config: RunConfig, run_dir: Path, rank: int) -> list[Callback
     tc = config.train
     callbacks: list[Callback] = [
         CheckpointCallback(tc.checkpoint_every_steps, tc.checkpoint_every_s),
-        ExportCallback(tc.export_every_s),
+        ExportCallback(tc.export_every_s, warn_contrast=fits_volume(config)),
         EvaluationCallback(),
     ]
     if tc.pictures:
