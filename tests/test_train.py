@@ -256,6 +256,34 @@ def test_torchrun_two_cpu_processes(tiny, tmp_path):
     assert len(read_star(tmp_path / "ddp" / "poses.star")) == 24
 
 
+def test_torchrun_half_sets_with_the_shared_start(tiny, tmp_path):
+    """Two processes, half sets: the shared start's search runs on both, rank 0 writes its map,
+    both halves start from it, and the run ends with the half-map FSC."""
+    extra = ["-o", "train.max_steps", "4", "-o", "train.half_sets", "true", "-o", "schedule.name", "abinit"]
+    extra += ["-o", "schedule.search", '{"iterations": 2, "refine_steps_deg": []}']
+    extra += ["-o", "schedule.fit_steps", "2", "-o", "schedule.amortize_steps", "0"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "cryoforge.cli",
+        *(_small_cli(tiny["star"], tmp_path / "ddp", *extra)[3:]),
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_dir = tmp_path / "ddp"
+    assert (run_dir / "start" / "start_map.mrc").is_file() and not (run_dir / "start" / "map.mrc").exists()
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["halfmap_shared_start_angstrom"] == 30.0 and "halfmap_resolution_0.143_px" in metrics
+    for h in ("half1", "half2"):
+        assert "starting from" in (run_dir / h / "run.log").read_text()
+
+
 @pytest.mark.parametrize(
     "volume,max_px,steps",
     [
