@@ -43,6 +43,35 @@ TINY_RUN: dict[str, Any] = {
 }
 
 
+TINY_MODEL: dict[str, Any] = {
+    "encoder.channels": [8, 8],
+    "encoder.head_hidden": [16],
+    "volume.hidden_dim": 16,
+    "train.batch_size": 8,
+    "train.tensorboard": False,
+    "train.progress": False,
+    "train.pictures": False,
+}
+"""The smallest model and quiet training, for tests of what a run checks and writes (any schedule)."""
+
+
+def torchrun_command(*cli_args: str, nproc: int = 2) -> list[str]:
+    """``python -m torch.distributed.run --standalone --nproc_per_node N -m cryoforge.cli ARGS``."""
+    import sys
+
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        str(nproc),
+        "-m",
+        "cryoforge.cli",
+        *cli_args,
+    ]
+
+
 def check_options(kind: str, cls: type) -> None:
     """Default options build; unknown keys are rejected; the class is a proper component."""
     assert issubclass(cls, BASES[kind]), f"{cls.__qualname__} must subclass cryoforge.{BASES[kind].__name__}"

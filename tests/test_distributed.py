@@ -19,6 +19,7 @@ from cryoforge.engine.search import search_rows
 from cryoforge.io.star import read_star
 from cryoforge.ops.rotations import geodesic_distance_deg
 from cryoforge.simulation.simulate import SimulationSettings, simulate
+from cryoforge.testing import torchrun_command
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -83,21 +84,7 @@ def test_two_processes_find_the_poses_one_process_finds(case, tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
     _run([sys.executable, "-m", "cryoforge.cli", "run", "--config", str(cfg), "-d", str(one)], "2")
     _run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc_per_node",
-            "2",
-            "-m",
-            "cryoforge.cli",
-            "run",
-            "--config",
-            str(cfg),
-            "-d",
-            str(two),
-        ],
+        torchrun_command("run", "--config", str(cfg), "-d", str(two)),
         "1",
     )
     a, b = read_star(one / "poses.star"), read_star(two / "poses.star")

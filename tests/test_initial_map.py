@@ -17,7 +17,7 @@ from cryoforge.engine.initial_map import centred_box, initial_search_map, lowpas
 from cryoforge.errors import InputFileError
 from cryoforge.io.mrc import write_mrc
 from cryoforge.ops.filters import fourier_shells
-from cryoforge.testing import assert_one_line_error
+from cryoforge.testing import TINY_MODEL, assert_one_line_error
 
 
 def test_lowpass_weights_are_one_then_a_raised_cosine_then_zero():
@@ -69,17 +69,7 @@ def test_a_map_of_another_pixel_size_is_refused(tmp_path):
     assert read_initial_map(path, 20, 4.02).shape == (20, 20, 20)  # within 1 %
 
 
-SMALL = {
-    "encoder.channels": [8, 8],
-    "encoder.head_hidden": [16],
-    "volume.hidden_dim": 16,
-    "train.batch_size": 8,
-    "train.tensorboard": False,
-    "train.progress": False,
-    "train.pictures": False,
-    "schedule.fit_steps": 1,
-    "train.max_steps": 2,
-}
+SMALL = {**TINY_MODEL, "schedule.fit_steps": 1, "train.max_steps": 2}
 
 
 def _args(search: dict) -> list[str]:

@@ -52,16 +52,16 @@ def test_start_rows_are_all_or_a_seeded_sorted_subset():
 
 
 def test_shared_shells_follow_the_low_pass_and_its_one_pixel_edge():
-    assert shared_shells(None, 96.0) == 0
-    assert shared_shells(30.0, 96.0) == 4  # 3.2 Fourier px, edge to 4.2: shell 4 has weight 0.10
-    assert shared_shells(30.0, 226.6) == 8  # beta-galactosidase: 64 px of 3.54 Å
-    assert shared_shells(48.0, 96.0) == 2  # 2.0 exactly: shell 3 has weight 0
+    assert shared_shells(None, 96.0, 32) == 0
+    assert shared_shells(30.0, 96.0, 32) == 4  # 3.2 Fourier px, edge to 4.2: shell 4 has weight 0.10
+    assert shared_shells(30.0, 226.6, 64) == 8  # beta-galactosidase: 64 px of 3.54 Å
+    assert shared_shells(48.0, 96.0, 32) == 2  # 2.0 exactly: shell 3 has weight 0
     # the same shells as the low-pass weights' last non-zero one
     from cryoforge.engine.initial_map import lowpass_weights
 
     for box, lp in ((96.0, 30.0), (226.6, 30.0), (96.0, 48.0), (192.0, 40.0)):
         w = lowpass_weights(64, box, lp).numpy()
-        assert shared_shells(lp, box) == int(np.nonzero(w > 1e-12)[0].max())
+        assert shared_shells(lp, box, 64) == int(np.nonzero(w > 1e-12)[0].max())
 
 
 def test_shared_start_writes_the_backprojection_and_reuses_it_on_resume(tiny, tmp_path):

@@ -20,7 +20,7 @@ from cryoforge.engine.run import run
 from cryoforge.errors import TrainingDiverged
 from cryoforge.io.star import read_star
 from cryoforge.simulation.simulate import SimulationSettings, simulate
-from cryoforge.testing import TINY_RUN
+from cryoforge.testing import TINY_RUN, torchrun_command
 
 SMALL = TINY_RUN
 
@@ -236,21 +236,16 @@ def test_half_sets_are_independent_and_fsc_is_far_from_nyquist(tiny, tmp_path):
     assert px is None or not np.isfinite(px) or px > 3.0  # Nyquist is 2 px
 
 
-def test_torchrun_two_cpu_processes(tiny, tmp_path):
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node",
-        "2",
-        "-m",
-        "cryoforge.cli",
-        *(_small_cli(tiny["star"], tmp_path / "ddp", "-o", "train.max_steps", "3")[3:]),
-    ]
+def _torchrun(cli: list[str]) -> None:
+    """``cli`` (a :func:`_small_cli` command: ``python -m cryoforge.cli ...``) under torchrun, 2 processes
+    of one thread each; it must succeed."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    proc = subprocess.run(torchrun_command(*cli[3:]), capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def test_torchrun_two_cpu_processes(tiny, tmp_path):
+    _torchrun(_small_cli(tiny["star"], tmp_path / "ddp", "-o", "train.max_steps", "3"))
     ck = load_checkpoint(tmp_path / "ddp" / "checkpoint.pt")
     assert ck["state"]["step"] == 3
     assert len(read_star(tmp_path / "ddp" / "poses.star")) == 24
@@ -262,20 +257,7 @@ def test_torchrun_half_sets_with_the_shared_start(tiny, tmp_path):
     extra = ["-o", "train.max_steps", "4", "-o", "train.half_sets", "true", "-o", "schedule.name", "abinit"]
     extra += ["-o", "schedule.search", '{"iterations": 2, "refine_steps_deg": []}']
     extra += ["-o", "schedule.fit_steps", "2", "-o", "schedule.amortize_steps", "0"]
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node",
-        "2",
-        "-m",
-        "cryoforge.cli",
-        *(_small_cli(tiny["star"], tmp_path / "ddp", *extra)[3:]),
-    ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    _torchrun(_small_cli(tiny["star"], tmp_path / "ddp", *extra))
     run_dir = tmp_path / "ddp"
     assert (run_dir / "start" / "start_map.mrc").is_file() and not (run_dir / "start" / "map.mrc").exists()
     metrics = json.loads((run_dir / "metrics.json").read_text())

@@ -13,17 +13,9 @@ from click.testing import CliRunner
 
 from cryoforge.cli import cli
 from cryoforge.engine.checkpoint import load_checkpoint
-from cryoforge.testing import assert_one_line_error
+from cryoforge.testing import TINY_MODEL, assert_one_line_error
 
-SMALL = {
-    "encoder.channels": [8, 8],
-    "encoder.head_hidden": [16],
-    "volume.hidden_dim": 16,
-    "train.batch_size": 8,
-    "train.tensorboard": False,
-    "train.progress": False,
-    "train.pictures": False,
-}
+SMALL = TINY_MODEL
 SEARCH = {"iterations": 1, "refine_steps_deg": [], "starts": 1, "start_iterations": 1, "start_subset": 10}
 ABINIT = {**SMALL, "schedule.search": SEARCH, "schedule.fit_steps": 1, "train.max_steps": 2}
 """search (1 step) and fit (1 step): the budget ends before the amortize stage starts."""

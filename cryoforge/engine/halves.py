@@ -157,7 +157,7 @@ class HalfMapFSC:
         out["halves_mirrored"] = self.mirrored
         if self.shared_lowpass_angstrom is not None:
             box_a = self.report.box_size * self.report.pixel_size_angstrom
-            shells = shared_shells(self.shared_lowpass_angstrom, box_a)
+            shells = shared_shells(self.shared_lowpass_angstrom, box_a, self.report.box_size)
             out["halfmap_shared_start_angstrom"] = self.shared_lowpass_angstrom
             out["halfmap_shared_start_text"] = (
                 f"both halves started from one map of all the particles low-passed to "
@@ -251,7 +251,7 @@ def halfmap_fsc(
         avg = (f1 + fal.aligned) / 2
     method = HALFMAP_METHOD_GT if same_frame else HALFMAP_METHOD
     box_a = float(b1.shape[-1]) * pixel_size_angstrom
-    lowest = max(LOWEST_SHELLS, shared_shells(shared_lowpass_angstrom, box_a))
+    lowest = max(LOWEST_SHELLS, shared_shells(shared_lowpass_angstrom, box_a, int(b1.shape[-1])))
     return HalfMapFSC(
         rep,
         fit_rep,
@@ -266,6 +266,29 @@ def halfmap_fsc(
         mask_t,
         mask_text,
         shared_lowpass_angstrom,
+    )
+
+
+def run_halfmap_fsc(
+    config: RunConfig,
+    source: Source,
+    halves: list[np.ndarray],
+    poses: list[Pose],
+    fitted: tuple[torch.Tensor, torch.Tensor],
+    n_search: int = 2000,
+) -> HalfMapFSC:
+    """:func:`halfmap_fsc` with the run's settings: its frame (``train.gt_poses``), mask and the
+    halves' shared start (:func:`~cryoforge.engine.shared_start.shared_lowpass_angstrom`)."""
+    return halfmap_fsc(
+        source,
+        halves,
+        poses,
+        float(source.pixel_size_angstrom),
+        config.train.gt_poses,
+        fitted,
+        n_search=n_search,
+        mask=config.train.halfmap_mask,
+        shared_lowpass_angstrom=shared_lowpass_angstrom(config),
     )
 
 
@@ -374,17 +397,7 @@ def interim_halves(
     )
     warnings: list[str] = []
     if poses and all(p is not None for p in poses):
-        hm = halfmap_fsc(
-            source,
-            halves,
-            poses,
-            px,
-            config.train.gt_poses,
-            (m1t, m2t),
-            n_search=500,
-            mask=config.train.halfmap_mask,
-            shared_lowpass_angstrom=shared_lowpass_angstrom(config),
-        )
+        hm = run_halfmap_fsc(config, source, halves, poses, (m1t, m2t), n_search=500)
         metrics = report_halfmap_fsc(hm, run_dir, px, f"at {elapsed_s:.0f} s of training")
         append_history(run_dir, {**hm.history(), "elapsed_s": elapsed_s})
         avg = hm.fitted_average.numpy()

@@ -21,10 +21,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cryoforge.config import RunConfig
 from cryoforge.engine.evaluation import resample_map
 from cryoforge.errors import InputFileError
 from cryoforge.io.mrc import read_map
 from cryoforge.ops.filters import fourier_shells, shell_filter
+
+
+def configured_initial_map(config: RunConfig) -> str | None:
+    """The default schedule's ``schedule.search.initial_map`` (``None``: none, or another schedule)."""
+    search = config.schedule.options.get("search") if config.schedule.name == "abinit" else None
+    return (search.get("initial_map") or None) if isinstance(search, dict) else None
+
 
 VOXEL_TOLERANCE = 0.01
 """Largest relative difference between the map's voxel size and the particles' pixel size."""

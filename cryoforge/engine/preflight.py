@@ -23,6 +23,7 @@ from cryoforge.engine.context import CHECKPOINT
 from cryoforge.errors import ConfigError, InputFileError
 from cryoforge.io.outputs import (
     HALF_DIRS,
+    START_DIR,
     RunLock,
     check_run_dir,
     clear_run_outputs,
@@ -98,12 +99,11 @@ def check_halfmap_mask(config: RunConfig, source: Source) -> None:
 def check_initial_map(config: RunConfig, source: Source) -> None:
     """``schedule.search.initial_map``, when given, is a readable map at the particles' pixel size
     (:func:`~cryoforge.engine.initial_map.read_initial_map`), checked before anything is written."""
-    search = config.schedule.options.get("search") if config.schedule.name == "abinit" else None
-    path = (search or {}).get("initial_map") if isinstance(search, dict) else None
+    from cryoforge.engine.initial_map import configured_initial_map, read_initial_map
+
+    path = configured_initial_map(config)
     if not path:
         return
-    from cryoforge.engine.initial_map import read_initial_map
-
     if not Path(path).is_file():
         raise InputFileError(path, "no such map file", "schedule.search.initial_map")
     read_initial_map(path, int(source.image_size), float(source.pixel_size_angstrom))
@@ -164,11 +164,7 @@ def _shown(key: str) -> str:
 
 def checkpoints(run_dir: Path) -> list[Path]:
     """The run's checkpoints: ``checkpoint.pt``, or one per half, and the half sets' shared start's."""
-    folders = (
-        run_dir,
-        *(run_dir / h for h in HALF_DIRS),
-        run_dir / "start",
-    )  # start: a half-set run's shared start
+    folders = (run_dir, *(run_dir / h for h in HALF_DIRS), run_dir / START_DIR)
     return [p for p in (f / CHECKPOINT for f in folders) if p.is_file()]
 
 

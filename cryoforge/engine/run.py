@@ -29,15 +29,16 @@ from cryoforge.engine.halves import (
     Paused,
     append_history,
     half_poses,
-    halfmap_fsc,
     report_halfmap_fsc,
+    run_halfmap_fsc,
     train_halves,
 )
+from cryoforge.engine.initial_map import configured_initial_map
 from cryoforge.engine.pictures import PicturesCallback, write_halves_report
 from cryoforge.engine.portable import absolute_inputs, portable_json
 from cryoforge.engine.preflight import check_resume, claim_run_dir, data_signature, preflight
 from cryoforge.engine.progress import ProgressCallback
-from cryoforge.engine.shared_start import shared_lowpass_angstrom, shared_start
+from cryoforge.engine.shared_start import shared_start
 from cryoforge.engine.stages import run_stages, schedule_stages
 from cryoforge.engine.tensorboard import TensorBoardCallback
 from cryoforge.errors import ConfigError
@@ -249,11 +250,9 @@ def check_run(
     bctx = BuildContext(source.image_size, source.pixel_size_angstrom)
     schedule_stages(config, registry, bctx)
     check_ground_truth_map(config, source)
-    search = config.schedule.options.get("search")
-    start_map = search.get("initial_map") if isinstance(search, dict) else None
     refuse_input_overlap(
         run_output_paths(run_dir),
-        [*source_input_paths(source), config.ground_truth_map, start_map],
+        [*source_input_paths(source), config.ground_truth_map, configured_initial_map(config)],
         "--output-dir",
     )
     pipeline = preflight(config, registry, source, bctx)
@@ -337,7 +336,7 @@ def write_index(path: Path, index: np.ndarray) -> None:
 def combine_halves(
     results: list[RunResult], source: Source, halves: list[np.ndarray], config: RunConfig, run_dir: Path
 ) -> RunResult:
-    """The final half-map FSC (gold standard, :func:`~cryoforge.engine.halves.halfmap_fsc`), the
+    """The final half-map FSC (gold standard, :func:`~cryoforge.engine.halves.run_halfmap_fsc`), the
     fitted maps' FSC, the average map and the report.
 
     Each half is backprojected from its own particles at its own final poses; the blind map
@@ -352,16 +351,7 @@ def combine_halves(
     poses = [half_poses(source, h, r) for h, r in zip(halves, results, strict=True)]
     end = max((r.history[-1]["elapsed_s"] for r in results if r.history), default=0.0)
     if all(p is not None for p in poses):
-        hm = halfmap_fsc(
-            source,
-            halves,
-            poses,
-            px,
-            config.train.gt_poses,
-            (m1t, m2t),
-            mask=config.train.halfmap_mask,
-            shared_lowpass_angstrom=shared_lowpass_angstrom(config),
-        )
+        hm = run_halfmap_fsc(config, source, halves, poses, (m1t, m2t))
         result.metrics = report_halfmap_fsc(hm, run_dir, px, "at the end")
         avg = hm.fitted_average.numpy()
         if not hm.consistent:

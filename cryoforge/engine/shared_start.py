@@ -27,20 +27,21 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from cryoforge.config import RunConfig
-from cryoforge.engine.context import RunResult
+from cryoforge.engine.context import CHECKPOINT, RunResult
+from cryoforge.engine.initial_map import configured_initial_map, lowpass_weights
 from cryoforge.engine.reconstruct import backproject_particles
 from cryoforge.errors import CryoforgeError
 from cryoforge.io.mrc import write_mrc
-from cryoforge.io.outputs import START_DIR
+from cryoforge.io.outputs import HALF_DIRS, START_DIR
 from cryoforge.roles import Source
 from cryoforge.schedules.abinit import SUBSET
 
 log = logging.getLogger("cryoforge")
 
 START_MAP = "start_map.mrc"
-DEFAULT_LOWPASS_ANGSTROM = 30.0
 
 
 def start_search_options(config: RunConfig) -> dict[str, Any] | None:
@@ -49,11 +50,9 @@ def start_search_options(config: RunConfig) -> dict[str, Any] | None:
     Nothing to start: known poses (``train.gt_poses``), a schedule without search options (the
     cryoAI schedule), or a search that already starts from a user's ``initial_map``.
     """
-    if config.train.gt_poses or config.schedule.name != "abinit":
+    if config.train.gt_poses or config.schedule.name != "abinit" or configured_initial_map(config):
         return None
     search = dict(config.schedule.options.get("search") or {})
-    if search.get("initial_map"):
-        return None
     search.pop("subset", None)  # the start's own particles are chosen below
     search["refine_steps_deg"] = []  # a 30 Å start needs no local refinement
     return search
@@ -103,8 +102,8 @@ def shared_start(
         return config
     start_dir = run_dir / START_DIR
     path = start_dir / START_MAP
-    halves_begun = any((run_dir / h / "checkpoint.pt").is_file() for h in ("half1", "half2"))
-    if resume and halves_begun and not path.is_file() and not (start_dir / "checkpoint.pt").is_file():
+    halves_begun = any((run_dir / h / CHECKPOINT).is_file() for h in HALF_DIRS)
+    if resume and halves_begun and not path.is_file() and not (start_dir / CHECKPOINT).is_file():
         log.info("half sets: the halves began without a shared start (an earlier version): none now")
         return config
     if not resume and rank == 0 and start_dir.is_dir():  # a new run never reuses an old start
@@ -114,7 +113,7 @@ def shared_start(
         rows = start_rows(len(source), config.train.seed, config.schedule.options.get("subset", SUBSET))
         log.info("half sets: a shared start from %d particles (search only), in %s", len(rows), start_dir)
         cfg = start_config(config, search, start_dir)
-        result = train(cfg, rows, start_dir, resume and (start_dir / "checkpoint.pt").is_file())
+        result = train(cfg, rows, start_dir, resume and (start_dir / CHECKPOINT).is_file())
         if rank == 0:
             if result.poses is None or len(result.poses.rotation) != len(rows):
                 raise CryoforgeError(f"{start_dir}: the shared start left no poses (resume or --overwrite)")
@@ -123,29 +122,30 @@ def shared_start(
             # the start fits no network: its exported map.mrc is an untrained one, not to be opened
             (start_dir / "map.mrc").unlink(missing_ok=True)
     _barrier()
-    search = config.schedule.options.get("search") or {}
-    lowpass = float(search.get("initial_lowpass_angstrom", DEFAULT_LOWPASS_ANGSTROM))
-    log.info("half sets: both halves start from %s low-passed to %g Å", path, lowpass)
-    return with_initial_map(config, path)
+    halves = with_initial_map(config, path)
+    log.info("half sets: both halves start from %s low-passed to %g Å", path, shared_lowpass_angstrom(halves))
+    return halves
 
 
 def shared_lowpass_angstrom(config: RunConfig) -> float | None:
     """The resolution (Å) to which the halves of ``config`` (the halves' own, after
     :func:`shared_start`) share a common ``initial_map``; ``None`` when they start independently."""
-    search = config.schedule.options.get("search") or {}
-    if config.train.gt_poses or config.schedule.name != "abinit" or not search.get("initial_map"):
+    if config.train.gt_poses or not configured_initial_map(config):
         return None
-    return float(search.get("initial_lowpass_angstrom", DEFAULT_LOWPASS_ANGSTROM))
+    from cryoforge.engine.search import SearchOptions  # the search's own default low-pass
+
+    return SearchOptions.model_validate(config.schedule.options["search"]).initial_lowpass_angstrom
 
 
-def shared_shells(lowpass_angstrom: float | None, box_angstrom: float) -> int:
-    """The last Fourier shell of a ``box_angstrom`` box that a start low-passed to
-    ``lowpass_angstrom`` reaches: its raised-cosine edge, one Fourier pixel wide, ends at
-    ``box / lowpass + 1`` (weight 0 there), so the last shell with weight is ``ceil(box / lowpass)``;
+def shared_shells(lowpass_angstrom: float | None, box_angstrom: float, box_px: int) -> int:
+    """The last Fourier shell of a ``box_px`` box of ``box_angstrom`` that a start low-passed to
+    ``lowpass_angstrom`` reaches: the last one with weight in
+    :func:`~cryoforge.engine.initial_map.lowpass_weights` (``ceil(box / lowpass)`` below Nyquist);
     0 for none."""
     if lowpass_angstrom is None:
         return 0
-    return int(np.ceil(box_angstrom / lowpass_angstrom - 1e-9))
+    weights = lowpass_weights(box_px, box_angstrom, lowpass_angstrom)
+    return int(torch.nonzero(weights > 0).max())
 
 
 def _barrier() -> None:
