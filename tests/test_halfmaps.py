@@ -16,13 +16,16 @@ import torch
 from cryoforge.config import RunConfig, apply_override
 from cryoforge.engine.halves import NO_STRUCTURE, halfmap_fsc
 from cryoforge.engine.run import run, split_halves
+from cryoforge.io.mrc import read_map
 from cryoforge.metrics.fsc import (
     FSCReport,
     consistent_structure,
+    fsc,
     fsc_report,
     half_bit_curve,
     shell_voxel_counts,
 )
+from cryoforge.ops.filters import fourier_shells
 from cryoforge.plugins import load_registry
 from cryoforge.simulation.simulate import SimulationSettings, simulate
 
@@ -125,11 +128,19 @@ def test_three_step_export_from_independent_starts_is_not_nyquist(demo400, tmp_p
     assert "fitted_maps_resolution_0.143_angstrom" in line
     for i in (1, 2):
         assert (tmp_path / "r" / f"halfmap{i}.mrc").is_file()
+    # map.mrc is the half maps' average, every shell scaled by C_ref (so its FSC with the plain
+    # average is 1 there) and nothing beyond the quoted resolution; the fitted maps' average apart
+    final = torch.from_numpy(read_map(tmp_path / "r" / "map.mrc")[0]).double()
+    plain = sum(torch.from_numpy(read_map(tmp_path / "r" / f"halfmap{i}.mrc")[0]).double() for i in (1, 2))
+    cutoff = int(32 / px)  # the last shell below the quoted resolution
+    assert fsc(final, plain)[1][1 : cutoff + 1].min() > 0.999
+    power = torch.fft.fftn(final).abs()
+    assert float(power[fourier_shells(32) >= cutoff + 2].max()) < 1e-5 * float(power.max())
+    assert (tmp_path / "r" / "map_fitted.mrc").is_file()
 
 
 def _average_vs_truth_px(run_dir: Path, truth: Path, mask: bool = False) -> float:
     """FSC-0.5 (px) against the truth of the average of the two half maps (half 2 aligned), blind."""
-    from cryoforge.io.mrc import read_map
     from cryoforge.metrics.alignment import align_map
 
     h1, h2 = (read_map(run_dir / f"halfmap{i}.mrc")[0] for i in (1, 2))

@@ -38,6 +38,7 @@ from cryoforge.engine.shared_start import shared_lowpass_angstrom, shared_shells
 from cryoforge.io.mrc import read_map, write_mrc
 from cryoforge.metrics.alignment import align_map
 from cryoforge.metrics.fsc import LOWEST_SHELLS, FSCReport, consistent_structure, fsc_report
+from cryoforge.metrics.fsc_weighting import fsc_weighted_average
 from cryoforge.metrics.masked_fsc import (
     NO_MASK,
     MaskedFSC,
@@ -117,7 +118,9 @@ class HalfMapFSC:
     used, ``masked`` then holds its parts), ``unmasked`` the same without a mask, ``fitted`` that of
     the two fitted maps, unmasked (``None`` when no fitted maps were given), ``maps`` the two
     backprojections (half 2 aligned onto half 1), ``fitted_average`` the average of the fitted maps
-    (half 2 aligned), or ``None``; ``mask`` the mask and ``mask_text`` what it is.
+    (half 2 aligned), or ``None``; ``mask`` the mask and ``mask_text`` what it is; ``average`` the
+    run's final map, the backprojections' average weighted by the quoted FSC
+    (:func:`~cryoforge.metrics.fsc_weighting.fsc_weighted_average`).
     """
 
     report: FSCReport
@@ -132,6 +135,7 @@ class HalfMapFSC:
     mask: torch.Tensor | None = None
     mask_text: str = NO_MASK
     shared_lowpass_angstrom: float | None = None  # the halves' common start, low-passed to this
+    average: torch.Tensor | None = None  # the final map: the backprojections' FSC-weighted average
 
     def metrics(self) -> dict[str, Any]:
         """``halfmap_*`` (the gold standard, with the half-bit crossing and the verdict) and
@@ -216,6 +220,7 @@ def halfmap_fsc(
     n_search: int = 2000,
     mask: str = "auto",
     shared_lowpass_angstrom: float | None = None,
+    symmetry: str = "C1",
 ) -> HalfMapFSC:
     """The gold-standard half-map FSC: each half backprojected from its own particles at its own
     poses (:func:`~cryoforge.engine.reconstruct.backproject_particles`, with the CTF when the
@@ -229,7 +234,9 @@ def halfmap_fsc(
     (:func:`~cryoforge.metrics.masked_fsc.corrected_masked_fsc`); the unmasked FSC is kept beside it.
     ``shared_lowpass_angstrom``: the halves started from one map low-passed to this resolution
     (:mod:`cryoforge.engine.shared_start`); the verdict on consistent structure reads beyond the
-    shells it reaches.
+    shells it reaches. The final map (``average``) is the backprojections' average weighted by the
+    quoted FSC (masked and corrected, as RELION's post-processing weights), averaged over the point
+    group ``symmetry`` (the search's, in its frame) unless C1.
     """
     b1, b2 = (backproject_particles(source, h, p) for h, p in zip(halves, poses, strict=True))
     if same_frame:
@@ -266,7 +273,22 @@ def halfmap_fsc(
         mask_t,
         mask_text,
         shared_lowpass_angstrom,
+        final_map(b1, al.aligned, rep.values, symmetry),  # RELION's post-processing: the quoted FSC
     )
+
+
+def final_map(
+    half1: torch.Tensor, half2: torch.Tensor, fsc_values: np.ndarray, symmetry: str
+) -> torch.Tensor:
+    """The run's ``map.mrc`` from the two aligned backprojections: their FSC-weighted average
+    (:func:`~cryoforge.metrics.fsc_weighting.fsc_weighted_average`), averaged over ``symmetry``
+    about the box centre when it is not C1 (the search imposed it in that frame)."""
+    average = fsc_weighted_average(half1, half2, fsc_values)
+    if symmetry.upper() != "C1":
+        from cryoforge.ops.symmetry import symmetrize_volume
+
+        average = symmetrize_volume(average, symmetry).float()
+    return average
 
 
 def run_halfmap_fsc(
@@ -289,7 +311,18 @@ def run_halfmap_fsc(
         n_search=n_search,
         mask=config.train.halfmap_mask,
         shared_lowpass_angstrom=shared_lowpass_angstrom(config),
+        symmetry=search_symmetry(config),
     )
+
+
+def search_symmetry(config: RunConfig) -> str:
+    """The point group the default schedule's search imposes (``schedule.search.symmetry``; C1
+    for none, or for another schedule)."""
+    if config.schedule.name != "abinit" or not isinstance(config.schedule.options.get("search"), dict):
+        return "C1"
+    from cryoforge.engine.search import SearchOptions
+
+    return SearchOptions.model_validate(config.schedule.options["search"]).symmetry
 
 
 @contextmanager
@@ -329,6 +362,21 @@ def report_halfmap_fsc(
         write_mrc(run_dir / "halfmap_mask.mrc", hm.mask.numpy(), pixel_size_angstrom)
     hm.plot(run_dir / "fsc_halves.png")
     return metrics
+
+
+FINAL_MAP = "map.mrc"
+FITTED_MAP = "map_fitted.mrc"
+
+
+def write_final_maps(hm: HalfMapFSC, run_dir: Path, pixel_size_angstrom: float) -> np.ndarray:
+    """Write the run's ``map.mrc`` (``hm.average``: the backprojections' FSC-weighted average) and
+    ``map_fitted.mrc`` (the fitted maps' average, half 2 aligned) when there are fitted maps;
+    returns the final map."""
+    final = hm.average if hm.average is not None else (hm.maps[0] + hm.maps[1]) / 2
+    write_mrc(run_dir / FINAL_MAP, final.numpy(), pixel_size_angstrom)
+    if hm.fitted_average is not None:
+        write_mrc(run_dir / FITTED_MAP, hm.fitted_average.numpy(), pixel_size_angstrom)
+    return final.numpy()
 
 
 def train_halves(
@@ -400,13 +448,13 @@ def interim_halves(
         hm = run_halfmap_fsc(config, source, halves, poses, (m1t, m2t), n_search=500)
         metrics = report_halfmap_fsc(hm, run_dir, px, f"at {elapsed_s:.0f} s of training")
         append_history(run_dir, {**hm.history(), "elapsed_s": elapsed_s})
-        avg = hm.fitted_average.numpy()
+        avg = write_final_maps(hm, run_dir, px)
         if not hm.consistent:
             warnings.append(NO_STRUCTURE)
     else:  # no poses to backproject with: no half-map FSC (never the fitted maps' in its place)
         metrics = {}
         avg = ((m1t + m2t) / 2).numpy()
         log.info("no half-map FSC at %.0f s of training: no poses to backproject with", elapsed_s)
-    write_mrc(run_dir / "map.mrc", avg, px)
+        write_mrc(run_dir / "map.mrc", avg, px)
     if config.train.pictures:
         write_halves_pictures(run_dir, metrics, avg, px, results, final=False, warnings=warnings)

@@ -30,7 +30,8 @@ HALF_KEY, HALF_LABEL = "halfmap_resolution_0.143_angstrom", "half-map FSC 0.143"
 
 # what each run file is, in the order the report lists them
 OUTPUTS = (
-    ("map", "map.mrc"),
+    ("map (half-set runs: the half maps' average weighted by their FSC)", "map.mrc"),
+    ("the two fitted (network) maps' average (half-set runs)", "map_fitted.mrc"),
     ("half map 1 (backprojection of half 1 at its poses)", "halfmap1.mrc"),
     ("half map 2 (backprojection of half 2, aligned onto half 1)", "halfmap2.mrc"),
     ("poses (RELION 3.1 star)", "poses.star"),

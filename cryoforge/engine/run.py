@@ -32,6 +32,7 @@ from cryoforge.engine.halves import (
     report_halfmap_fsc,
     run_halfmap_fsc,
     train_halves,
+    write_final_maps,
 )
 from cryoforge.engine.initial_map import configured_initial_map
 from cryoforge.engine.pictures import PicturesCallback, write_halves_report
@@ -337,11 +338,13 @@ def combine_halves(
     results: list[RunResult], source: Source, halves: list[np.ndarray], config: RunConfig, run_dir: Path
 ) -> RunResult:
     """The final half-map FSC (gold standard, :func:`~cryoforge.engine.halves.run_halfmap_fsc`), the
-    fitted maps' FSC, the average map and the report.
+    fitted maps' FSC, the final map and the report.
 
     Each half is backprojected from its own particles at its own final poses; the blind map
     alignment (both hands) brings half 2 onto half 1; never the encoders' poses, never a
-    network's map. The average map is that of the two fitted maps, half 2 turned the same way.
+    network's map. ``map.mrc`` is the backprojections' average weighted by their FSC (RELION's
+    post-processing, without sharpening); ``map_fitted.mrc`` the two fitted maps' average, half 2
+    turned the same way (:func:`~cryoforge.engine.halves.write_final_maps`).
     """
     m1, _ = read_map(results[0].map_path)
     m2, _ = read_map(results[1].map_path)
@@ -353,7 +356,7 @@ def combine_halves(
     if all(p is not None for p in poses):
         hm = run_halfmap_fsc(config, source, halves, poses, (m1t, m2t))
         result.metrics = report_halfmap_fsc(hm, run_dir, px, "at the end")
-        avg = hm.fitted_average.numpy()
+        avg = write_final_maps(hm, run_dir, px)
         if not hm.consistent:
             result.warnings.append(NO_STRUCTURE)
         # the last point of the half-map resolution over time is the final one
@@ -362,7 +365,7 @@ def combine_halves(
         avg = ((m1t + m2t) / 2).numpy()
         result.fsc_plot = None
         result.warnings.append("no half-map FSC: the halves have no poses to backproject with")
-    write_mrc(result.map_path, avg, px)
+        write_mrc(result.map_path, avg, px)
     write_json(run_dir / "metrics.json", result.metrics)
     if config.train.pictures:
         write_halves_report(result, results, avg, px)

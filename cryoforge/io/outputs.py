@@ -52,6 +52,8 @@ RUN_FILES = (
     "fsc_halves.png",
     "halfmap1.mrc",
     "halfmap2.mrc",
+    "halfmap_mask.mrc",
+    "map_fitted.mrc",
     "run.log",
     "inferred_poses.star",
     "inferred_poses.cs",
