@@ -11,7 +11,6 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from cryoforge.engine.halves import final_map
 from cryoforge.metrics.fsc import find_crossing, fsc
 from cryoforge.metrics.fsc_weighting import cref_weights, fsc_weighted_average, fsc_weights
 from cryoforge.ops.filters import fourier_shells, shell_filter
@@ -81,20 +80,3 @@ def test_a_curve_at_nyquist_keeps_every_shell_and_noise_keeps_the_mean():
     noise = np.r_[1.0, np.full(16, 0.01)]
     w = fsc_weights(noise)
     assert w[0] == 1.0 and np.all(w[1:] == 0.0)
-
-
-def test_the_final_map_of_a_symmetric_search_has_the_symmetry():
-    """With ``schedule.search.symmetry`` D2 the final map is D2 about the box centre (RELION's frame:
-    two-folds about z, then x), whatever the half maps are."""
-    _, h1, h2 = _halves(noise=0.05)
-    _, f = fsc(h1, h2)
-    out = final_map(h1.float(), h2.float(), f, "D2")
-    c = out.shape[-1] // 2
-    # a two-fold about z maps (z, y, x) to (z, −y, −x) about the centre voxel c
-    about_z = torch.roll(torch.flip(out, dims=(1, 2)), shifts=(1, 1), dims=(1, 2))
-    about_x = torch.roll(torch.flip(out, dims=(0, 1)), shifts=(1, 1), dims=(0, 1))
-    inner = (slice(1, None),) * 3  # the roll wraps index 0 of a flipped axis: compare the rest
-    assert c == 16
-    torch.testing.assert_close(about_z[inner], out[inner], atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(about_x[inner], out[inner], atol=1e-5, rtol=1e-5)
-    assert not torch.allclose(final_map(h1.float(), h2.float(), f, "C1"), out, atol=1e-3)

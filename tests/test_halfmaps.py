@@ -98,6 +98,29 @@ def test_halfmap_fsc_is_from_backprojections_at_each_halfs_poses(clean_small):
     assert blind.fitted is None and "blind" in blind.metrics()["halfmap_method"]
 
 
+def _is_symmetric_about_z_and_x(v: torch.Tensor) -> bool:
+    """Whether ``(L, L, L)`` ``v`` is unchanged by two-folds about z and about x through voxel L//2."""
+    inner = (slice(1, None),) * 3  # rolled flips wrap index 0 of a flipped axis: compare the rest
+    about_z = torch.roll(torch.flip(v, dims=(1, 2)), shifts=(1, 1), dims=(1, 2))  # (z, y, x) → (z, −y, −x)
+    about_x = torch.roll(torch.flip(v, dims=(0, 1)), shifts=(1, 1), dims=(0, 1))  # → (−z, −y, x)
+    tol = 1e-5 * float(v.abs().max())
+    return all(torch.allclose(r[inner], v[inner], atol=tol) for r in (about_z, about_x))
+
+
+def test_with_imposed_symmetry_the_half_maps_and_the_final_map_have_it(clean_small):
+    """``schedule.search.symmetry`` D2: both half maps are averaged over D2 about the box centre
+    before their FSC (RELION's half maps of a symmetric refinement), and so is the final map; the
+    molecule itself (4AKE) is not D2, so the C1 maps are not."""
+    source = _source(clean_small)
+    halves = split_halves(len(source), 0)
+    poses = [source.poses.index(torch.as_tensor(h)) for h in halves]
+    c1 = halfmap_fsc(source, halves, poses, 3.0, same_frame=True, mask="none")
+    d2 = halfmap_fsc(source, halves, poses, 3.0, same_frame=True, mask="none", symmetry="D2")
+    assert not _is_symmetric_about_z_and_x(c1.maps[0]) and not _is_symmetric_about_z_and_x(c1.average)
+    assert all(_is_symmetric_about_z_and_x(m) for m in (*d2.maps, d2.average))
+    assert "D2" in d2.metrics()["halfmap_method"] and "D2" not in c1.metrics()["halfmap_method"]
+
+
 @pytest.fixture(scope="module")
 def demo400(tmp_path_factory) -> Path:
     """400 particles of the demo's molecule at SNR 0.5 (the demo's other settings)."""

@@ -47,6 +47,7 @@ from cryoforge.metrics.masked_fsc import (
     resolve_mask,
 )
 from cryoforge.metrics.plot import plot_fsc
+from cryoforge.ops.symmetry import symmetrize_volume
 from cryoforge.roles import Source
 from cryoforge.types import Pose
 
@@ -234,21 +235,26 @@ def halfmap_fsc(
     (:func:`~cryoforge.metrics.masked_fsc.corrected_masked_fsc`); the unmasked FSC is kept beside it.
     ``shared_lowpass_angstrom``: the halves started from one map low-passed to this resolution
     (:mod:`cryoforge.engine.shared_start`); the verdict on consistent structure reads beyond the
-    shells it reaches. The final map (``average``) is the backprojections' average weighted by the
-    quoted FSC (masked and corrected, as RELION's post-processing weights), averaged over the point
-    group ``symmetry`` (the search's, in its frame) unless C1.
+    shells it reaches. With a point group ``symmetry`` other than C1 (the search's, imposed in the
+    frame of half 1's map) both aligned backprojections are averaged over it about the box centre
+    before the mask and the FSC, as RELION's half maps of a symmetric refinement are. The final map
+    (``average``) is the half maps' average weighted by the quoted FSC (masked and corrected, as
+    RELION's post-processing weights).
     """
     b1, b2 = (backproject_particles(source, h, p) for h, p in zip(halves, poses, strict=True))
     if same_frame:
         al = align_map(b2, b1, torch.eye(3), False)
     else:
         al = align_map(b2, b1, n_search=n_search)
-    mask_t, mask_text = resolve_mask(mask, (b1.float() + al.aligned.float()) / 2, pixel_size_angstrom)
+    h1, h2 = b1.float(), al.aligned.float()
+    if symmetry.upper() != "C1":  # RELION's half maps of a symmetric refinement are symmetric too
+        h1, h2 = (symmetrize_volume(h, symmetry).float() for h in (h1, h2))
+    mask_t, mask_text = resolve_mask(mask, (h1 + h2) / 2, pixel_size_angstrom)
     masked = None
     if mask_t is None:
-        rep = unmasked = fsc_report(b1, al.aligned, pixel_size_angstrom)
+        rep = unmasked = fsc_report(h1, h2, pixel_size_angstrom)
     else:  # the masked FSC's parts include the unmasked curve
-        masked = corrected_masked_fsc(b1.double(), al.aligned.double(), mask_t, pixel_size_angstrom)
+        masked = corrected_masked_fsc(h1.double(), h2.double(), mask_t, pixel_size_angstrom)
         rep, unmasked = masked.corrected, masked.unmasked
     fit_rep, avg = None, None
     if fitted is not None:
@@ -257,12 +263,14 @@ def halfmap_fsc(
         fit_rep = fsc_report(f1, fal.aligned, pixel_size_angstrom)
         avg = (f1 + fal.aligned) / 2
     method = HALFMAP_METHOD_GT if same_frame else HALFMAP_METHOD
+    if symmetry.upper() != "C1":
+        method += f"; both averaged over {symmetry.upper()} about the box centre (the search imposed it)"
     box_a = float(b1.shape[-1]) * pixel_size_angstrom
     lowest = max(LOWEST_SHELLS, shared_shells(shared_lowpass_angstrom, box_a, int(b1.shape[-1])))
     return HalfMapFSC(
         rep,
         fit_rep,
-        (b1.float(), al.aligned),
+        (h1, h2),
         avg,
         al.mirrored,
         method,
@@ -273,22 +281,19 @@ def halfmap_fsc(
         mask_t,
         mask_text,
         shared_lowpass_angstrom,
-        final_map(b1, al.aligned, rep.values, symmetry),  # RELION's post-processing: the quoted FSC
+        final_map(h1, h2, rep.values, symmetry),  # RELION's post-processing: the quoted FSC
     )
 
 
 def final_map(
     half1: torch.Tensor, half2: torch.Tensor, fsc_values: np.ndarray, symmetry: str
 ) -> torch.Tensor:
-    """The run's ``map.mrc`` from the two aligned backprojections: their FSC-weighted average
+    """The run's ``map.mrc`` from the two aligned half maps: their FSC-weighted average
     (:func:`~cryoforge.metrics.fsc_weighting.fsc_weighted_average`), averaged over ``symmetry``
-    about the box centre when it is not C1 (the search imposed it in that frame)."""
+    about the box centre unless C1 (again: the filter is periodic, and the box edge, where the
+    group's images of a voxel leave the box, is not symmetric)."""
     average = fsc_weighted_average(half1, half2, fsc_values)
-    if symmetry.upper() != "C1":
-        from cryoforge.ops.symmetry import symmetrize_volume
-
-        average = symmetrize_volume(average, symmetry).float()
-    return average
+    return average if symmetry.upper() == "C1" else symmetrize_volume(average, symmetry).float()
 
 
 def run_halfmap_fsc(
