@@ -11,8 +11,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from cryoforge.engine.halves import final_map
 from cryoforge.metrics.fsc import find_crossing, fsc
-from cryoforge.metrics.fsc_weighting import cref_weights, fsc_weighted_average, fsc_weights
+from cryoforge.metrics.fsc_weighting import cref_weights, fsc_weighted_average, fsc_weights, lowpass_shell
 from cryoforge.ops.filters import fourier_shells, shell_filter
 
 
@@ -80,3 +81,30 @@ def test_a_curve_at_nyquist_keeps_every_shell_and_noise_keeps_the_mean():
     noise = np.r_[1.0, np.full(16, 0.01)]
     w = fsc_weights(noise)
     assert w[0] == 1.0 and np.all(w[1:] == 0.0)
+
+
+def test_a_curve_with_non_finite_shells_gives_a_finite_map():
+    _, h1, h2 = _halves()
+    for curve in (np.full(17, np.nan), np.r_[1.0, 0.9, np.nan, np.full(14, 0.8)]):
+        w = fsc_weights(curve)
+        assert np.all(np.isfinite(w)) and w[0] == 1.0
+        assert torch.isfinite(fsc_weighted_average(h1, h2, curve)).all()
+    assert np.all(fsc_weights(np.full(17, np.nan))[1:] == 0)  # no shell is known to agree
+    assert lowpass_shell(np.full(17, np.nan)) == 0.0 and lowpass_shell(np.ones(17)) == np.inf
+
+
+def test_the_final_map_of_a_symmetric_search_has_the_symmetry():
+    """``final_map`` with D2 averages the weighted map over the group about the box centre, so
+    it is D2 even when the half maps are not (the periodic filter and the box edge are not)."""
+    _, h1, h2 = _halves(noise=0.2)
+    _, f = fsc(h1, h2)
+    inner = (slice(1, None),) * 3  # rolled flips wrap index 0 of a flipped axis: compare the rest
+    out = final_map(h1.float(), h2.float(), f, "D2")
+    about_z = torch.roll(torch.flip(out, dims=(1, 2)), shifts=(1, 1), dims=(1, 2))  # (z, −y, −x)
+    about_x = torch.roll(torch.flip(out, dims=(0, 1)), shifts=(1, 1), dims=(0, 1))  # (−z, −y, x)
+    torch.testing.assert_close(about_z[inner], out[inner], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(about_x[inner], out[inner], atol=1e-5, rtol=1e-5)
+    c1 = final_map(h1.float(), h2.float(), f, "C1")
+    assert not torch.allclose(
+        torch.roll(torch.flip(c1, dims=(1, 2)), (1, 1), (1, 2))[inner], c1[inner], atol=1e-3
+    )

@@ -25,6 +25,7 @@ from cryoforge.metrics.fsc import (
     half_bit_curve,
     shell_voxel_counts,
 )
+from cryoforge.metrics.fsc_weighting import fsc_weights
 from cryoforge.ops.filters import fourier_shells
 from cryoforge.plugins import load_registry
 from cryoforge.simulation.simulate import SimulationSettings, simulate
@@ -119,6 +120,18 @@ def test_with_imposed_symmetry_the_half_maps_and_the_final_map_have_it(clean_sma
     assert not _is_symmetric_about_z_and_x(c1.maps[0]) and not _is_symmetric_about_z_and_x(c1.average)
     assert all(_is_symmetric_about_z_and_x(m) for m in (*d2.maps, d2.average))
     assert "D2" in d2.metrics()["halfmap_method"] and "D2" not in c1.metrics()["halfmap_method"]
+    # a D2 map repeats each independent voxel 4 times: the half-bit curve counts a quarter of them
+    assert d2.report.voxel_fraction == pytest.approx(c1.report.voxel_fraction / 4)
+    # map.mrc is the half maps' average, each shell scaled by its C_ref weight (and low-pass)
+    plain = torch.fft.fftn((c1.maps[0] + c1.maps[1]).double() / 2)
+    final = torch.fft.fftn(c1.average.double())
+    shells = fourier_shells(32)
+    expected = fsc_weights(c1.report.values)
+    for k in (1, 4, 8, 12, 15):
+        ratio = (final[shells == k].abs() / plain[shells == k].abs().clamp_min(1e-12)).median()
+        assert float(ratio) == pytest.approx(expected[k], abs=1e-4)
+    assert c1.report.crossing(0.143).bound == "nyquist"  # clean particles at their true poses
+    assert c1.metrics()["final_map_text"].endswith("not low-passed (the FSC stays above 0.143 to Nyquist)")
 
 
 @pytest.fixture(scope="module")
@@ -151,8 +164,9 @@ def test_three_step_export_from_independent_starts_is_not_nyquist(demo400, tmp_p
     assert "fitted_maps_resolution_0.143_angstrom" in line
     for i in (1, 2):
         assert (tmp_path / "r" / f"halfmap{i}.mrc").is_file()
-    # map.mrc is the half maps' average, every shell scaled by C_ref (so its FSC with the plain
-    # average is 1 there) and nothing beyond the quoted resolution; the fitted maps' average apart
+    # map.mrc is a shell filter of the half maps' average (its FSC with the plain average is 1
+    # below the quoted resolution; the weights are checked per shell in the D2 test) with nothing
+    # beyond that resolution; the fitted maps' average is kept apart
     final = torch.from_numpy(read_map(tmp_path / "r" / "map.mrc")[0]).double()
     plain = sum(torch.from_numpy(read_map(tmp_path / "r" / f"halfmap{i}.mrc")[0]).double() for i in (1, 2))
     cutoff = int(32 / px)  # the last shell below the quoted resolution

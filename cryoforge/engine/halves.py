@@ -21,7 +21,7 @@ import logging
 import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +38,7 @@ from cryoforge.engine.shared_start import shared_lowpass_angstrom, shared_shells
 from cryoforge.io.mrc import read_map, write_mrc
 from cryoforge.metrics.alignment import align_map
 from cryoforge.metrics.fsc import LOWEST_SHELLS, FSCReport, consistent_structure, fsc_report
-from cryoforge.metrics.fsc_weighting import fsc_weighted_average
+from cryoforge.metrics.fsc_weighting import fsc_weighted_average, lowpass_shell
 from cryoforge.metrics.masked_fsc import (
     NO_MASK,
     MaskedFSC,
@@ -47,7 +47,7 @@ from cryoforge.metrics.masked_fsc import (
     resolve_mask,
 )
 from cryoforge.metrics.plot import plot_fsc
-from cryoforge.ops.symmetry import symmetrize_volume
+from cryoforge.ops.symmetry import point_group_matrices, symmetrize_volume
 from cryoforge.roles import Source
 from cryoforge.types import Pose
 
@@ -160,6 +160,7 @@ class HalfMapFSC:
                 for t in (0.5, 0.143):
                     out[f"halfmap_unmasked_resolution_{t}_text"] += " (no consistent structure)"
         out["halves_mirrored"] = self.mirrored
+        out["final_map_text"] = final_map_text(self.report)
         if self.shared_lowpass_angstrom is not None:
             box_a = self.report.box_size * self.report.pixel_size_angstrom
             shells = shared_shells(self.shared_lowpass_angstrom, box_a, self.report.box_size)
@@ -195,6 +196,18 @@ class HalfMapFSC:
         if self.fitted is not None:
             curves["fitted maps (network, unmasked)"] = self.fitted
         plot_fsc(curves, path, half_bit=True, note=None if self.consistent else "no consistent structure")
+
+
+def final_map_text(report: FSCReport) -> str:
+    """What ``map.mrc`` of a half-set run is, with its low-pass (:func:`final_map`)."""
+    cutoff = lowpass_shell(report.values)
+    what = "map.mrc: the half maps' average, each shell weighted by sqrt(2 FSC / (1 + FSC)) of the quoted FSC"
+    if math.isinf(cutoff):
+        return f"{what}, not low-passed (the FSC stays above 0.143 to Nyquist)"
+    if cutoff <= 0:
+        return f"{what}: only its mean is kept (the FSC is below 0.143 from shell 1)"
+    angstrom = report.box_size * report.pixel_size_angstrom / cutoff
+    return f"{what}, low-passed at {angstrom:.1f} Å (its 0.143 crossing)"
 
 
 HALF_KEY = "halfmap_resolution_0.143_angstrom"
@@ -256,6 +269,9 @@ def halfmap_fsc(
     else:  # the masked FSC's parts include the unmasked curve
         masked = corrected_masked_fsc(h1.double(), h2.double(), mask_t, pixel_size_angstrom)
         rep, unmasked = masked.corrected, masked.unmasked
+    if symmetry.upper() != "C1":  # each independent voxel is repeated once per group element
+        order = len(point_group_matrices(symmetry))
+        rep, unmasked = (replace(r, voxel_fraction=r.voxel_fraction / order) for r in (rep, unmasked))
     fit_rep, avg = None, None
     if fitted is not None:
         f1, f2 = (m.float() for m in fitted)
@@ -322,7 +338,9 @@ def run_halfmap_fsc(
 
 def search_symmetry(config: RunConfig) -> str:
     """The point group the default schedule's search imposes (``schedule.search.symmetry``; C1
-    for none, or for another schedule)."""
+    for none, for another schedule, and with ``train.gt_poses``, whose frame is the known poses')."""
+    if config.train.gt_poses:  # the known poses' frame: its axes need not be the box's
+        return "C1"
     if config.schedule.name != "abinit" or not isinstance(config.schedule.options.get("search"), dict):
         return "C1"
     from cryoforge.engine.search import SearchOptions
@@ -377,11 +395,20 @@ def write_final_maps(hm: HalfMapFSC, run_dir: Path, pixel_size_angstrom: float) 
     """Write the run's ``map.mrc`` (``hm.average``: the backprojections' FSC-weighted average) and
     ``map_fitted.mrc`` (the fitted maps' average, half 2 aligned) when there are fitted maps;
     returns the final map."""
-    final = hm.average if hm.average is not None else (hm.maps[0] + hm.maps[1]) / 2
+    final = hm.average
+    assert final is not None, "halfmap_fsc always makes the final map"
     write_mrc(run_dir / FINAL_MAP, final.numpy(), pixel_size_angstrom)
     if hm.fitted_average is not None:
         write_mrc(run_dir / FITTED_MAP, hm.fitted_average.numpy(), pixel_size_angstrom)
     return final.numpy()
+
+
+def write_fitted_only(run_dir: Path, fitted_average: np.ndarray, pixel_size_angstrom: float) -> None:
+    """No poses, no half maps: ``map.mrc`` is the fitted maps' average (logged), and an older
+    ``map_fitted.mrc`` is removed so that no stale copy stays beside it."""
+    write_mrc(run_dir / FINAL_MAP, fitted_average, pixel_size_angstrom)
+    (run_dir / FITTED_MAP).unlink(missing_ok=True)
+    log.info("map.mrc is the fitted maps' average: without poses there are no half maps to weight")
 
 
 def train_halves(
@@ -438,7 +465,7 @@ def interim_halves(
     halves: list[np.ndarray] | None = None,
 ) -> None:
     """Both halves paused at ``elapsed_s``: the half-map FSC there (:func:`halfmap_fsc`, from each
-    half's poses at this export), the average of the fitted maps, the pictures."""
+    half's poses at this export), the final map and the fitted maps' average, the pictures."""
     from cryoforge.engine.pictures import write_halves_pictures
 
     (m1, px), (m2, _) = read_map(dirs[0] / "map.mrc"), read_map(dirs[1] / "map.mrc")
@@ -460,6 +487,6 @@ def interim_halves(
         metrics = {}
         avg = ((m1t + m2t) / 2).numpy()
         log.info("no half-map FSC at %.0f s of training: no poses to backproject with", elapsed_s)
-        write_mrc(run_dir / "map.mrc", avg, px)
+        write_fitted_only(run_dir, avg, px)
     if config.train.pictures:
         write_halves_pictures(run_dir, metrics, avg, px, results, final=False, warnings=warnings)

@@ -17,6 +17,7 @@ import numpy as np
 
 from cryoforge.engine.callbacks import Callback, Exported
 from cryoforge.engine.context import RunContext, RunResult
+from cryoforge.io.outputs import HALF_DIRS
 from cryoforge.report.html import write_report
 from cryoforge.report.metrics import is_truth_metric
 from cryoforge.report.progress_plot import plot_progress, resolution_series
@@ -28,10 +29,14 @@ SLICES, PROGRESS, REPORT = "slices.png", "progress.png", "report.html"
 GT_KEY, GT_LABEL = "resolution_0.5_angstrom", "FSC 0.5 vs ground truth"
 HALF_KEY, HALF_LABEL = "halfmap_resolution_0.143_angstrom", "half-map FSC 0.143"
 
+# what a half-set run folder's files are, where that differs from a single run's
+HALF_SET_OUTPUTS = {
+    "map.mrc": "map: the half maps' average, weighted by their FSC and low-passed at its 0.143 crossing",
+}
 # what each run file is, in the order the report lists them
 OUTPUTS = (
-    ("map (half-set runs: the half maps' average weighted by their FSC)", "map.mrc"),
-    ("the two fitted (network) maps' average (half-set runs)", "map_fitted.mrc"),
+    ("map", "map.mrc"),
+    ("the two fitted (network) maps' average, half 2 aligned", "map_fitted.mrc"),
     ("half map 1 (backprojection of half 1 at its poses)", "halfmap1.mrc"),
     ("half map 2 (backprojection of half 2, aligned onto half 1)", "halfmap2.mrc"),
     ("poses (RELION 3.1 star)", "poses.star"),
@@ -75,7 +80,12 @@ def run_report(
     if config is None:
         config = next((c for c in (_read_json(p / "config.json") for p in parents) if c is not None), None)
     plugins = next((c for c in (_read_json(p / "plugins.json") for p in parents) if c is not None), None)
-    outputs = [(what, name) for what, name in OUTPUTS if (run_dir / name).is_file()]
+    half_set = any((run_dir / h).is_dir() for h in HALF_DIRS)
+    outputs = [
+        (HALF_SET_OUTPUTS.get(name, what) if half_set else what, name)
+        for what, name in OUTPUTS
+        if (run_dir / name).is_file()
+    ]
     outputs += [
         (f"half set {i}", f"half{i}/{REPORT}") for i in (1, 2) if (run_dir / f"half{i}" / REPORT).is_file()
     ]
@@ -152,9 +162,11 @@ def write_halves_pictures(
     final: bool,
     warnings: list[str] | None = None,
 ) -> Path:
-    """The half-set run folder's pictures and report: the average map, half 1's loss, the
+    """The half-set run folder's pictures and report: the final map, half 1's loss, the
     half-map FSC-0.143 resolution at each export (``history.jsonl``), ``fsc_halves.png``."""
-    plot_slices(avg_map, pixel_size_angstrom, run_dir / SLICES, "average of the half maps")
+    plot_slices(
+        avg_map, pixel_size_angstrom, run_dir / SLICES, "map.mrc: the half maps' FSC-weighted average"
+    )
     h1 = halves[0].history if halves else []
     plot_progress(
         [e["elapsed_s"] for e in h1],
@@ -165,7 +177,7 @@ def write_halves_pictures(
         avg_map.shape[-1],
     )
     pictures = [
-        ("average of the half maps: central slices and projections", SLICES),
+        ("map.mrc (the half maps' FSC-weighted average): central slices and projections", SLICES),
         ("loss of half 1; half-map resolution at each export", PROGRESS),
         (
             "half-map FSC (gold standard: backprojections) and the fitted maps' FSC; thresholds 0.5, 0.143 "

@@ -33,6 +33,7 @@ from cryoforge.engine.halves import (
     run_halfmap_fsc,
     train_halves,
     write_final_maps,
+    write_fitted_only,
 )
 from cryoforge.engine.initial_map import configured_initial_map
 from cryoforge.engine.pictures import PicturesCallback, write_halves_report
@@ -44,7 +45,7 @@ from cryoforge.engine.stages import run_stages, schedule_stages
 from cryoforge.engine.tensorboard import TensorBoardCallback
 from cryoforge.errors import ConfigError
 from cryoforge.io.atomic import atomic_path
-from cryoforge.io.mrc import read_map, write_mrc
+from cryoforge.io.mrc import read_map
 from cryoforge.io.outputs import (
     check_run_dir,
     config_input_files,
@@ -365,7 +366,7 @@ def combine_halves(
         avg = ((m1t + m2t) / 2).numpy()
         result.fsc_plot = None
         result.warnings.append("no half-map FSC: the halves have no poses to backproject with")
-        write_mrc(result.map_path, avg, px)
+        write_fitted_only(run_dir, avg, px)
     write_json(run_dir / "metrics.json", result.metrics)
     if config.train.pictures:
         write_halves_report(result, results, avg, px)

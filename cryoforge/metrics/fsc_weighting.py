@@ -37,19 +37,30 @@ def fsc_weights(fsc_values: np.ndarray) -> np.ndarray:
     beyond. A curve that stays above 0.143 to Nyquist is not low-passed; one below it from shell
     1 keeps only the mean."""
     values = np.asarray(fsc_values, dtype=float)
+    values = np.where(np.isfinite(values), values, 0.0)  # a non-finite shell carries no weight
     n = len(values)
-    L = 2 * (n - 1)
-    freqs = np.arange(n) / max(L, 1)
-    crossing = find_crossing(freqs, values, RESOLUTION_THRESHOLD)
     k = np.arange(n, dtype=float)
-    if crossing.bound == "nyquist":
+    cutoff = lowpass_shell(values)
+    if math.isinf(cutoff):
         lowpass = np.ones(n)
-    elif crossing.bound == "not_reached" or not math.isfinite(crossing.freq_per_px):
-        lowpass = (k == 0).astype(float)
     else:
-        cutoff = crossing.freq_per_px * L
         lowpass = np.where(k <= cutoff, 1.0, 0.5 * (1 + np.cos(np.pi * np.clip(k - cutoff, 0, 1))))
     return cref_weights(values) * lowpass
+
+
+def lowpass_shell(fsc_values: np.ndarray) -> float:
+    """The shell (Fourier px, fractional) where :func:`fsc_weights` starts its low-pass edge: the
+    FSC-0.143 crossing; ``inf`` for a curve above 0.143 to Nyquist, 0 for one below it from shell
+    1 (only the mean is kept). Non-finite values count as 0."""
+    values = np.asarray(fsc_values, dtype=float)
+    values = np.where(np.isfinite(values), values, 0.0)
+    L = 2 * (len(values) - 1)
+    crossing = find_crossing(np.arange(len(values)) / max(L, 1), values, RESOLUTION_THRESHOLD)
+    if crossing.bound == "nyquist":
+        return math.inf
+    if crossing.bound == "not_reached":
+        return 0.0
+    return crossing.freq_per_px * L
 
 
 def fsc_weighted_average(half1: torch.Tensor, half2: torch.Tensor, fsc_values: np.ndarray) -> torch.Tensor:
