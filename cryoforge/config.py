@@ -101,6 +101,12 @@ class TrainConfig(BaseModel):
         "low-passed to the search's initial_lowpass_angstrom (RELION's and cryoSPARC's practice: the "
         "halves share nothing finer); 'independent': each half from its own random start",
     )
+    half_encoders: Literal["both", "first"] = Field(
+        "both",
+        description="half sets, default schedule: 'both' trains each half's encoder; 'first' only half "
+        "1's (the frame of map.mrc: cryoforge infer RUN/half1), saving one encoder's training; half 2 "
+        "then runs without amortization, so every particle of it is searched (no subset path)",
+    )
     gt_poses: bool = Field(False, description="use the source's known poses (no encoder)")
     halfmap_mask: str = Field(
         "auto",

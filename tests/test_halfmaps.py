@@ -17,6 +17,7 @@ from cryoforge.config import RunConfig, apply_override
 from cryoforge.engine.halves import NO_STRUCTURE, halfmap_fsc
 from cryoforge.engine.run import run, split_halves
 from cryoforge.io.mrc import read_map
+from cryoforge.io.outputs import HALF_DIRS
 from cryoforge.metrics.fsc import (
     FSCReport,
     consistent_structure,
@@ -227,3 +228,38 @@ def test_pure_noise_says_no_consistent_structure(demo400, tmp_path):
     assert res.metrics["halfmap_resolution_0.143_px"] > 4.0
     assert NO_STRUCTURE in (tmp_path / "r" / "run.log").read_text()
     assert NO_STRUCTURE in (tmp_path / "r" / "report.html").read_text(encoding="utf-8")
+
+
+def test_half_encoders_first_trains_half_1s_encoder_only(tiny, tmp_path):
+    """``train.half_encoders = "first"``: half 1 runs the whole default schedule, half 2 its search
+    and fit without an encoder (no amortize stage, every particle searched); ``cryoforge infer``
+    refuses half 2 (its encoder is the untrained network) in one line, exit 2, and reads half 1,
+    named as its folder or as the run folder."""
+    from click.testing import CliRunner
+
+    from cryoforge.cli import cli
+    from cryoforge.testing import TINY_MODEL
+
+    over = {
+        **TINY_MODEL,
+        "train.half_sets": True,
+        "train.half_start": "independent",
+        "train.half_encoders": "first",
+        "schedule.search": {"iterations": 2, "refine_steps_deg": [2.0]},
+        "schedule.fit_steps": 2,
+        "schedule.amortize_steps": 3,
+    }
+    res = run(_config(tiny["star"], tmp_path / "r", **over))
+    walls = [json.loads((tmp_path / "r" / h / "metrics.json").read_text())["stage_wall_s"] for h in HALF_DIRS]
+    assert "amortize" in walls[0] and "amortize" not in walls[1]
+    assert (tmp_path / "r" / "map.mrc").is_file() and "halfmap_resolution_0.143_px" in res.metrics
+    half2 = CliRunner().invoke(cli, ["infer", str(tmp_path / "r" / "half2")])
+    assert half2.exit_code == 2 and "trains no encoder" in half2.output, half2.output
+    assert len(half2.output.strip().splitlines()) == 1
+    half1 = CliRunner().invoke(cli, ["infer", str(tmp_path / "r" / "half1")])
+    assert half1.exit_code == 0, half1.output
+    assert (tmp_path / "r" / "half1" / "inferred_poses.star").is_file()
+    # the run folder itself: half 1's encoder (the frame of map.mrc), refined against map.mrc
+    whole = CliRunner().invoke(cli, ["infer", str(tmp_path / "r"), "--refine"])
+    assert whole.exit_code == 0, whole.output
+    assert (tmp_path / "r" / "inferred_poses.star").is_file()

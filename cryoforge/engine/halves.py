@@ -76,9 +76,17 @@ class PauseCallback(Callback):
 
 
 def half_config(config: RunConfig, i: int) -> RunConfig:
-    """Half ``i``'s config: independent halves have different seeds (weights, batch order)."""
+    """Half ``i``'s config: independent halves have different seeds (weights, batch order); with
+    ``train.half_encoders = "first"`` half 2 (``i = 1``) of the default schedule trains no encoder
+    (``amortize_steps`` 0, and so no search subset: every particle of it is searched)."""
     train = config.train.model_copy(update={"seed": config.train.seed + 1000 * (i + 1)})
-    return config.model_copy(update={"train": train})
+    out = config.model_copy(update={"train": train})
+    if i == 1 and config.train.half_encoders == "first" and config.schedule.name == "abinit":
+        options = {**config.schedule.options, "amortize_steps": 0}
+        if isinstance(options.get("search"), dict):  # a subset needs the encoder to pose the rest
+            options["search"] = {k: v for k, v in options["search"].items() if k != "subset"}
+        out = out.model_copy(update={"schedule": config.schedule.model_copy(update={"options": options})})
+    return out
 
 
 def _elapsed(half_dir: Path) -> float:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from pathlib import Path
 
 import numpy as np
 
-from cryoforge.config import apply_override
+from cryoforge.config import RunConfig, apply_override
 from cryoforge.engine.build import build_pipeline, pick_device
 from cryoforge.engine.checkpoint import load_checkpoint
 from cryoforge.engine.context import CHECKPOINT
@@ -29,6 +30,8 @@ from cryoforge.io.outputs import (
 from cryoforge.io.writable import check_writable_file
 from cryoforge.types import BuildContext
 from cryoforge.volumes.sampled import MAX_SAMPLED_BOX, SampledVolume
+
+log = logging.getLogger("cryoforge")
 
 
 def infer_run(
@@ -70,8 +73,7 @@ def infer_run(
     outputs and their folder, and that the particles have the box the encoder was trained on.
     """
     run_dir = Path(run_dir)
-    ckpt = run_dir / CHECKPOINT
-    config = load_run_config(run_dir, plugins_dirs)
+    config, ckpt = encoder_run(run_dir, plugins_dirs)
     if not ckpt.is_file():
         raise InputFileError(ckpt, "missing: not a finished cryoforge run directory", "RUN_DIR")
     out = Path(out_star) if out_star else run_dir / "inferred_poses.star"
@@ -88,6 +90,19 @@ def infer_run(
         raise InputFileError(ckpt, "not a cryoforge checkpoint (no model weights)", "model")
     if not any(k.startswith("encoder.") for k in state["model"]):
         raise InputFileError(ckpt, "the checkpoint holds no encoder weights: nothing to infer with", "model")
+    if not trains_encoder(config):
+        raise InputFileError(
+            run_dir / "config.json",
+            "this run trains no encoder (schedule.amortize_steps is 0; with train.half_encoders "
+            "'first' only half1 has one): its weights are the untrained network's",
+            "schedule.amortize_steps",
+        )
+    if not encoder_trained(config, state):
+        log.warning(
+            "%s: the run has not reached its amortize stage: the encoder is untrained and its poses "
+            "are not meaningful (finish the run with --resume first)",
+            ckpt,
+        )
     if particles:
         from cryoforge.sources import SUFFIX_TO_SOURCE
 
@@ -170,6 +185,45 @@ def infer_run(
         pose = refine_poses(source, index, pose, volume)
     write_pose_files(out, source, index, pose)
     return out
+
+
+def encoder_run(run_dir: Path, plugins_dirs: list[str] | None = None) -> tuple[RunConfig, Path]:
+    """The configuration and checkpoint of the encoder ``run_dir`` holds: its own; for a half-set
+    run folder (no checkpoint of its own), half 1's, the frame of the run's ``map.mrc``; for a half
+    folder (``half1``/``half2``, which has no ``config.json``), that half's, from its run folder."""
+    from cryoforge.engine.halves import half_config
+    from cryoforge.io.outputs import HALF_DIRS
+
+    if not (run_dir / "config.json").is_file() and run_dir.name in HALF_DIRS:
+        parent = run_dir.parent
+        if (parent / "config.json").is_file():
+            config = load_run_config(parent, plugins_dirs)
+            if config.train.half_sets:
+                return half_config(config, HALF_DIRS.index(run_dir.name)), run_dir / CHECKPOINT
+    config = load_run_config(run_dir, plugins_dirs)
+    if config.train.half_sets and not (run_dir / CHECKPOINT).is_file():
+        return half_config(config, 0), run_dir / HALF_DIRS[0] / CHECKPOINT
+    return config, run_dir / CHECKPOINT
+
+
+def trains_encoder(config: RunConfig) -> bool:
+    """Whether the run's schedule trains its encoder at all: the default schedule (``abinit``)
+    does only with ``amortize_steps`` > 0; other schedules train it in their gradient stages."""
+    if config.schedule.name != "abinit":
+        return True
+    from cryoforge.schedules.abinit import AbinitSchedule
+
+    return AbinitSchedule.Options.model_validate(config.schedule.options).amortize_steps > 0
+
+
+def encoder_trained(config: RunConfig, checkpoint: dict) -> bool:
+    """Whether the run's encoder was trained: the default schedule (``abinit``) trains it only in
+    its ``amortize`` stage, so a checkpoint without amortize steps holds an untrained encoder.
+    Other schedules train it in their gradient stages (taken as trained)."""
+    if config.schedule.name != "abinit":
+        return True
+    stages = (checkpoint.get("state") or {}).get("stages") or {}
+    return int((stages.get("amortize") or {}).get("step", 0)) > 0
 
 
 def _trained_pixel_size(run_dir: Path) -> float | None:
