@@ -267,8 +267,9 @@ def halfmap_fsc(
         al = align_map(b2, b1, torch.eye(3), False)
     else:
         al = align_map(b2, b1, n_search=n_search)
+    symmetric = symmetry.upper() != "C1"
     h1, h2 = b1.float(), al.aligned.float()
-    if symmetry.upper() != "C1":  # RELION's half maps of a symmetric refinement are symmetric too
+    if symmetric:  # RELION's half maps of a symmetric refinement are symmetric too
         h1, h2 = (symmetrize_volume(h, symmetry).float() for h in (h1, h2))
     mask_t, mask_text = resolve_mask(mask, (h1 + h2) / 2, pixel_size_angstrom)
     masked = None
@@ -277,7 +278,7 @@ def halfmap_fsc(
     else:  # the masked FSC's parts include the unmasked curve
         masked = corrected_masked_fsc(h1.double(), h2.double(), mask_t, pixel_size_angstrom)
         rep, unmasked = masked.corrected, masked.unmasked
-    if symmetry.upper() != "C1":  # each independent voxel is repeated once per group element
+    if symmetric:  # each independent voxel is repeated once per group element
         order = len(point_group_matrices(symmetry))
         rep, unmasked = (replace(r, voxel_fraction=r.voxel_fraction / order) for r in (rep, unmasked))
     fit_rep, avg = None, None
@@ -287,7 +288,7 @@ def halfmap_fsc(
         fit_rep = fsc_report(f1, fal.aligned, pixel_size_angstrom)
         avg = (f1 + fal.aligned) / 2
     method = HALFMAP_METHOD_GT if same_frame else HALFMAP_METHOD
-    if symmetry.upper() != "C1":
+    if symmetric:
         method += f"; both averaged over {symmetry.upper()} about the box centre (the search imposed it)"
     box_a = float(b1.shape[-1]) * pixel_size_angstrom
     lowest = max(LOWEST_SHELLS, shared_shells(shared_lowpass_angstrom, box_a, int(b1.shape[-1])))
@@ -347,13 +348,11 @@ def run_halfmap_fsc(
 def search_symmetry(config: RunConfig) -> str:
     """The point group the default schedule's search imposes (``schedule.search.symmetry``; C1
     for none, for another schedule, and with ``train.gt_poses``, whose frame is the known poses')."""
-    if config.train.gt_poses:  # the known poses' frame: its axes need not be the box's
-        return "C1"
-    if config.schedule.name != "abinit" or not isinstance(config.schedule.options.get("search"), dict):
-        return "C1"
-    from cryoforge.engine.search import SearchOptions
+    from cryoforge.engine.search import configured_search_options
 
-    return SearchOptions.model_validate(config.schedule.options["search"]).symmetry
+    search = configured_search_options(config)
+    # with known poses the frame is theirs: its axes need not be the box's
+    return "C1" if config.train.gt_poses or search is None else search.symmetry
 
 
 @contextmanager

@@ -25,7 +25,7 @@ from cryoforge.config import RunConfig
 from cryoforge.engine.evaluation import resample_map
 from cryoforge.errors import InputFileError
 from cryoforge.io.mrc import read_map
-from cryoforge.ops.filters import fourier_shells, shell_filter
+from cryoforge.ops.filters import fourier_shells, raised_cosine_shells, shell_filter
 
 
 def configured_initial_map(config: RunConfig) -> str | None:
@@ -73,10 +73,7 @@ def centred_box(vol: torch.Tensor, box_px: int) -> torch.Tensor:
 def lowpass_weights(size_px: int, box_angstrom: float, lowpass_angstrom: float) -> torch.Tensor:
     """``(size_px//2 + 1,)`` shell weights: 1 below ``box_angstrom / lowpass_angstrom`` Fourier px,
     a raised-cosine fall to 0 over the next Fourier pixel (shells in 1/``box_angstrom``)."""
-    cutoff = box_angstrom / lowpass_angstrom
-    k = torch.arange(size_px // 2 + 1, dtype=torch.float64)
-    edge = 0.5 * (1 + torch.cos(math.pi * (k - cutoff).clamp(0, 1)))
-    return torch.where(k <= cutoff, torch.ones_like(k), edge)
+    return raised_cosine_shells(size_px // 2 + 1, box_angstrom / lowpass_angstrom)
 
 
 def initial_search_map(

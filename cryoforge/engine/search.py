@@ -40,7 +40,7 @@ from typing import Literal
 import torch
 from pydantic import Field, field_validator
 
-from cryoforge.config import Options
+from cryoforge.config import Options, RunConfig
 from cryoforge.engine.callbacks import StepInfo
 from cryoforge.engine.checkpoint import save_checkpoint
 from cryoforge.engine.collective import LOCAL, Collective
@@ -216,6 +216,15 @@ class SearchOptions(RefinementChecks):
         if not all(0 < b <= 10_000 for b in v):
             raise ValueError("band radii must be > 0 Fourier px")
         return v
+
+
+def configured_search_options(config: RunConfig) -> SearchOptions | None:
+    """The default schedule's search options (``schedule.search``, defaults filled in); ``None``
+    for another schedule."""
+    if config.schedule.name != "abinit":
+        return None
+    search = config.schedule.options.get("search")
+    return SearchOptions.model_validate(search if isinstance(search, dict) else {})
 
 
 def particle_pixel_sizes(ctx: RunContext) -> torch.Tensor:

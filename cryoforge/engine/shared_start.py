@@ -132,9 +132,9 @@ def shared_lowpass_angstrom(config: RunConfig) -> float | None:
     :func:`shared_start`) share a common ``initial_map``; ``None`` when they start independently."""
     if config.train.gt_poses or not configured_initial_map(config):
         return None
-    from cryoforge.engine.search import SearchOptions  # the search's own default low-pass
+    from cryoforge.engine.search import configured_search_options  # the search's own default low-pass
 
-    return SearchOptions.model_validate(config.schedule.options["search"]).initial_lowpass_angstrom
+    return configured_search_options(config).initial_lowpass_angstrom
 
 
 def shared_shells(lowpass_angstrom: float | None, box_angstrom: float, box_px: int) -> int:

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from cryoforge.metrics.fsc import find_crossing
-from cryoforge.ops.filters import shell_filter
+from cryoforge.ops.filters import raised_cosine_shells, shell_filter
 
 RESOLUTION_THRESHOLD = 0.143
 
@@ -38,14 +38,7 @@ def fsc_weights(fsc_values: np.ndarray) -> np.ndarray:
     1 keeps only the mean."""
     values = np.asarray(fsc_values, dtype=float)
     values = np.where(np.isfinite(values), values, 0.0)  # a non-finite shell carries no weight
-    n = len(values)
-    k = np.arange(n, dtype=float)
-    cutoff = lowpass_shell(values)
-    if math.isinf(cutoff):
-        lowpass = np.ones(n)
-    else:
-        lowpass = np.where(k <= cutoff, 1.0, 0.5 * (1 + np.cos(np.pi * np.clip(k - cutoff, 0, 1))))
-    return cref_weights(values) * lowpass
+    return cref_weights(values) * raised_cosine_shells(len(values), lowpass_shell(values)).numpy()
 
 
 def lowpass_shell(fsc_values: np.ndarray) -> float:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from cryoforge.ops.grids import rfft_grid_2d
@@ -39,6 +41,14 @@ def fourier_shells(L: int) -> torch.Tensor:
     f = torch.fft.fftfreq(L, dtype=torch.float64)
     kz, ky, kx = torch.meshgrid(f, f, f, indexing="ij")
     return torch.round(torch.sqrt(kx**2 + ky**2 + kz**2) * L).long()
+
+
+def raised_cosine_shells(n: int, cutoff_shell: float) -> torch.Tensor:
+    """``(n,)`` float64 low-pass weights of Fourier shells ``0 … n − 1``: 1 up to ``cutoff_shell``
+    (Fourier px, fractional), a raised cosine ``0.5 (1 + cos(π (k − cutoff)))`` to 0 over the next
+    Fourier pixel, 0 beyond; ``inf`` keeps every shell."""
+    k = torch.arange(n, dtype=torch.float64)
+    return 0.5 * (1 + torch.cos(math.pi * (k - cutoff_shell).clamp(0, 1)))
 
 
 def shell_filter(volume: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
