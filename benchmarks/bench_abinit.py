@@ -87,8 +87,9 @@ CONFIGS: dict[str, dict] = {
     "no-marching": {"schedule.search": {"band_px": [8.0, 8.0]}, "schedule.amortize_steps": 0},
     "march-5": {"schedule.search": {"band_px": [5.0, 8.0]}, "schedule.amortize_steps": 0},  # milder
     "march-4": {"schedule.search": {"band_px": [4.0, 8.0]}, "schedule.amortize_steps": 0},
-    # the encoder's budget: the previous default, against the shipped 6,000 steps
-    "amortize-5000": {"schedule.amortize_steps": 5000},
+    # the encoder: the previous default (raw images), and half the steps on phase-flipped images
+    "amortize-6000-raw": {"schedule.amortize_steps": 6000, "encoder.options.ctf_input": "raw"},
+    "amortize-3000": {"schedule.amortize_steps": 3000},
 }
 
 

@@ -6,7 +6,7 @@ without importing each other (see ``docs/architecture.md``).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
@@ -41,6 +41,11 @@ class Options(BaseModel):
     (``inf`` and ``nan`` are refused) and no integer reaches :data:`INT_LIMIT`."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+    stored_defaults: ClassVar[dict[str, Any]] = {}
+    """Options added after runs were written, with the value that reproduces those runs: a run's
+    stored ``config.json`` that lacks one gets this value, not today's default
+    (:func:`cryoforge.engine.portable.load_run_config`)."""
 
     @field_validator("*", mode="after")
     @classmethod

@@ -10,7 +10,7 @@ from torch import nn
 from cryoforge.losses.views import VIEWS
 from cryoforge.ops.filters import lowpass_disk
 from cryoforge.roles import Encoder, Imaging, Loss, Volume
-from cryoforge.types import ParticleBatch, Pose
+from cryoforge.types import CTFParams, ParticleBatch, Pose
 
 
 @dataclass
@@ -45,12 +45,18 @@ class Pipeline(nn.Module):
         if unknown:
             raise ValueError(f"loss {loss.name!r} asks for unknown views {unknown}; known: {list(VIEWS)}")
 
+    def encoder_images(self, images: torch.Tensor, ctf: CTFParams | None) -> torch.Tensor:
+        """``(B, L, L)`` images as the encoder reads them (:meth:`cryoforge.roles.Encoder.prepare`)."""
+        assert self.encoder is not None
+        return self.encoder.prepare(images, ctf)
+
     def forward(self, batch: ParticleBatch, known_pose: Pose | None = None, band: float = 1.0) -> StepOutput:
         """Render every view the loss asks for and let the loss choose.
 
         With ``known_pose`` the encoder is bypassed and only the identity view is used. ``band``
         (a fraction of Nyquist) low-passes the predicted and observed images before the loss
-        compares them (:func:`cryoforge.ops.filters.lowpass_disk`); the encoder sees the full images.
+        compares them (:func:`cryoforge.ops.filters.lowpass_disk`); the encoder sees the full images,
+        as its :meth:`~cryoforge.roles.Encoder.prepare` gives them (the loss the images as they are).
         """
         if known_pose is not None:
             pred = self.imaging(self.volume, known_pose, batch.ctf)
@@ -59,10 +65,11 @@ class Pipeline(nn.Module):
             return StepOutput(err.mean(), err.detach(), zeros, known_pose)
         assert self.encoder is not None
         errors, poses = [], []
+        seen = self.encoder_images(batch.images, batch.ctf)
         for view_name in self.loss.views:
             view = VIEWS[view_name]
             images = view.transform(batch.images)
-            pose = self.encoder(images)
+            pose = self.encoder(images if seen is batch.images else view.transform(seen))
             pred = self.imaging(self.volume, pose, batch.ctf)
             errors.append(self.loss.per_particle(lowpass_disk(pred, band), lowpass_disk(images, band)))
             poses.append(view.pose_to_original(Pose(pose.rotation.detach(), pose.shift_angstrom.detach())))

@@ -59,11 +59,20 @@ class Source(Component, ABC):
 
 
 class Encoder(Component, nn.Module, ABC):
-    """Images → poses. ``forward(images (B, L, L)) -> Pose``."""
+    """Images → poses. ``forward(images (B, L, L)) -> Pose``.
+
+    The pipeline passes each batch through :meth:`prepare` (with its CTF) first, then through the
+    views, grid moves and recentring that training and inference apply; each of those commutes
+    with a CTF filter, so an encoder may ask for CTF-corrected images there.
+    """
 
     def __init__(self, options: Options, ctx: BuildContext) -> None:
         nn.Module.__init__(self)
         self._init_component(options, ctx)
+
+    def prepare(self, images: torch.Tensor, ctf: CTFParams | None) -> torch.Tensor:
+        """What the encoder reads of ``(B, L, L)`` images with CTF ``ctf`` (default: the images)."""
+        return images
 
     @abstractmethod
     def forward(self, images: torch.Tensor) -> Pose: ...

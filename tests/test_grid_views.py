@@ -77,6 +77,10 @@ def test_grid_averaged_poses_maps_every_copy_back():
     class P:
         encoder = Oracle()
 
+        @staticmethod
+        def encoder_images(images, ctf):  # what the encoder reads: here, the images as they are
+            return images
+
     out = grid_averaged_poses(P(), images, truth, max_deg=10.0)
     assert float(geodesic_distance_deg(out.rotation, truth.rotation).max()) < 0.05  # float32 arccos near 0
     assert torch.allclose(out.shift_angstrom, truth.shift_angstrom, atol=1e-5)
@@ -222,7 +226,7 @@ def test_second_pass_on_recentred_images_corrects_the_first_origin():
 
     from cryoforge.engine.batches import encoder_poses
 
-    pipe = SimpleNamespace(encoder=Encoder())
+    pipe = SimpleNamespace(encoder=Encoder(), encoder_images=lambda images, ctf: images)
     fast = encoder_poses(pipe, source, idx, 4, torch.device("cpu"), recentre=True)
     assert torch.allclose(fast.shift_angstrom, 0.84 * truth, atol=0.03)
 

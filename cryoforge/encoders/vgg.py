@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import os
-from typing import Annotated, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import torch
 from pydantic import Field
 from torch import nn
 
+from cryoforge.ops.grids import half_plane_query
+from cryoforge.ops.phase_flip import phase_flipped_images
 from cryoforge.ops.rotations import sixd_to_matrix
 from cryoforge.options import Options
 from cryoforge.roles import Encoder
-from cryoforge.types import BuildContext, Pose
+from cryoforge.types import BuildContext, CTFParams, Pose
 
 
 def gaussian_bank(sigmas_px: list[float], size: int) -> torch.Tensor:
@@ -101,6 +103,9 @@ class VGGEncoder(Encoder):
     name = "vgg"
 
     class Options(Options):
+        # runs written before ``ctf_input`` existed read raw images: their config.json keeps that
+        stored_defaults: ClassVar[dict[str, Any]] = {"ctf_input": "raw"}
+
         channels: list[Width] = Field(
             default_factory=lambda: [64, 128, 256, 512, 512],
             min_length=1,
@@ -119,6 +124,11 @@ class VGGEncoder(Encoder):
         )
         batch_norm: bool = Field(True, description="batch normalisation after each convolution")
         predict_shift: bool = Field(True, description="train the shift head (else shifts are 0)")
+        ctf_input: Literal["phase_flipped", "raw"] = Field(
+            "phase_flipped",
+            description="what the encoder reads: each image phase-flipped by its own CTF (the CTF's "
+            "contrast reversals undone, so every defocus looks alike), or the raw image",
+        )
         precision: Literal["auto", "fp32", "bf16"] = Field(
             "auto",
             description="arithmetic of the convolutions: bf16 (autocast; the heads stay fp32), fp32, "
@@ -155,6 +165,15 @@ class VGGEncoder(Encoder):
             self.shift_head[-1].weight.mul_(0.01)
             self.shift_head[-1].bias.zero_()
         self.pixel_size_angstrom = ctx.pixel_size_angstrom
+
+    def prepare(self, images: torch.Tensor, ctf: CTFParams | None) -> torch.Tensor:
+        """The images phase-flipped by their CTF (``ctf_input = "phase_flipped"`` and a CTF), else as
+        given. On the σ = 2 px demo data the encoder reaches 3.6° instead of 5.5° in the same steps
+        (``docs/validation.md``, *The amortized encoder*)."""
+        if self.options.ctf_input == "raw" or ctf is None:
+            return images
+        _, freqs = half_plane_query(images.shape[-1], images.device)
+        return phase_flipped_images(images, ctf.values_at(freqs, self.ctx.pixel_size_angstrom))
 
     def forward(self, images: torch.Tensor) -> Pose:
         dtype = conv_dtype(self.options.precision, images.device)

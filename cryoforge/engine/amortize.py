@@ -246,11 +246,14 @@ def run_amortize(ctx: RunContext, stage: Stage) -> None:
             chunk = perm[b * n_real : (b + 1) * n_real]
             chunk = chunk[coll.shard(len(chunk))]
             batch = make_batch(ctx.source, chunk, ctx.device)
-            images, target = batch.images, ctx.table_pose(chunk).to(ctx.device)
+            # what the encoder reads (phase-flipped by the CTF, for the vgg default), before the
+            # moves below: each commutes with a CTF filter
+            images = ctx.pipeline.encoder_images(batch.images, batch.ctf)
+            target = ctx.table_pose(chunk).to(ctx.device)
             mine_syn = coll.shard(n_syn)
             if mine_syn.stop > mine_syn.start:
                 syn, syn_pose = synthetic_batch(ctx, mine_syn.stop - mine_syn.start, noise, gen, render)
-                images = torch.cat([images, syn.images])
+                images = torch.cat([images, ctx.pipeline.encoder_images(syn.images, syn.ctf)])
                 target = Pose.cat([target, syn_pose])
             if opts.recentre > 0:
                 images, target = recentred(

@@ -58,7 +58,8 @@ def encoder_poses(
     encoder.eval()
     rots, shifts = [], []
     for s in range(0, len(index), batch_size):
-        images = torch.from_numpy(source.read_images(index[s : s + batch_size])).to(device)
+        batch = make_batch(source, index[s : s + batch_size], device)
+        images = pipeline.encoder_images(batch.images, batch.ctf)
         pose = encoder(images)
         if recentre:
             first = pose.shift_angstrom

@@ -25,7 +25,7 @@ from cryoforge.ops.shift import translate_images
 from cryoforge.pipeline import Pipeline
 from cryoforge.registry import Registry
 from cryoforge.roles import Source
-from cryoforge.types import ParticleBatch, Pose
+from cryoforge.types import CTFParams, ParticleBatch, Pose
 
 
 def _inverse(A: tuple[tuple[int, int], tuple[int, int]]) -> tuple[tuple[int, int], tuple[int, int]]:
@@ -33,7 +33,9 @@ def _inverse(A: tuple[tuple[int, int], tuple[int, int]]) -> tuple[tuple[int, int
 
 
 @torch.no_grad()
-def grid_averaged_poses(pipeline: Pipeline, images: torch.Tensor, anchor: Pose, max_deg: float) -> Pose:
+def grid_averaged_poses(
+    pipeline: Pipeline, images: torch.Tensor, anchor: Pose, max_deg: float, ctf: CTFParams | None = None
+) -> Pose:
     """Average the encoder's poses over the 8 grid symmetries of ``images``, around ``anchor``.
 
     Parameters
@@ -44,6 +46,8 @@ def grid_averaged_poses(pipeline: Pipeline, images: torch.Tensor, anchor: Pose, 
         ``(B,)`` poses the estimates must agree with (the pipeline's own choice).
     max_deg
         Agreement radius (geodesic degrees).
+    ctf
+        The images' CTF (the encoder reads them through its ``prepare``, before the moves).
 
     Returns
     -------
@@ -51,6 +55,7 @@ def grid_averaged_poses(pipeline: Pipeline, images: torch.Tensor, anchor: Pose, 
     """
     assert pipeline.encoder is not None
     rots, shifts = [], []
+    images = pipeline.encoder_images(images, ctf)
     for A in GRID_SYMMETRIES_XY.values():
         pose = pipeline.encoder(apply_grid_symmetry(images, A))
         r, t = grid_symmetry_pose(_inverse(A), pose.rotation, pose.shift_angstrom)
@@ -91,7 +96,10 @@ def infer_poses_grid_averaged(
             first = torch.zeros_like(anchor.shift_angstrom)
             if recentre:
                 batch, anchor, first = recentred_pass(pipeline, batch, anchor, source.pixel_size_angstrom)
-            pose = grid_averaged_poses(pipeline, batch.images, anchor, max_deg) if average else anchor
+            if average:
+                pose = grid_averaged_poses(pipeline, batch.images, anchor, max_deg, batch.ctf)
+            else:
+                pose = anchor
             rots.append(pose.rotation.cpu())
             shifts.append((pose.shift_angstrom + first).cpu())
             if progress is not None:

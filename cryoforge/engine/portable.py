@@ -71,8 +71,30 @@ def portable_json(config: RunConfig, registry: Registry, run_dir: Path) -> str:
     return json.dumps(data, indent=2, ensure_ascii=False)
 
 
+def with_stored_defaults(config: RunConfig, registry: Registry) -> RunConfig:
+    """A run's stored ``config``, each option it lacks that its component lists in
+    ``Options.stored_defaults`` set to the value it had before it existed.
+
+    A run folder's ``config.json`` holds every option resolved, so a missing one was added to
+    cryoforge after the run was written: today's default might not be what the run did (an encoder
+    trained on raw images must read raw images). Unknown components are left as they are.
+    """
+    data = config.model_dump()
+    for role in ROLES:
+        comp = data.get(role) or {}
+        try:
+            cls = registry.get(role, comp.get("name", ""))
+        except CryoforgeError:
+            continue
+        options = comp.setdefault("options", {})
+        for key, value in getattr(cls.Options, "stored_defaults", {}).items():
+            options.setdefault(key, value)
+    return RunConfig.model_validate(data)
+
+
 def load_run_config(run_dir: str | Path, plugins_dirs: list[str] | None = None) -> RunConfig:
-    """A run's ``config.json``, relative paths taken from the run folder (``output_dir`` = it).
+    """A run's ``config.json``, relative paths taken from the run folder (``output_dir`` = it), and
+    options added since the run was written as the run had them (:func:`with_stored_defaults`).
 
     Raises
     ------
@@ -85,8 +107,9 @@ def load_run_config(run_dir: str | Path, plugins_dirs: list[str] | None = None) 
     path = run_dir / "config.json"
     if not path.is_file():
         raise InputFileError(path, "no config.json: not a cryoforge run directory", "RUN_DIR")
-    config = load_config_file(path)
+    registry = load_registry(plugins_dirs)
+    config = with_stored_defaults(load_config_file(path), registry)
     # relative paths are the run's own files; a config.json written before runs were portable
     # named inputs relative to the folder the run started from, tried second
-    config = absolute_inputs(config, load_registry(plugins_dirs), Path(os.path.abspath(run_dir)), Path.cwd())
+    config = absolute_inputs(config, registry, Path(os.path.abspath(run_dir)), Path.cwd())
     return config.model_copy(update={"output_dir": os.path.abspath(run_dir)})

@@ -20,6 +20,7 @@ from cryoforge.config import RunConfig, load_config_file, resolve
 from cryoforge.engine.build import build_pipeline, pick_device
 from cryoforge.engine.checkpoint import load_checkpoint
 from cryoforge.engine.context import CHECKPOINT
+from cryoforge.engine.portable import with_stored_defaults
 from cryoforge.errors import ConfigError, InputFileError
 from cryoforge.io.outputs import (
     HALF_DIRS,
@@ -198,7 +199,7 @@ def check_resume(
             stored_from, stored = cks[0], RunConfig.model_validate_json(ck["config"])
     if stored is None:
         stored_from, stored = run_dir / "config.json", load_config_file(run_dir / "config.json")
-    stored = resolve(stored, registry)
+    stored = resolve(with_stored_defaults(stored, registry), registry)
     old = _flatten(stored.model_dump(mode="json", exclude={"plugins"}))
     new = _flatten(config.model_dump(mode="json", exclude={"plugins"}))
     changed = [

@@ -1,0 +1,164 @@
+"""CTF phase flipping of the encoder's images: against a numpy FFT reference, its invariances, and
+how runs choose it (new runs flip; runs written before the option existed keep raw images)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from cryoforge.config import RunConfig, resolve
+from cryoforge.encoders.vgg import VGGEncoder
+from cryoforge.engine.portable import load_run_config, with_stored_defaults
+from cryoforge.ops.grids import half_plane_query
+from cryoforge.ops.images import GRID_SYMMETRIES_XY, apply_grid_symmetry, rotate_pi
+from cryoforge.ops.phase_flip import phase_flipped_images as _flip
+from cryoforge.plugins import load_registry
+from cryoforge.types import BuildContext, CTFParams
+
+L, PX = 32, 3.0
+ROOT_EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def phase_flipped_images(images: torch.Tensor, ctf: CTFParams, px: float) -> torch.Tensor:
+    return _flip(images, ctf.values_at(half_plane_query(images.shape[-1])[1], px))
+
+
+def _ctf(n: int, angle_deg: float = 30.0) -> CTFParams:
+    """Strongly astigmatic CTFs (1.2 and 1.8 µm), so an x/y mix-up or a wrong angle shows."""
+    full = lambda v: torch.full((n,), float(v), dtype=torch.float64)
+    return CTFParams(
+        defocus_u_angstrom=torch.linspace(12000.0, 18000.0, n, dtype=torch.float64),
+        defocus_v_angstrom=torch.linspace(9000.0, 14000.0, n, dtype=torch.float64),
+        astigmatism_angle_deg=full(angle_deg),
+        voltage_kv=full(300.0),
+        cs_mm=full(2.7),
+        amplitude_contrast=full(0.1),
+        phase_shift_deg=full(0.0),
+        bfactor_angstrom2=full(0.0),
+    )
+
+
+def _numpy_ctf_grid(ctf: CTFParams) -> np.ndarray:
+    """``(B, L, L)`` CTF on numpy's own unshifted fft2 grid (rows ky, columns kx, cycles/px)."""
+    k = np.fft.fftfreq(L)
+    kx, ky = np.meshgrid(k, k, indexing="xy")
+    freqs = torch.from_numpy(np.stack([kx.ravel(), ky.ravel()], 1))
+    return ctf.values_at(freqs, PX).numpy().reshape(-1, L, L), np.hypot(kx, ky) < 0.5  # strictly inside
+
+
+def test_phase_flip_equals_a_numpy_fft_reference():
+    """Image = projection filtered by the CTF; flipped = the projection filtered by |CTF| (inside
+    Nyquist), computed with numpy's fft2 on its own grid."""
+    rng = np.random.default_rng(0)
+    n = 4
+    proj = rng.standard_normal((n, L, L))
+    ctf = _ctf(n)
+    C, inside = _numpy_ctf_grid(ctf)
+    spec = np.fft.fft2(np.fft.ifftshift(proj, axes=(-2, -1)))
+    image = np.fft.fftshift(np.fft.ifft2(spec * C).real, axes=(-2, -1))
+    want = np.fft.fftshift(np.fft.ifft2(spec * np.abs(C) * inside).real, axes=(-2, -1))
+    got = phase_flipped_images(torch.from_numpy(image).float(), ctf, PX).double().numpy()
+    assert np.abs(got - want).max() < 1e-4 * np.abs(want).max()
+    # and it is not the identity: the raw image differs from the flipped one by a lot
+    assert np.abs(image - want).max() > 0.3 * np.abs(want).max()
+
+
+def test_phase_flip_keeps_white_noise_white_and_commutes_with_the_moves_training_uses():
+    g = torch.Generator().manual_seed(1)
+    n = 6
+    ctf = _ctf(n, angle_deg=0.0)
+    noise = torch.randn(n, L, L, generator=g)
+    flipped = phase_flipped_images(noise, ctf, PX)
+    twice = phase_flipped_images(flipped, ctf, PX)
+    # unitary inside Nyquist: flipping twice is the Nyquist-limited image, and the power is kept
+    assert torch.allclose(phase_flipped_images(twice, ctf, PX), flipped, atol=1e-5)
+    assert float(flipped.pow(2).sum()) == pytest.approx(float(twice.pow(2).sum()), rel=1e-5)
+    assert float(flipped.pow(2).mean()) == pytest.approx(1.0, abs=0.25)
+    # the π view and integer translations commute with the flip (the CTF is even, shift-invariant)
+    assert torch.allclose(phase_flipped_images(rotate_pi(noise), ctf, PX), rotate_pi(flipped), atol=1e-5)
+    rolled = torch.roll(noise, (3, -2), (-2, -1))
+    moved = torch.roll(flipped, (3, -2), (-2, -1))
+    assert torch.allclose(phase_flipped_images(rolled, ctf, PX), moved, atol=1e-5)
+    # a grid move commutes too when the CTF's axes move with it: with the astigmatism along x, a
+    # mirror in x leaves the CTF unchanged
+    A = ((-1, 0), (0, 1))
+    assert A in GRID_SYMMETRIES_XY.values()
+    assert torch.allclose(
+        phase_flipped_images(apply_grid_symmetry(noise, A), ctf, PX),
+        apply_grid_symmetry(flipped, A),
+        atol=1e-5,
+    )
+
+
+def test_vgg_reads_phase_flipped_images_by_default():
+    ctx = BuildContext(image_size=L, pixel_size_angstrom=PX)
+    enc = VGGEncoder(VGGEncoder.Options(channels=[4], head_hidden=[8]), ctx)
+    raw = VGGEncoder(VGGEncoder.Options(channels=[4], head_hidden=[8], ctf_input="raw"), ctx)
+    images = torch.randn(3, L, L, generator=torch.Generator().manual_seed(2))
+    ctf = _ctf(3)
+    assert torch.equal(enc.prepare(images, ctf), phase_flipped_images(images, ctf, PX))
+    assert enc.prepare(images, None) is images  # data without a CTF: nothing to flip
+    assert raw.prepare(images, ctf) is images
+
+
+def test_runs_written_before_the_option_keep_raw_images(tmp_path):
+    """A run's config.json holds every option resolved: one without ``ctf_input`` was trained on
+    raw images, and resuming or inferring with it must read raw images; a new run flips."""
+    registry = load_registry()
+    new = resolve(RunConfig(), registry)
+    assert new.encoder.options["ctf_input"] == "phase_flipped"
+    old = new.model_dump(mode="json", exclude={"plugins"})
+    del old["encoder"]["options"]["ctf_input"]
+    (tmp_path / "config.json").write_text(json.dumps(old))
+    (tmp_path / "plugins.json").write_text("{}")
+    assert load_run_config(tmp_path).encoder.options["ctf_input"] == "raw"
+    assert with_stored_defaults(new, registry).encoder.options["ctf_input"] == "phase_flipped"
+
+
+def test_training_and_inference_feed_the_encoder_only_prepared_images(tmp_path, monkeypatch):
+    """Every image the encoder reads, in the amortize stage and in ``cryoforge infer``, went through
+    its ``prepare`` with the particle's CTF first. The spy's ``prepare`` returns constant images;
+    the moves (π view, grid moves, recentring) keep a constant image constant, so any raw image
+    reaching ``forward`` shows."""
+    from cryoforge.config import apply_override, load_config_file
+    from cryoforge.engine.infer import infer_run
+    from cryoforge.engine.run import run
+    from cryoforge.testing import TINY_MODEL, write_tiny_dataset
+
+    data = write_tiny_dataset(tmp_path / "data")
+    calls = {"prepare": 0, "forward": 0, "raw": 0}
+    forward = VGGEncoder.forward
+
+    def prepare(self, images, ctf):
+        assert ctf is not None and len(ctf.defocus_u_angstrom) == len(images)
+        calls["prepare"] += 1
+        return torch.full_like(images, 7.0)
+
+    def spy_forward(self, images):
+        calls["forward"] += 1
+        calls["raw"] += int(not torch.allclose(images, torch.full_like(images, 7.0), atol=1e-4))
+        return forward(self, images)
+
+    monkeypatch.setattr(VGGEncoder, "prepare", prepare)
+    monkeypatch.setattr(VGGEncoder, "forward", spy_forward)
+    cfg = load_config_file(ROOT_EXAMPLES / "demo.toml")
+    over = {
+        **TINY_MODEL,
+        "source.path": str(data["star"]),
+        "output_dir": str(tmp_path / "run"),
+        "schedule.fit_steps": 2,
+        "schedule.amortize_steps": 3,
+        "schedule.search": {"iterations": 2, "refine_steps_deg": []},
+    }
+    for k, v in over.items():
+        cfg = apply_override(cfg, k, v)
+    run(cfg, overwrite=True)
+    trained = dict(calls)
+    assert trained["prepare"] >= 3 and trained["forward"] >= 3 and trained["raw"] == 0
+    infer_run(tmp_path / "run", str(data["star"]), str(tmp_path / "inferred.star"), overwrite=True)
+    assert calls["prepare"] > trained["prepare"] and calls["forward"] > trained["forward"]
+    assert calls["raw"] == 0
