@@ -46,8 +46,14 @@ class Pipeline(nn.Module):
             raise ValueError(f"loss {loss.name!r} asks for unknown views {unknown}; known: {list(VIEWS)}")
 
     def encoder_images(self, images: torch.Tensor, ctf: CTFParams | None) -> torch.Tensor:
-        """``(B, L, L)`` images as the encoder reads them (:meth:`cryoforge.roles.Encoder.prepare`)."""
+        """``(B, L, L)`` images as the encoder reads them (:meth:`cryoforge.roles.Encoder.prepare`).
+
+        Where the imaging model does not apply the CTF (``imaging.apply_ctf = false``, e.g. stacks
+        that are phase-flipped already), the encoder gets no CTF either.
+        """
         assert self.encoder is not None
+        if not getattr(self.imaging.options, "apply_ctf", True):
+            ctf = None
         return self.encoder.prepare(images, ctf)
 
     def forward(self, batch: ParticleBatch, known_pose: Pose | None = None, band: float = 1.0) -> StepOutput:

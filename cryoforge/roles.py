@@ -61,9 +61,12 @@ class Source(Component, ABC):
 class Encoder(Component, nn.Module, ABC):
     """Images → poses. ``forward(images (B, L, L)) -> Pose``.
 
-    The pipeline passes each batch through :meth:`prepare` (with its CTF) first, then through the
-    views, grid moves and recentring that training and inference apply; each of those commutes
-    with a CTF filter, so an encoder may ask for CTF-corrected images there.
+    The pipeline passes each batch through :meth:`prepare` (with its CTF) first, before the views,
+    grid moves and recentring that training and inference apply. It must come first: the π view
+    and translations commute with a CTF filter, but a grid move (90° turn, mirror) also moves an
+    astigmatic CTF, so the moved image of a prepared one is the moved particle prepared with its
+    moved CTF, as the encoder should see it, while preparing a moved image with the unmoved CTF
+    would not be.
     """
 
     def __init__(self, options: Options, ctx: BuildContext) -> None:

@@ -81,7 +81,7 @@ def test_grid_averaged_poses_maps_every_copy_back():
         def encoder_images(images, ctf):  # what the encoder reads: here, the images as they are
             return images
 
-    out = grid_averaged_poses(P(), images, truth, max_deg=10.0)
+    out = grid_averaged_poses(P(), images, truth, max_deg=10.0, ctf=None)
     assert float(geodesic_distance_deg(out.rotation, truth.rotation).max()) < 0.05  # float32 arccos near 0
     assert torch.allclose(out.shift_angstrom, truth.shift_angstrom, atol=1e-5)
 

@@ -67,7 +67,7 @@ def test_phase_flip_equals_a_numpy_fft_reference():
     assert np.abs(image - want).max() > 0.3 * np.abs(want).max()
 
 
-def test_phase_flip_keeps_white_noise_white_and_commutes_with_the_moves_training_uses():
+def test_phase_flip_is_unitary_and_commutes_with_the_pi_view_and_translations():
     g = torch.Generator().manual_seed(1)
     n = 6
     ctf = _ctf(n, angle_deg=0.0)
@@ -83,8 +83,12 @@ def test_phase_flip_keeps_white_noise_white_and_commutes_with_the_moves_training
     rolled = torch.roll(noise, (3, -2), (-2, -1))
     moved = torch.roll(flipped, (3, -2), (-2, -1))
     assert torch.allclose(phase_flipped_images(rolled, ctf, PX), moved, atol=1e-5)
-    # a grid move commutes too when the CTF's axes move with it: with the astigmatism along x, a
-    # mirror in x leaves the CTF unchanged
+    # it is not the identity: many frequencies change sign
+    limited = phase_flipped_images(flipped, ctf, PX)
+    assert float((flipped - limited).pow(2).sum()) > 0.3 * float(limited.pow(2).sum())
+    # a grid move does not commute in general (it moves the CTF's astigmatism too), which is why
+    # the encoder's images are prepared before any move; with the astigmatism along x, a mirror in
+    # x leaves the CTF unchanged and the two orders agree
     A = ((-1, 0), (0, 1))
     assert A in GRID_SYMMETRIES_XY.values()
     assert torch.allclose(
@@ -120,27 +124,32 @@ def test_runs_written_before_the_option_keep_raw_images(tmp_path):
 
 
 def test_training_and_inference_feed_the_encoder_only_prepared_images(tmp_path, monkeypatch):
-    """Every image the encoder reads, in the amortize stage and in ``cryoforge infer``, went through
-    its ``prepare`` with the particle's CTF first. The spy's ``prepare`` returns constant images;
-    the moves (π view, grid moves, recentring) keep a constant image constant, so any raw image
-    reaching ``forward`` shows."""
+    """Every image the encoder reads (the amortize stage, the subset path's infer stage and
+    ``cryoforge infer``) went through its ``prepare`` with a CTF first, once. The spy's ``prepare``
+    returns constant images and refuses a constant input (a second flip); the π view, the grid
+    moves and recentring keep a constant image constant, so any raw image reaching ``forward``
+    shows."""
     from cryoforge.config import apply_override, load_config_file
     from cryoforge.engine.infer import infer_run
     from cryoforge.engine.run import run
     from cryoforge.testing import TINY_MODEL, write_tiny_dataset
 
-    data = write_tiny_dataset(tmp_path / "data")
+    data = write_tiny_dataset(tmp_path / "data", n=130)
     calls = {"prepare": 0, "forward": 0, "raw": 0}
     forward = VGGEncoder.forward
 
+    def constant(x: torch.Tensor) -> bool:
+        return torch.allclose(x, torch.full_like(x, 7.0), atol=1e-4)
+
     def prepare(self, images, ctf):
         assert ctf is not None and len(ctf.defocus_u_angstrom) == len(images)
+        assert not constant(images), "an image was prepared twice"
         calls["prepare"] += 1
         return torch.full_like(images, 7.0)
 
     def spy_forward(self, images):
         calls["forward"] += 1
-        calls["raw"] += int(not torch.allclose(images, torch.full_like(images, 7.0), atol=1e-4))
+        calls["raw"] += int(not constant(images))
         return forward(self, images)
 
     monkeypatch.setattr(VGGEncoder, "prepare", prepare)
@@ -152,13 +161,38 @@ def test_training_and_inference_feed_the_encoder_only_prepared_images(tmp_path, 
         "output_dir": str(tmp_path / "run"),
         "schedule.fit_steps": 2,
         "schedule.amortize_steps": 3,
+        "schedule.subset": 100,  # the other 30 go through the infer stage (the encoder's poses)
         "schedule.search": {"iterations": 2, "refine_steps_deg": []},
+        "schedule.refine": {"refine_steps_deg": [2.0], "fit_steps": 1},
     }
     for k, v in over.items():
         cfg = apply_override(cfg, k, v)
     run(cfg, overwrite=True)
+    stages = json.loads((tmp_path / "run" / "metrics.json").read_text())["stage_wall_s"]
+    assert "infer" in stages and stages["infer"] > 0  # the infer stage ran
     trained = dict(calls)
-    assert trained["prepare"] >= 3 and trained["forward"] >= 3 and trained["raw"] == 0
+    assert trained["prepare"] >= 4 and trained["forward"] >= 4 and trained["raw"] == 0
     infer_run(tmp_path / "run", str(data["star"]), str(tmp_path / "inferred.star"), overwrite=True)
     assert calls["prepare"] > trained["prepare"] and calls["forward"] > trained["forward"]
     assert calls["raw"] == 0
+
+
+def test_no_flip_where_the_imaging_model_applies_no_ctf():
+    """Stacks phase-flipped already are run with ``imaging.apply_ctf = false``: the encoder then
+    gets no CTF either (a second flip would bring the contrast reversals back)."""
+    from cryoforge.imaging.cryoai import CryoAIImaging
+    from cryoforge.losses.l2 import L2Loss
+    from cryoforge.pipeline import Pipeline
+    from cryoforge.volumes.voxel import VoxelVolume
+
+    ctx = BuildContext(image_size=L, pixel_size_angstrom=PX)
+    enc = VGGEncoder(VGGEncoder.Options(channels=[4], head_hidden=[8]), ctx)
+    vol = VoxelVolume(VoxelVolume.Options(), ctx)
+    images = torch.randn(3, L, L, generator=torch.Generator().manual_seed(3))
+    ctf = _ctf(3)
+    for apply_ctf, flipped in ((True, True), (False, False)):
+        imaging = CryoAIImaging(CryoAIImaging.Options(apply_ctf=apply_ctf), ctx)
+        pipe = Pipeline(enc, vol, imaging, L2Loss(L2Loss.Options(), ctx))
+        seen = pipe.encoder_images(images, ctf)
+        assert torch.equal(seen, phase_flipped_images(images, ctf, PX)) is flipped
+        assert (seen is images) is not flipped

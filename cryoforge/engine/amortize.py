@@ -247,7 +247,7 @@ def run_amortize(ctx: RunContext, stage: Stage) -> None:
             chunk = chunk[coll.shard(len(chunk))]
             batch = make_batch(ctx.source, chunk, ctx.device)
             # what the encoder reads (phase-flipped by the CTF, for the vgg default), before the
-            # moves below: each commutes with a CTF filter
+            # moves below (a grid move also moves the CTF: prepare first, Encoder's docstring)
             images = ctx.pipeline.encoder_images(batch.images, batch.ctf)
             target = ctx.table_pose(chunk).to(ctx.device)
             mine_syn = coll.shard(n_syn)

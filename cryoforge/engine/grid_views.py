@@ -34,7 +34,7 @@ def _inverse(A: tuple[tuple[int, int], tuple[int, int]]) -> tuple[tuple[int, int
 
 @torch.no_grad()
 def grid_averaged_poses(
-    pipeline: Pipeline, images: torch.Tensor, anchor: Pose, max_deg: float, ctf: CTFParams | None = None
+    pipeline: Pipeline, images: torch.Tensor, anchor: Pose, max_deg: float, ctf: CTFParams | None
 ) -> Pose:
     """Average the encoder's poses over the 8 grid symmetries of ``images``, around ``anchor``.
 
