@@ -75,7 +75,7 @@ class Pipeline(nn.Module):
         for view_name in self.loss.views:
             view = VIEWS[view_name]
             images = view.transform(batch.images)
-            pose = self.encoder(images if seen is batch.images else view.transform(seen))
+            pose = self.encoder(view.transform(seen))
             pred = self.imaging(self.volume, pose, batch.ctf)
             errors.append(self.loss.per_particle(lowpass_disk(pred, band), lowpass_disk(images, band)))
             poses.append(view.pose_to_original(Pose(pose.rotation.detach(), pose.shift_angstrom.detach())))

@@ -13,7 +13,6 @@ import torch
 from cryoforge.config import RunConfig, resolve
 from cryoforge.encoders.vgg import VGGEncoder
 from cryoforge.engine.portable import load_run_config, with_stored_defaults
-from cryoforge.ops.grids import half_plane_query
 from cryoforge.ops.images import GRID_SYMMETRIES_XY, apply_grid_symmetry, rotate_pi
 from cryoforge.ops.phase_flip import phase_flipped_images as _flip
 from cryoforge.plugins import load_registry
@@ -24,7 +23,7 @@ ROOT_EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
 def phase_flipped_images(images: torch.Tensor, ctf: CTFParams, px: float) -> torch.Tensor:
-    return _flip(images, ctf.values_at(half_plane_query(images.shape[-1])[1], px))
+    return _flip(images, lambda freqs: ctf.values_at(freqs, px))
 
 
 def _ctf(n: int, angle_deg: float = 30.0) -> CTFParams:

@@ -9,7 +9,6 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from cryoforge.ops.grids import half_plane_query
 from cryoforge.ops.phase_flip import phase_flipped_images
 from cryoforge.ops.rotations import sixd_to_matrix
 from cryoforge.options import Options
@@ -172,8 +171,7 @@ class VGGEncoder(Encoder):
         (``docs/validation.md``, *The amortized encoder*)."""
         if self.options.ctf_input == "raw" or ctf is None:
             return images
-        _, freqs = half_plane_query(images.shape[-1], images.device)
-        return phase_flipped_images(images, ctf.values_at(freqs, self.ctx.pixel_size_angstrom))
+        return phase_flipped_images(images, lambda freqs: ctf.values_at(freqs, self.ctx.pixel_size_angstrom))
 
     def forward(self, images: torch.Tensor) -> Pose:
         dtype = conv_dtype(self.options.precision, images.device)

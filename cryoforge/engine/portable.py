@@ -21,19 +21,25 @@ from cryoforge.registry import Registry
 TOP_LEVEL_PATHS = ("output_dir", "ground_truth_map")
 
 
+def _component_options(data: dict[str, Any], registry: Registry) -> Iterator[tuple[type, dict[str, Any]]]:
+    """``(Options model, options dict)`` of each role's component in a config dump (the dict is the
+    dump's own, so edits land in it); unknown components are skipped (prepare() reports them)."""
+    for role in ROLES:
+        comp = data.get(role) or {}
+        try:
+            cls = registry.get(role, comp.get("name", ""))
+        except CryoforgeError:
+            continue
+        yield cls.Options, comp.setdefault("options", {})
+
+
 def _path_slots(data: dict[str, Any], registry: Registry) -> Iterator[tuple[dict[str, Any], str]]:
     """``(container, key)`` of every path value in a config dump (``None`` and ``""`` skipped)."""
     for key in TOP_LEVEL_PATHS:
         if data.get(key):
             yield data, key
-    for role in ROLES:
-        comp = data.get(role) or {}
-        try:
-            cls = registry.get(role, comp.get("name", ""))
-        except CryoforgeError:  # unknown component: left as is, prepare() reports it
-            continue
-        options = comp.setdefault("options", {})
-        for opt in getattr(cls.Options, "path_options", ()):
+    for option_model, options in _component_options(data, registry):
+        for opt in getattr(option_model, "path_options", ()):
             if isinstance(options.get(opt), str) and options[opt]:
                 yield options, opt
     # a search stage's starting map: the default schedule's search table, or a staged stage's options
@@ -80,14 +86,8 @@ def with_stored_defaults(config: RunConfig, registry: Registry) -> RunConfig:
     trained on raw images must read raw images). Unknown components are left as they are.
     """
     data = config.model_dump()
-    for role in ROLES:
-        comp = data.get(role) or {}
-        try:
-            cls = registry.get(role, comp.get("name", ""))
-        except CryoforgeError:
-            continue
-        options = comp.setdefault("options", {})
-        for key, value in getattr(cls.Options, "stored_defaults", {}).items():
+    for option_model, options in _component_options(data, registry):
+        for key, value in getattr(option_model, "stored_defaults", {}).items():
             options.setdefault(key, value)
     return RunConfig.model_validate(data)
 

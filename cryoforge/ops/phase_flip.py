@@ -8,22 +8,26 @@ image's rings depend on each particle's defocus.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from cryoforge.ops.fft import irfft2_images, rfft2_images
 from cryoforge.ops.grids import half_plane_query
 
 
-def phase_flipped_images(images: torch.Tensor, ctf_values: torch.Tensor) -> torch.Tensor:
+def phase_flipped_images(
+    images: torch.Tensor, ctf_at: Callable[[torch.Tensor], torch.Tensor]
+) -> torch.Tensor:
     """``(B, L, L)`` images with their spectrum multiplied by ``sign(CTF)``.
 
     Parameters
     ----------
     images
         ``(B, L, L)`` real images, centre at ``(L//2, L//2)``.
-    ctf_values
-        ``(B, M)`` each image's CTF at the frequencies of :func:`~cryoforge.ops.grids.half_plane_query`
-        ``(L)`` (the rfft2 half-plane strictly inside Nyquist).
+    ctf_at
+        Maps ``(M, 2)`` frequencies ``(kx, ky)`` in cycles/px (the rfft2 half-plane strictly inside
+        Nyquist, :func:`~cryoforge.ops.grids.half_plane_query`) to ``(B, M)`` each image's CTF there.
 
     Returns
     -------
@@ -32,9 +36,9 @@ def phase_flipped_images(images: torch.Tensor, ctf_values: torch.Tensor) -> torc
     remove them).
     """
     L = images.shape[-1]
-    flat, _ = half_plane_query(L, images.device)
+    flat, freqs = half_plane_query(L, images.device)
     spec = rfft2_images(images.float()).reshape(len(images), -1)
-    sign = torch.where(ctf_values < 0, -1.0, 1.0).to(spec.real.dtype)
+    sign = torch.where(ctf_at(freqs) < 0, -1.0, 1.0).to(spec.real.dtype)
     out = torch.zeros_like(spec)
     out[:, flat] = spec[:, flat] * sign
     return irfft2_images(out.reshape(len(images), L, L // 2 + 1), L).to(images.dtype)
