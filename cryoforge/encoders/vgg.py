@@ -16,12 +16,32 @@ from cryoforge.roles import Encoder
 from cryoforge.types import BuildContext, CTFParams, Pose
 
 
-def gaussian_bank(sigmas_px: list[float], size: int) -> torch.Tensor:
-    """``(len(sigmas), 1, size, size)`` normalised Gaussian kernels (σ in pixels)."""
+def gaussian_bank_1d(sigmas_px: list[float], size: int) -> torch.Tensor:
+    """``(len(sigmas), size)`` normalised 1D Gaussians (σ in pixels, centred at ``size // 2``)."""
     r = torch.arange(size, dtype=torch.float64) - size // 2
-    d2 = r[None, :] ** 2 + r[:, None] ** 2
-    kernels = [torch.exp(-d2 / (2 * s * s)) for s in sigmas_px]
-    return torch.stack([k / k.sum() for k in kernels])[:, None].float()
+    g = torch.stack([torch.exp(-(r**2) / (2 * s * s)) for s in sigmas_px])
+    return g / g.sum(-1, keepdim=True)
+
+
+def gaussian_band_matrices(sigmas_px: list[float], size: int, image_size: int) -> torch.Tensor:
+    """``(F, L, L)`` banded matrices ``T_f[i, j] = g_f(j − i)`` of the ``(F, size)`` 1D Gaussians.
+
+    A normalised 2D Gaussian is the product of two normalised 1D ones, so filtering an image ``X``
+    by it with zero padding is ``T_f X T_fᵀ`` (:func:`filtered_by_bank`): two small matrix products.
+    On a CPU (one thread, per image) they take 0.014 instead of 0.035 ms at L=32 (the 11×11
+    convolution was 10 % of a demo encoder step in fp32), 0.12 instead of 0.16 ms at 64, the same
+    at 128, and 1.4× the convolution's time at 256, where the bank is a small part of the encoder.
+    """
+    g = gaussian_bank_1d(sigmas_px, size)
+    offset = torch.arange(image_size)[None, :] - torch.arange(image_size)[:, None] + size // 2
+    inside = (offset >= 0) & (offset < size)
+    return torch.where(inside, g[:, offset.clamp(0, size - 1)], 0.0).float()
+
+
+def filtered_by_bank(images: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
+    """``(B, L, L)`` images → ``(B, F, L, L)``: each filtered by each 2D Gaussian of the ``(F, L, L)``
+    :func:`gaussian_band_matrices`, zero-padded (the 2D convolution, to rounding)."""
+    return bank[None] @ images[:, None] @ bank.transpose(1, 2)[None]
 
 
 def conv_dtype(precision: str, device: torch.device) -> torch.dtype:
@@ -139,7 +159,8 @@ class VGGEncoder(Encoder):
         o = options
         n = o.n_filters
         sig = [o.sigma_min_px * (o.sigma_max_px / o.sigma_min_px) ** (i / max(n - 1, 1)) for i in range(n)]
-        self.register_buffer("filters", gaussian_bank(sig, o.filter_size), persistent=False)
+        bank = gaussian_band_matrices(sig, o.filter_size, ctx.image_size)
+        self.register_buffer("filters", bank, persistent=False)
         blocks, cin = [], n
         for c in o.channels:
             blocks.append(DoubleConv(cin, c, o.batch_norm))
@@ -175,8 +196,8 @@ class VGGEncoder(Encoder):
 
     def forward(self, images: torch.Tensor) -> Pose:
         dtype = conv_dtype(self.options.precision, images.device)
+        x = filtered_by_bank(images, self.filters)  # fp32: fixed filters, cheap either way
         with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
-            x = nn.functional.conv2d(images[:, None], self.filters, padding=self.options.filter_size // 2)
             x = self.features(x.contiguous(memory_format=torch.channels_last)).flatten(1)
         x = x.float()
         rot = sixd_to_matrix(self.rotation_head(x))

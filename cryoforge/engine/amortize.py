@@ -42,7 +42,7 @@ from cryoforge.ops.rotations import grid_symmetry_pose, random_rotations
 from cryoforge.ops.shift import translate_images
 from cryoforge.options import Options
 from cryoforge.schedules.base import Stage
-from cryoforge.types import ParticleBatch, Pose
+from cryoforge.types import CTFParams, ParticleBatch, Pose
 
 log = logging.getLogger("cryoforge")
 
@@ -246,15 +246,17 @@ def run_amortize(ctx: RunContext, stage: Stage) -> None:
             chunk = perm[b * n_real : (b + 1) * n_real]
             chunk = chunk[coll.shard(len(chunk))]
             batch = make_batch(ctx.source, chunk, ctx.device)
-            # what the encoder reads (phase-flipped by the CTF, for the vgg default), before the
-            # moves below (a grid move also moves the CTF: prepare first, Encoder's docstring)
-            images = ctx.pipeline.encoder_images(batch.images, batch.ctf)
+            images, ctf = batch.images, batch.ctf
             target = ctx.table_pose(chunk).to(ctx.device)
             mine_syn = coll.shard(n_syn)
             if mine_syn.stop > mine_syn.start:
                 syn, syn_pose = synthetic_batch(ctx, mine_syn.stop - mine_syn.start, noise, gen, render)
-                images = torch.cat([images, ctx.pipeline.encoder_images(syn.images, syn.ctf)])
+                images = torch.cat([images, syn.images])
+                ctf = None if ctf is None or syn.ctf is None else CTFParams.cat([ctf, syn.ctf])
                 target = Pose.cat([target, syn_pose])
+            # what the encoder reads (phase-flipped by the CTF, for the vgg default), before the
+            # moves below (a grid move also moves the CTF: prepare first, Encoder's docstring)
+            images = ctx.pipeline.encoder_images(images, ctf)
             if opts.recentre > 0:
                 images, target = recentred(
                     images, target, opts.recentre, opts.recentre_jitter_px * px, px, gen
