@@ -43,6 +43,10 @@ MOLECULES = {
     "1A28": ("mda:1a28.pdb.gz", 4.5),  # progesterone receptor, 2 chains, ratio 2.0
     "1DX5": ("mda:dssp/1dx5I.pdb.gz", 3.2),  # one chain, axis ratio 3.6 (elongated)
     "2ZMM": ("mda:merge/2zmm/protein.pdb", 3.0),  # one chain, ratio 1.7
+    # session 20: three more nobody tuned to (longest dimension 51–65 Å)
+    "3E8M": ("mda:dssp/3e8mA.pdb.gz", 2.7),  # one chain, 2,646 atoms, ratio 1.3
+    "3Q4O": ("mda:dssp/3q4oA.pdb.gz", 2.5),  # one chain, ratio 1.9
+    "1OSM": ("mda:1osm.pdb.gz", 3.1),  # porin OmpK36, one chain of the trimer, ratio 1.6
 }
 MDA_CACHE = Path.home() / ".cache" / "cryoforge-bench" / "mdanalysistests"
 
