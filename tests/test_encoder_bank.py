@@ -57,3 +57,45 @@ def test_encoder_filters_its_input_with_the_bank() -> None:
     assert enc.filters.shape == (3, 16, 16)
     out = filtered_by_bank(torch.ones(1, 16, 16), enc.filters)
     torch.testing.assert_close(out[0, :, 8, 8], torch.ones(3), atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize(("size", "L"), [(4, 16), (10, 8), (41, 16)])
+def test_even_and_oversized_kernels(size: int, L: int) -> None:
+    """Even sizes (centred at ``size // 2``) and kernels wider than the image are still the
+    zero-padded correlation."""
+    rng = np.random.default_rng(1)
+    image = rng.standard_normal((L, L))
+    bank = gaussian_band_matrices([1.5], size, L)
+    out = filtered_by_bank(torch.tensor(image[None], dtype=torch.float32), bank)
+    r = np.arange(size) - size // 2
+    kernel = np.exp(-(r[:, None] ** 2 + r[None, :] ** 2) / (2 * 1.5**2))
+    kernel /= kernel.sum()
+    padded = np.pad(image, ((size // 2, size - 1 - size // 2),) * 2)
+    want = np.zeros_like(image)
+    for dy in range(size):
+        for dx in range(size):
+            want += kernel[dy, dx] * padded[dy : dy + L, dx : dx + L]
+    np.testing.assert_allclose(out[0, 0].numpy(), want, atol=2e-6)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "auto", "bf16"])
+def test_encoder_runs_inside_an_outer_autocast(precision: str) -> None:
+    """``train.amp`` wraps the model in autocast: the fixed filters still run in fp32 and the
+    convolutions get the dtype they expect (it failed with fp32 convolutions before)."""
+    enc = VGGEncoder(
+        VGGEncoder.Options(channels=[4, 8], head_hidden=[8], precision=precision), BuildContext(16, 2.0)
+    )
+    x = torch.randn(3, 16, 16)
+    with torch.no_grad():
+        plain = enc.eval()(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            pose = enc(x)
+    assert torch.isfinite(pose.rotation.float()).all()
+    # bf16 arithmetic inside: close to the plain result, not equal to noise
+    assert float((pose.rotation.float() - plain.rotation).abs().max()) < 0.1
+
+
+def test_encoder_refuses_images_of_another_size() -> None:
+    enc = VGGEncoder(VGGEncoder.Options(channels=[4], head_hidden=[8]), BuildContext(16, 2.0))
+    with pytest.raises(ValueError, match="16-px"):
+        enc(torch.randn(2, 18, 18))

@@ -195,3 +195,28 @@ def test_no_flip_where_the_imaging_model_applies_no_ctf():
         seen = pipe.encoder_images(images, ctf)
         assert torch.equal(seen, phase_flipped_images(images, ctf, PX)) is flipped
         assert (seen is images) is not flipped
+
+
+def test_amortize_flips_real_and_synthetic_images_in_one_call_when_their_ctfs_match():
+    """One ``encoder_images`` call for the step's real and synthetic images; a part without a
+    CTF (never both kinds in one source today) is prepared on its own, not silently unflipped."""
+    from types import SimpleNamespace
+
+    from cryoforge.engine.amortize import encoder_images
+
+    calls = []
+
+    def prepare(images, ctf):
+        calls.append((len(images), None if ctf is None else len(ctf.defocus_u_angstrom)))
+        return images + 1.0
+
+    ctx = SimpleNamespace(pipeline=SimpleNamespace(encoder_images=prepare))
+    real, syn = torch.zeros(3, 8, 8), torch.zeros(2, 8, 8)
+    out = encoder_images(ctx, [(real, _ctf(3)), (syn, _ctf(2))])
+    assert calls == [(5, 5)] and out.shape == (5, 8, 8) and bool((out == 1).all())
+    calls.clear()
+    encoder_images(ctx, [(real, _ctf(3)), (syn, None)])
+    assert calls == [(3, 3), (2, None)]
+    calls.clear()
+    encoder_images(ctx, [(real, None), (syn, None)])
+    assert calls == [(5, None)]

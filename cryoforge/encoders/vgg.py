@@ -196,7 +196,12 @@ class VGGEncoder(Encoder):
 
     def forward(self, images: torch.Tensor) -> Pose:
         dtype = conv_dtype(self.options.precision, images.device)
-        x = filtered_by_bank(images, self.filters)  # fp32: fixed filters, cheap either way
+        L = self.filters.shape[-1]
+        if tuple(images.shape[-2:]) != (L, L):
+            raise ValueError(f"the encoder was built for {L}-px images, got {tuple(images.shape[-2:])}")
+        # the fixed filters in fp32 whatever autocast surrounds the encoder (train.amp on a GPU)
+        with torch.autocast(images.device.type, enabled=False):
+            x = filtered_by_bank(images.to(self.filters.dtype), self.filters)
         with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
             x = self.features(x.contiguous(memory_format=torch.channels_last)).flatten(1)
         x = x.float()

@@ -24,6 +24,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
+from dataclasses import fields
 from typing import Literal
 
 import numpy as np
@@ -139,6 +140,20 @@ def grid_augmented(images: torch.Tensor, target: Pose, gen: torch.Generator) -> 
     return out, Pose(turn @ target.rotation, shift)
 
 
+def encoder_images(ctx: RunContext, parts: list[tuple[torch.Tensor, CTFParams | None]]) -> torch.Tensor:
+    """The ``(B_i, L, L)`` images of ``parts``, concatenated as the encoder reads them: one
+    :meth:`~cryoforge.pipeline.Pipeline.encoder_images` call for all of them when their CTFs have the
+    same fields (the real and synthetic images of a step), else one per part."""
+    ctfs = [c for _, c in parts]
+    fields_of = [None if c is None else tuple(getattr(c, f.name) is None for f in fields(c)) for c in ctfs]
+    images = torch.cat([i for i, _ in parts])
+    if all(f is None for f in fields_of):
+        return ctx.pipeline.encoder_images(images, None)
+    if len(set(fields_of)) == 1:
+        return ctx.pipeline.encoder_images(images, CTFParams.cat(ctfs))  # type: ignore[arg-type]
+    return torch.cat([ctx.pipeline.encoder_images(i, c) for i, c in parts])
+
+
 def stage_lr(base_lr: float, step: int, total: int, schedule: str) -> float:
     """Learning rate at ``step`` of ``total``: constant, or ``base·½(1 + cos(π·step/total))``."""
     if schedule == "constant":
@@ -246,17 +261,16 @@ def run_amortize(ctx: RunContext, stage: Stage) -> None:
             chunk = perm[b * n_real : (b + 1) * n_real]
             chunk = chunk[coll.shard(len(chunk))]
             batch = make_batch(ctx.source, chunk, ctx.device)
-            images, ctf = batch.images, batch.ctf
+            parts = [(batch.images, batch.ctf)]
             target = ctx.table_pose(chunk).to(ctx.device)
             mine_syn = coll.shard(n_syn)
             if mine_syn.stop > mine_syn.start:
                 syn, syn_pose = synthetic_batch(ctx, mine_syn.stop - mine_syn.start, noise, gen, render)
-                images = torch.cat([images, syn.images])
-                ctf = None if ctf is None or syn.ctf is None else CTFParams.cat([ctf, syn.ctf])
+                parts.append((syn.images, syn.ctf))
                 target = Pose.cat([target, syn_pose])
             # what the encoder reads (phase-flipped by the CTF, for the vgg default), before the
             # moves below (a grid move also moves the CTF: prepare first, Encoder's docstring)
-            images = ctx.pipeline.encoder_images(images, ctf)
+            images = encoder_images(ctx, parts)
             if opts.recentre > 0:
                 images, target = recentred(
                     images, target, opts.recentre, opts.recentre_jitter_px * px, px, gen
