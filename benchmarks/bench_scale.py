@@ -149,6 +149,7 @@ def run_one(args: argparse.Namespace, molecule: str, n: int, box: int) -> dict:
         "fsc_0.5_px": metrics.get("resolution_0.5_px"),
         "mirrored": metrics.get("map_mirrored"),
         "tag": args.tag,
+        "overrides": args.override or [],
         "amortize_steps_timed": args.amortize_steps,
         "date": time.strftime("%Y-%m-%d %H:%M"),
     }

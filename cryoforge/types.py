@@ -88,8 +88,12 @@ class CTFParams:
         from cryoforge.ops.ctf import ctf_2d
 
         px = self.pixel_sizes(default_pixel_size_angstrom, freqs_px) * pixel_scale
+        if len(px) and bool((px == px[0]).all()):
+            freqs = freqs_px / px[0]  # one pixel size: the frequencies are shared by the batch
+        else:
+            freqs = freqs_px[None] / px[..., None]
         return ctf_2d(
-            freqs_px[None] / px[..., None],
+            freqs,
             self.defocus_u_angstrom,
             self.defocus_v_angstrom,
             self.astigmatism_angle_deg,
