@@ -88,7 +88,8 @@ class CTFParams:
         from cryoforge.ops.ctf import ctf_2d
 
         px = self.pixel_sizes(default_pixel_size_angstrom, freqs_px) * pixel_scale
-        if len(px) and bool((px == px[0]).all()):
+        own = self.pixel_size_angstrom  # tested where it lives (CPU): no wait for a GPU per call
+        if len(px) and (own is None or bool((own == own.reshape(-1)[0]).all())):
             freqs = freqs_px / px[0]  # one pixel size: the frequencies are shared by the batch
         else:
             freqs = freqs_px[None] / px[..., None]

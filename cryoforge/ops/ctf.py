@@ -33,7 +33,7 @@ def ctf_2d(
 
     Evaluated without the angle θ of each frequency (``cos 2θ · s² = kx² − ky²``,
     ``sin 2θ · s² = 2 kx ky``) and with one sine (``sin(χ + asin w)``): the same values (to
-    2·10⁻¹³ in float64), 2.1× faster than ``atan2`` and two trigonometric terms per frequency.
+    4·10⁻¹³ in float64), 2.1× faster than ``atan2`` and two trigonometric terms per frequency.
 
     Parameters
     ----------
